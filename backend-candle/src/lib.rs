@@ -1,0 +1,1 @@
+//! candle backend for gradcam-rs: layer capture and backward in candle

@@ -1,0 +1,1 @@
+//! ONNX Runtime backend for gradcam-rs: ONNX backward-graph generation

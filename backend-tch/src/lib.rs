@@ -1,0 +1,1 @@
+//! libtorch (tch) backend for gradcam-rs: TorchScript layer capture and backward

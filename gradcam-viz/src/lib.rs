@@ -1,0 +1,1 @@
+//! Images in and out for gradcam-rs: preprocessing, resize, colormaps, overlays, files

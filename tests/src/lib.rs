@@ -1,0 +1,1 @@
+//! Cross-backend and end-to-end tests for gradcam-rs
