@@ -66,7 +66,15 @@ pub trait CamModel {
     /// The whole model on a batch of inputs, returning logits (ScoreCAM's masked inputs).
     fn forward(&mut self, input: ArrayView4<f32>) -> Result<Array2<f32>, CamError>;
 
-    /// The part of the model after `layer`, run on a batch of that layer's outputs (in the same
-    /// layout `capture` returned, tokens for ViTs), returning logits (AblationCAM).
-    fn forward_from(&mut self, layer: &str, activation: LayerView<'_>) -> Result<Array2<f32>, CamError>;
+    /// The whole model on `input` `(B, 3, H, W)` with the output of `layer` replaced by
+    /// `activation` (same layout `capture` returned: tokens for ViTs), returning logits
+    /// (AblationCAM). The input is needed because the part after a nested layer can still read
+    /// tensors from before it (a ViT block's residual around `norm1`). Backends may skip
+    /// recomputing what the replaced output makes unnecessary.
+    fn forward_with_activation(
+        &mut self,
+        input: ArrayView4<f32>,
+        layer: &str,
+        activation: LayerView<'_>,
+    ) -> Result<Array2<f32>, CamError>;
 }
