@@ -1,0 +1,257 @@
+//! The per-layer CAM math on spatial `(B, C, h, w)` tensors, and the post-processing every method
+//! shares (ReLU, min-max, upsampling, multi-layer mean). Numerics follow pytorch-grad-cam 1.5.7:
+//! the sums over channels run in `f32` in channel order, as numpy's do; sums over pixels run in
+//! `f64` and are rounded once.
+
+use ndarray::{Array2, Array3, ArrayView2, ArrayView3, ArrayView4, Axis, Zip};
+
+use crate::eigen::principal_projection;
+use crate::resize::resize_bilinear_into;
+use crate::{CamError, Method};
+
+/// pytorch-grad-cam's `scale_cam_image` epsilon: `(x - min) / (max + 1e-7)`.
+pub const SCALE_EPS: f32 = 1e-7;
+/// GradCAM++'s epsilon in `g² / (2g² + Σa·g³ + 1e-6)`.
+pub const GRADCAM_PP_EPS: f32 = 1e-6;
+/// XGradCAM's epsilon in `Σ g·a / (Σ a + 1e-7)`.
+pub const XGRADCAM_EPS: f32 = 1e-7;
+
+/// How a method turns one layer's activations (and gradients) into a map.
+enum Rule {
+    /// Per-channel weights `(B, C)` from `(activations, gradients)`, then `Σ_c w_c a_c`.
+    Weights(fn(&[f32], &[f32]) -> f32),
+    /// `Σ_c f(g, a)` element-wise.
+    Elementwise(fn(f32, f32) -> f32),
+    /// The first principal component of `f(g, a)` (`None`: of the activations alone).
+    Eigen(Option<fn(f32, f32) -> f32>),
+}
+
+fn rule(method: Method) -> Option<Rule> {
+    Some(match method {
+        Method::GradCam => Rule::Weights(|_, g| (sum64(g) / g.len() as f64) as f32),
+        Method::GradCamPlusPlus => Rule::Weights(gradcam_pp_weight),
+        Method::XGradCam => Rule::Weights(|a, g| {
+            let num = a.iter().zip(g).map(|(&a, &g)| f64::from(g * a)).sum::<f64>() as f32;
+            finite_or_zero(num / (sum64(a) as f32 + XGRADCAM_EPS))
+        }),
+        Method::HiResCam => Rule::Elementwise(|g, a| g * a),
+        Method::LayerCam => Rule::Elementwise(|g, a| g.max(0.0) * a),
+        Method::GradCamElementWise => Rule::Elementwise(|g, a| (g * a).max(0.0)),
+        Method::EigenCam => Rule::Eigen(None),
+        Method::EigenGradCam => Rule::Eigen(Some(|g, a| g * a)),
+        Method::ScoreCam | Method::AblationCam => return None,
+    })
+}
+
+fn sum64(x: &[f32]) -> f64 {
+    x.iter().map(|&v| f64::from(v)).sum()
+}
+
+fn finite_or_zero(x: f32) -> f32 {
+    if x.is_finite() {
+        x
+    } else {
+        0.0
+    }
+}
+
+/// Equation 19 of Chattopadhyay et al. as pytorch-grad-cam writes it: `α = g² / (2g² + S g³ + ε)`
+/// (0 where `g == 0`), weight `Σ relu(g) α`, with `S = Σ a` over the channel's pixels.
+fn gradcam_pp_weight(a: &[f32], g: &[f32]) -> f32 {
+    let s = sum64(a) as f32;
+    let mut w = 0.0f64;
+    for &g in g {
+        if g > 0.0 {
+            let g2 = g * g;
+            let aij = g2 / (2.0 * g2 + s * (g2 * g) + GRADCAM_PP_EPS);
+            w += f64::from(finite_or_zero(g * aij));
+        }
+    }
+    w as f32
+}
+
+/// The raw map `(B, h, w)` (before ReLU) of a gradient or eigen method for one layer:
+/// what pytorch-grad-cam's `get_cam_image` returns. `activations` and `gradients` are
+/// `(B, C, h, w)` (fold tokens first with [`crate::tokens_to_grid`]).
+///
+/// ScoreCAM and AblationCAM need extra forward passes of the model: compute their weights with
+/// [`scorecam_weights`] / [`ablation_weights`] and apply them with [`weighted_sum`], or use
+/// [`crate::explain`].
+///
+/// ```
+/// use gradcam_core::{layer_map, Method};
+/// use ndarray::Array4;
+/// let a = Array4::from_shape_fn((1, 2, 2, 2), |(_, c, y, x)| (c + y + x) as f32);
+/// let g = Array4::from_elem((1, 2, 2, 2), 0.5f32);
+/// let raw = layer_map(Method::GradCam, a.view(), Some(g.view())).unwrap();
+/// assert_eq!(raw[[0, 1, 1]], 0.5 * 2.0 + 0.5 * 3.0);
+/// ```
+pub fn layer_map(
+    method: Method,
+    activations: ArrayView4<f32>,
+    gradients: Option<ArrayView4<f32>>,
+) -> Result<Array3<f32>, CamError> {
+    let rule = rule(method).ok_or_else(|| {
+        CamError::Unsupported(format!("{method} needs forward passes of the model: use `explain`"))
+    })?;
+    let gradients = match (method.needs_gradients(), gradients) {
+        (true, None) => return Err(CamError::Unsupported(format!("{method} needs gradients"))),
+        (true, Some(g)) if g.shape() != activations.shape() => {
+            return Err(CamError::Shape(format!(
+                "gradients {:?} and activations {:?} differ",
+                g.shape(),
+                activations.shape()
+            )))
+        }
+        (_, g) => g,
+    };
+    let (batch, channels, h, w) = activations.dim();
+    let a = activations.as_standard_layout();
+    let a = a.view().into_shape_with_order((batch, channels, h * w)).expect("standard layout");
+    let g = gradients.map(|g| g.as_standard_layout().into_owned());
+    let g = g.as_ref().map(|g| g.view().into_shape_with_order((batch, channels, h * w)).expect("standard"));
+    let flat = match rule {
+        Rule::Weights(weight) => {
+            let g = g.expect("checked above");
+            let mut weights = Array2::zeros((batch, channels));
+            Zip::from(&mut weights)
+                .and(a.lanes(Axis(2)))
+                .and(g.lanes(Axis(2)))
+                .for_each(|w, a, g| *w = weight(a.as_slice().unwrap(), g.as_slice().unwrap()));
+            weighted_sum_flat(weights.view(), a)
+        }
+        Rule::Elementwise(f) => {
+            let g = g.expect("checked above");
+            let mut out = Array2::zeros((batch, h * w));
+            for ((mut out, a), g) in out.outer_iter_mut().zip(a.outer_iter()).zip(g.outer_iter()) {
+                let out = out.as_slice_mut().unwrap();
+                for (a, g) in a.outer_iter().zip(g.outer_iter()) {
+                    for ((o, &a), &g) in out.iter_mut().zip(a.as_slice().unwrap()).zip(g.as_slice().unwrap())
+                    {
+                        *o += f(g, a);
+                    }
+                }
+            }
+            out
+        }
+        Rule::Eigen(f) => {
+            let mut out = Array2::zeros((batch, h * w));
+            let mut buffer = Vec::new();
+            for (b, mut out) in out.outer_iter_mut().enumerate() {
+                let image = a.index_axis(Axis(0), b);
+                let image = match (f, &g) {
+                    (Some(f), Some(g)) => {
+                        buffer.clear();
+                        let g = g.index_axis(Axis(0), b);
+                        buffer.extend(image.iter().zip(g.iter()).map(|(&a, &g)| f(g, a)));
+                        ArrayView2::from_shape((channels, h * w), &buffer).expect("same size")
+                    }
+                    _ => image,
+                };
+                out.assign(&principal_projection(image));
+            }
+            out
+        }
+    };
+    Ok(flat.into_shape_with_order((batch, h, w)).expect("same size"))
+}
+
+/// `Σ_c weights[b, c] * activations[b, c]`: the map of a channel-weight method, `(B, h, w)`.
+pub fn weighted_sum(weights: ArrayView2<f32>, activations: ArrayView4<f32>) -> Result<Array3<f32>, CamError> {
+    let (batch, channels, h, w) = activations.dim();
+    if weights.dim() != (batch, channels) {
+        return Err(CamError::Shape(format!(
+            "weights {:?} do not fit activations {:?}",
+            weights.shape(),
+            activations.shape()
+        )));
+    }
+    let a = activations.as_standard_layout();
+    let a = a.view().into_shape_with_order((batch, channels, h * w)).expect("standard layout");
+    Ok(weighted_sum_flat(weights, a).into_shape_with_order((batch, h, w)).expect("same size"))
+}
+
+fn weighted_sum_flat(weights: ArrayView2<f32>, a: ArrayView3<f32>) -> Array2<f32> {
+    let (batch, _, hw) = a.dim();
+    let mut out = Array2::zeros((batch, hw));
+    for ((mut out, a), weights) in out.outer_iter_mut().zip(a.outer_iter()).zip(weights.outer_iter()) {
+        let out = out.as_slice_mut().unwrap();
+        for (a, &wc) in a.outer_iter().zip(weights) {
+            for (o, &a) in out.iter_mut().zip(a.as_slice().unwrap()) {
+                *o += wc * a;
+            }
+        }
+    }
+    out
+}
+
+/// ScoreCAM's channel weights: the softmax over channels of each masked input's target score,
+/// `scores` `(B, C)`.
+pub fn scorecam_weights(scores: ArrayView2<f32>) -> Array2<f32> {
+    crate::softmax_rows(scores)
+}
+
+/// AblationCAM's channel weights `(y - y_k) / y`, with `y` the target score of image `b`
+/// (`original[b]`) and `y_k` its score with channel `k` ablated (`ablated[[b, k]]`). A zero
+/// original score gives zero weights instead of infinities.
+pub fn ablation_weights(original: &[f32], ablated: ArrayView2<f32>) -> Array2<f32> {
+    let mut weights = ablated.to_owned();
+    for (mut row, &y) in weights.outer_iter_mut().zip(original) {
+        row.mapv_inplace(|yk| finite_or_zero((y - yk) / y));
+    }
+    weights
+}
+
+/// ReLU, then per-image min-max `(x - min) / (max + 1e-7)`: pytorch-grad-cam's
+/// `scale_cam_image` without resizing. A map that is all zero stays all zero; NaN becomes 0.
+pub fn scale_maps(raw: ArrayView3<f32>) -> Array3<f32> {
+    let mut out = raw.mapv(|v| v.max(0.0));
+    for mut map in out.outer_iter_mut() {
+        min_max_in_place(map.as_slice_mut().expect("standard layout"));
+    }
+    out
+}
+
+fn min_max_in_place(map: &mut [f32]) {
+    let min = map.iter().copied().fold(f32::INFINITY, f32::min);
+    for v in map.iter_mut() {
+        *v -= min;
+    }
+    let max = map.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let denom = max + SCALE_EPS;
+    for v in map.iter_mut() {
+        *v /= denom;
+    }
+}
+
+/// Resizes every map `(B, h, w)` to `(B, out_h, out_w)` with [`crate::resize_bilinear`].
+pub fn upsample_maps(maps: ArrayView3<f32>, out_h: usize, out_w: usize) -> Array3<f32> {
+    let mut out = Array3::zeros((maps.len_of(Axis(0)), out_h, out_w));
+    for (map, dst) in maps.outer_iter().zip(out.outer_iter_mut()) {
+        resize_bilinear_into(map, dst);
+    }
+    out
+}
+
+/// Combines the upsampled, scaled maps of several layers `[(B, H, W)]` as pytorch-grad-cam's
+/// `aggregate_multi_layers` does: ReLU, mean over layers, per-image min-max.
+pub fn combine_layers(per_layer: &[Array3<f32>]) -> Result<Array3<f32>, CamError> {
+    let first = per_layer.first().ok_or_else(|| CamError::Shape("no layer maps to combine".into()))?;
+    let mut sum = Array3::<f32>::zeros(first.raw_dim());
+    for maps in per_layer {
+        if maps.dim() != first.dim() {
+            return Err(CamError::Shape(format!(
+                "layer maps {:?} and {:?} differ",
+                first.shape(),
+                maps.shape()
+            )));
+        }
+        Zip::from(&mut sum).and(maps).for_each(|s, &m| *s += m.max(0.0));
+    }
+    let n = per_layer.len() as f32;
+    sum.mapv_inplace(|v| v / n);
+    for mut map in sum.outer_iter_mut() {
+        min_max_in_place(map.as_slice_mut().expect("standard layout"));
+    }
+    Ok(sum)
+}

@@ -1,0 +1,386 @@
+//! The one pipeline: capture → (token→grid) → per-method map → ReLU + min-max → upsample →
+//! multi-layer mean + min-max.
+
+use std::fmt;
+use std::sync::Arc;
+
+use ndarray::{s, Array2, Array3, Array4, ArrayView2, ArrayView4, Axis};
+
+use crate::cam::{
+    ablation_weights, combine_layers, layer_map, scale_maps, scorecam_weights, upsample_maps, weighted_sum,
+};
+use crate::resize::upsample_align_corners;
+use crate::tokens::fold_tokens;
+use crate::{CamError, CamModel, LayerTensor, LayerView, Method, Target, TokenGrid};
+
+/// Progress callback: `(done, total)` forward passes of ScoreCAM / AblationCAM.
+pub type Progress = Arc<dyn Fn(usize, usize) + Send + Sync>;
+
+/// Options of [`explain`].
+#[derive(Clone)]
+pub struct CamOptions {
+    /// How ViT tokens fold into a grid; `None` infers it ([`TokenGrid::infer`]).
+    pub token_grid: Option<TokenGrid>,
+    /// Images per extra forward pass of ScoreCAM / AblationCAM (default 32). AblationCAM's
+    /// results depend on it, as pytorch-grad-cam's do (see [`ablation_value`]).
+    pub batch_size: usize,
+    /// Called after every extra forward pass with `(done, total)` images, counted over all
+    /// layers and methods of the call.
+    pub progress: Option<Progress>,
+}
+
+impl Default for CamOptions {
+    fn default() -> Self {
+        CamOptions { token_grid: None, batch_size: 32, progress: None }
+    }
+}
+
+impl fmt::Debug for CamOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CamOptions")
+            .field("token_grid", &self.token_grid)
+            .field("batch_size", &self.batch_size)
+            .field("progress", &self.progress.as_ref().map(|_| "Fn(done, total)"))
+            .finish()
+    }
+}
+
+/// One method's explanation of a batch.
+#[derive(Clone, Debug)]
+pub struct Explanation {
+    /// The method.
+    pub method: Method,
+    /// Model outputs `(B, K)`.
+    pub logits: Array2<f32>,
+    /// The class explained for each image.
+    pub classes: Vec<usize>,
+    /// The final maps `(B, H_in, W_in)` in `[0, 1]`: what pytorch-grad-cam's `cam(...)` returns.
+    pub maps: Array3<f32>,
+    /// Per-layer maps at activation resolution, in the order the layers were given.
+    pub layers: Vec<LayerCam>,
+}
+
+/// One layer's map at activation resolution.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerCam {
+    /// The layer's name.
+    pub layer: String,
+    /// The weighted sum before ReLU `(B, h, w)`: the raw, unnormalised map
+    /// (pytorch-grad-cam's `get_cam_image`).
+    pub raw: Array3<f32>,
+    /// `raw` after ReLU and per-image min-max, `(B, h, w)` in `[0, 1]`.
+    pub scaled: Array3<f32>,
+}
+
+/// One layer's capture, folded to `(B, C, h, w)`.
+struct LayerData {
+    name: String,
+    activation: LayerTensor,
+    /// Folded activations (borrowing nothing: tokens are folded into a new array).
+    grid: Option<Array4<f32>>,
+    gradient: Option<Array4<f32>>,
+}
+
+impl LayerData {
+    fn activations(&self) -> ArrayView4<'_, f32> {
+        match (&self.grid, &self.activation) {
+            (Some(grid), _) => grid.view(),
+            (None, LayerTensor::Spatial(a)) => a.view(),
+            (None, LayerTensor::Tokens(_)) => unreachable!("tokens are always folded"),
+        }
+    }
+
+    fn channels(&self) -> usize {
+        self.activations().len_of(Axis(1))
+    }
+}
+
+fn to_grid(
+    tensor: &LayerTensor,
+    input_hw: (usize, usize),
+    grid: Option<TokenGrid>,
+) -> Result<(Option<Array4<f32>>, Option<TokenGrid>), CamError> {
+    match tensor {
+        LayerTensor::Spatial(_) => Ok((None, None)),
+        LayerTensor::Tokens(t) => {
+            let (batch, n, dim) = t.dim();
+            let layout = TokenGrid::resolve(grid, n, input_hw)?;
+            Ok((Some(fold_tokens(t.view(), layout, batch, dim)), Some(layout)))
+        }
+    }
+}
+
+fn fold_gradient(tensor: &LayerTensor, layout: Option<TokenGrid>) -> Option<Array4<f32>> {
+    match (tensor, layout) {
+        (LayerTensor::Tokens(t), Some(layout)) => {
+            let (batch, _, dim) = t.dim();
+            Some(fold_tokens(t.view(), layout, batch, dim))
+        }
+        (LayerTensor::Spatial(g), _) => Some(g.clone()),
+        (LayerTensor::Tokens(_), None) => None,
+    }
+}
+
+/// Explains `input` `(B, 3, H, W)` with every method in `methods`, over `layers` (the model's
+/// default layer when empty), for `target`. Returns one [`Explanation`] per method, in order.
+///
+/// Each layer is captured once (with a backward pass only when a method needs gradients) and
+/// shared by all methods. ViT token outputs are folded to a grid ([`crate::tokens_to_grid`],
+/// `options.token_grid`). ScoreCAM and AblationCAM run their extra forward passes through
+/// [`CamModel::forward`] / [`CamModel::forward_with_activation`] in batches of
+/// `options.batch_size`, reporting to `options.progress`.
+pub fn explain(
+    model: &mut dyn CamModel,
+    input: ArrayView4<f32>,
+    layers: &[&str],
+    methods: &[Method],
+    target: &Target,
+    options: &CamOptions,
+) -> Result<Vec<Explanation>, CamError> {
+    let (batch, _, in_h, in_w) = input.dim();
+    if batch == 0 || in_h == 0 || in_w == 0 {
+        return Err(CamError::Shape(format!("empty input {:?}", input.shape())));
+    }
+    if methods.is_empty() {
+        return Err(CamError::Unsupported("no CAM method given".into()));
+    }
+    let default_layer;
+    let layers: Vec<&str> = if layers.is_empty() {
+        default_layer = model.default_layer()?;
+        vec![default_layer.as_str()]
+    } else {
+        layers.to_vec()
+    };
+    let need_gradients = methods.iter().any(|m| m.needs_gradients());
+
+    let mut logits = None;
+    let mut classes = Vec::new();
+    let mut captured = Vec::with_capacity(layers.len());
+    for &layer in &layers {
+        let capture = model.capture(input, layer, need_gradients.then_some(target))?;
+        if capture.activation.batch() != batch {
+            return Err(CamError::Shape(format!(
+                "layer `{layer}` returned a batch of {} for {batch} images",
+                capture.activation.batch()
+            )));
+        }
+        if logits.is_none() {
+            classes = if capture.classes.len() == batch {
+                capture.classes.clone()
+            } else {
+                target.resolve(capture.logits.view())?
+            };
+            logits = Some(capture.logits.clone());
+        }
+        let (grid, token_grid) = to_grid(&capture.activation, (in_h, in_w), options.token_grid)?;
+        let gradient = match (need_gradients, &capture.gradient) {
+            (true, Some(g)) if g.shape() == capture.activation.shape() => fold_gradient(g, token_grid),
+            (true, Some(g)) => {
+                return Err(CamError::Shape(format!(
+                    "layer `{layer}`: gradient {:?} and activation {:?} differ",
+                    g.shape(),
+                    capture.activation.shape()
+                )))
+            }
+            (true, None) => {
+                return Err(CamError::Unsupported(format!("the backend returned no gradient for `{layer}`")))
+            }
+            (false, _) => None,
+        };
+        captured.push(LayerData { name: layer.to_string(), activation: capture.activation, grid, gradient });
+    }
+    let logits = logits.expect("at least one layer");
+    let original_scores = target.scores(logits.view(), &classes);
+
+    let total: usize = methods
+        .iter()
+        .filter(|m| m.needs_forward_passes())
+        .map(|_| captured.iter().map(|l| batch * l.channels()).sum::<usize>())
+        .sum();
+    let mut passes = ForwardPasses { done: 0, total, options };
+
+    let mut explanations = Vec::with_capacity(methods.len());
+    for &method in methods {
+        let mut layer_cams = Vec::with_capacity(captured.len());
+        let mut upsampled = Vec::with_capacity(captured.len());
+        for layer in &captured {
+            let activations = layer.activations();
+            let raw = match method {
+                Method::ScoreCam => {
+                    let scores = passes.scorecam_scores(model, input, activations, target, &classes)?;
+                    weighted_sum(scorecam_weights(scores.view()).view(), activations)?
+                }
+                Method::AblationCam => {
+                    let scores = passes.ablation_scores(model, input, layer, target, &classes)?;
+                    weighted_sum(ablation_weights(&original_scores, scores.view()).view(), activations)?
+                }
+                _ => layer_map(method, activations, layer.gradient.as_ref().map(|g| g.view()))?,
+            };
+            let scaled = scale_maps(raw.view());
+            upsampled.push(upsample_maps(scaled.view(), in_h, in_w));
+            layer_cams.push(LayerCam { layer: layer.name.clone(), raw, scaled });
+        }
+        explanations.push(Explanation {
+            method,
+            logits: logits.clone(),
+            classes: classes.clone(),
+            maps: combine_layers(&upsampled)?,
+            layers: layer_cams,
+        });
+    }
+    Ok(explanations)
+}
+
+/// The extra forward passes of ScoreCAM and AblationCAM, with progress accounting.
+struct ForwardPasses<'o> {
+    done: usize,
+    total: usize,
+    options: &'o CamOptions,
+}
+
+impl ForwardPasses<'_> {
+    fn batch_size(&self) -> usize {
+        self.options.batch_size.max(1)
+    }
+
+    fn report(&mut self, n: usize) {
+        self.done += n;
+        if let Some(progress) = &self.options.progress {
+            progress(self.done, self.total);
+        }
+    }
+
+    /// ScoreCAM: the target score of `input[b] * mask_c` for every image `b` and channel `c`,
+    /// `(B, C)`.
+    fn scorecam_scores(
+        &mut self,
+        model: &mut dyn CamModel,
+        input: ArrayView4<f32>,
+        activations: ArrayView4<f32>,
+        target: &Target,
+        classes: &[usize],
+    ) -> Result<Array2<f32>, CamError> {
+        let (batch, channels, _, _) = activations.dim();
+        let (_, in_c, in_h, in_w) = input.dim();
+        let step = self.batch_size();
+        let mut scores = Array2::zeros((batch, channels));
+        let mut chunk = Array4::<f32>::zeros((step.min(channels), in_c, in_h, in_w));
+        for (b, &class) in classes.iter().enumerate().take(batch) {
+            let image = input.index_axis(Axis(0), b);
+            for start in (0..channels).step_by(step) {
+                let end = (start + step).min(channels);
+                let n = end - start;
+                if chunk.len_of(Axis(0)) != n {
+                    chunk = Array4::zeros((n, in_c, in_h, in_w));
+                }
+                for (k, mut masked) in chunk.outer_iter_mut().enumerate() {
+                    let mask = scorecam_mask(activations.slice(s![b, start + k, .., ..]), in_h, in_w);
+                    for (mut dst, src) in masked.outer_iter_mut().zip(image.outer_iter()) {
+                        ndarray::Zip::from(&mut dst).and(&src).and(&mask).for_each(|d, &x, &m| *d = x * m);
+                    }
+                }
+                let logits = model.forward(chunk.view())?;
+                if logits.nrows() != n {
+                    return Err(CamError::Shape(format!(
+                        "forward returned {} rows for {n} inputs",
+                        logits.nrows()
+                    )));
+                }
+                let chunk_scores = target.scores(logits.view(), &vec![class; n]);
+                scores.slice_mut(s![b, start..end]).assign(&ndarray::aview1(&chunk_scores));
+                self.report(n);
+            }
+        }
+        Ok(scores)
+    }
+
+    /// AblationCAM: the target score with channel `k` ablated, for every image and channel, `(B, C)`.
+    fn ablation_scores(
+        &mut self,
+        model: &mut dyn CamModel,
+        input: ArrayView4<f32>,
+        layer: &LayerData,
+        target: &Target,
+        classes: &[usize],
+    ) -> Result<Array2<f32>, CamError> {
+        // Spatial (B, C, H, W): channels on axis 1; tokens (B, N, D): on axis 2 (every token,
+        // prefix tokens included, as pytorch-grad-cam's `AblationLayerVit`).
+        let (native, channel_axis) = match &layer.activation {
+            LayerTensor::Spatial(a) => (a.view().into_dyn(), Axis(1)),
+            LayerTensor::Tokens(t) => (t.view().into_dyn(), Axis(2)),
+        };
+        let batch = native.len_of(Axis(0));
+        let channels = native.len_of(channel_axis);
+        let step = self.batch_size();
+        let mut scores = Array2::zeros((batch, channels));
+        for (b, &class) in classes.iter().enumerate().take(batch) {
+            let image = input.slice(s![b..b + 1, .., .., ..]);
+            let one = native.slice_axis(Axis(0), (b..b + 1).into());
+            let min = one.iter().copied().fold(f32::INFINITY, f32::min);
+            for start in (0..channels).step_by(step) {
+                let end = (start + step).min(channels);
+                let n = end - start;
+                let (_, c, h, w) = image.dim();
+                let inputs = image.broadcast((n, c, h, w)).expect("batch of one");
+                let mut batch_shape = native.shape().to_vec();
+                batch_shape[0] = n;
+                let mut ablated = one.broadcast(batch_shape.as_slice()).expect("batch of one").to_owned();
+                for (i, channel) in (start..end).enumerate() {
+                    let value = ablation_value(min, i);
+                    ablated
+                        .index_axis_mut(Axis(0), i)
+                        .index_axis_mut(Axis(channel_axis.0 - 1), channel)
+                        .fill(value);
+                }
+                let view = match &layer.activation {
+                    LayerTensor::Spatial(_) => {
+                        LayerView::Spatial(ablated.view().into_dimensionality().expect("rank 4"))
+                    }
+                    LayerTensor::Tokens(_) => {
+                        LayerView::Tokens(ablated.view().into_dimensionality().expect("rank 3"))
+                    }
+                };
+                let logits = model.forward_with_activation(inputs, &layer.name, view)?;
+                if logits.nrows() != n {
+                    return Err(CamError::Shape(format!(
+                        "forward returned {} rows for {n} inputs",
+                        logits.nrows()
+                    )));
+                }
+                let chunk_scores = target.scores(logits.view(), &vec![class; n]);
+                scores.slice_mut(s![b, start..end]).assign(&ndarray::aview1(&chunk_scores));
+                self.report(n);
+            }
+        }
+        Ok(scores)
+    }
+}
+
+/// The value AblationCAM writes into the ablated channel of the `position`-th copy in a forward
+/// batch, exactly as pytorch-grad-cam's `AblationLayer`: 0 when the image's activations have
+/// minimum 0 (typical after a ReLU), else a very negative value. The reference subtracts `1e7`
+/// from the minimum of the *whole batch tensor it is editing in place*, so every copy goes
+/// `1e7` lower than the previous one: copy `i` gets `min - (i + 1) * 1e7` (computed in `f32`,
+/// one subtraction at a time). The scores therefore depend on [`CamOptions::batch_size`]; the
+/// default 32 is the reference's.
+pub fn ablation_value(min: f32, position: usize) -> f32 {
+    if min == 0.0 {
+        return 0.0;
+    }
+    let mut value = min;
+    for _ in 0..=position {
+        value -= 1e7;
+    }
+    value
+}
+
+/// ScoreCAM's mask for one channel: upsampled to the input with `align_corners=True`
+/// (PyTorch `UpsamplingBilinear2d`), then `(m - min) / (max - min + 1e-8)`.
+pub fn scorecam_mask(channel: ArrayView2<f32>, out_h: usize, out_w: usize) -> Array2<f32> {
+    let mut mask = upsample_align_corners(channel, out_h, out_w);
+    let min = mask.iter().copied().fold(f32::INFINITY, f32::min);
+    let max = mask.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let denom = max - min + 1e-8;
+    mask.mapv_inplace(|m| (m - min) / denom);
+    mask
+}

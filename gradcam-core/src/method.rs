@@ -1,0 +1,104 @@
+//! The CAM methods and their command-line names.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::CamError;
+
+/// A class-activation-map method. Each one matches the pytorch-grad-cam (PyPI `grad-cam` 1.5.7)
+/// class of the same name numerically.
+///
+/// ```
+/// use gradcam_core::Method;
+/// let m: Method = "gradcam++".parse().unwrap();
+/// assert_eq!(m, Method::GradCamPlusPlus);
+/// assert_eq!(m.to_string(), "gradcam++");
+/// assert!(!Method::EigenCam.needs_gradients());
+/// assert!("gradcam+".parse::<Method>().is_err());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Method {
+    /// Channel weights = spatial mean of the gradients.
+    GradCam,
+    /// Channel weights from second/third-order gradient terms (Chattopadhyay et al.).
+    GradCamPlusPlus,
+    /// Channel weights = `sum(grad * act) / sum(act)`.
+    XGradCam,
+    /// Element-wise `grad * act`, summed over channels.
+    HiResCam,
+    /// Element-wise `relu(grad) * act`, summed over channels.
+    LayerCam,
+    /// Element-wise `relu(grad * act)`, summed over channels.
+    GradCamElementWise,
+    /// First principal component of the activations (no gradients).
+    EigenCam,
+    /// First principal component of `grad * act`.
+    EigenGradCam,
+    /// Channel weights = softmax of the target score of the input masked by each channel
+    /// (one extra forward pass per channel, no gradients).
+    ScoreCam,
+    /// Channel weights = relative drop of the target score when the channel is ablated
+    /// (one extra forward pass per channel, no gradients).
+    AblationCam,
+}
+
+impl Method {
+    /// Every method, in a fixed order.
+    pub const ALL: [Method; 10] = [
+        Method::GradCam,
+        Method::GradCamPlusPlus,
+        Method::XGradCam,
+        Method::HiResCam,
+        Method::LayerCam,
+        Method::GradCamElementWise,
+        Method::EigenCam,
+        Method::EigenGradCam,
+        Method::ScoreCam,
+        Method::AblationCam,
+    ];
+
+    /// The command-line name (`gradcam`, `gradcam++`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::GradCam => "gradcam",
+            Method::GradCamPlusPlus => "gradcam++",
+            Method::XGradCam => "xgradcam",
+            Method::HiResCam => "hirescam",
+            Method::LayerCam => "layercam",
+            Method::GradCamElementWise => "gradcam-elementwise",
+            Method::EigenCam => "eigencam",
+            Method::EigenGradCam => "eigengradcam",
+            Method::ScoreCam => "scorecam",
+            Method::AblationCam => "ablationcam",
+        }
+    }
+
+    /// Whether the method needs `d target / d activation` (a backward pass).
+    pub fn needs_gradients(self) -> bool {
+        !matches!(self, Method::EigenCam | Method::ScoreCam | Method::AblationCam)
+    }
+
+    /// Whether the method runs extra forward passes of the model (ScoreCAM, AblationCAM).
+    pub fn needs_forward_passes(self) -> bool {
+        matches!(self, Method::ScoreCam | Method::AblationCam)
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Method {
+    type Err = CamError;
+
+    /// Parses a command-line name, case-insensitively; `_` is accepted for `-`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let wanted = s.trim().to_ascii_lowercase().replace('_', "-");
+        Method::ALL.into_iter().find(|m| m.name() == wanted).ok_or_else(|| {
+            let names: Vec<&str> = Method::ALL.iter().map(|m| m.name()).collect();
+            CamError::Unsupported(format!("unknown CAM method `{s}`; known methods: {}", names.join(", ")))
+        })
+    }
+}

@@ -1,0 +1,185 @@
+//! Vision-Transformer token sequences ⇄ spatial grids.
+
+use ndarray::{s, Array3, Array4, ArrayView3, ArrayView4};
+
+use crate::CamError;
+
+/// Largest number of prefix tokens [`TokenGrid::infer`] considers: a class token, a
+/// distillation token and up to 6 (or 8 without the others) register tokens.
+pub const MAX_PREFIX_TOKENS: usize = 8;
+
+/// How a `(B, N, D)` token sequence folds into a `(B, D, height, width)` grid: the first
+/// `prefix_tokens` tokens (class, distillation, registers) are dropped, the remaining
+/// `height * width` tokens are the patches in row-major order (as timm lays them out).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TokenGrid {
+    /// Tokens before the patch tokens.
+    pub prefix_tokens: usize,
+    /// Patch rows.
+    pub height: usize,
+    /// Patch columns.
+    pub width: usize,
+}
+
+impl TokenGrid {
+    /// Total number of tokens this layout describes.
+    pub fn num_tokens(&self) -> usize {
+        self.prefix_tokens + self.height * self.width
+    }
+
+    /// Infers the layout of `num_tokens` tokens produced from an input of `input_hw`
+    /// (height, width) pixels.
+    ///
+    /// A candidate is `prefix_tokens` in `0..=`[`MAX_PREFIX_TOKENS`] and a grid `h x w` with
+    /// `h * w = num_tokens - prefix_tokens` that a patch embedding with one integer stride `s`
+    /// produces from the input: `(h, w) = (⌊H/s⌋, ⌊W/s⌋)` or `(⌈H/s⌉, ⌈W/s⌉)`. This follows
+    /// the input's aspect ratio (non-square inputs included) without assuming a patch size.
+    /// The candidate with the fewest prefix tokens wins; two different grids with that same
+    /// prefix count are ambiguous, and no candidate at all is impossible: both are
+    /// [`CamError::TokenGrid`] errors, and an explicit [`TokenGrid`] resolves them.
+    ///
+    /// ```
+    /// use gradcam_core::TokenGrid;
+    /// // ViT-S/16 at 224²: a class token and 14 x 14 patches.
+    /// assert_eq!(TokenGrid::infer(197, (224, 224)).unwrap(), TokenGrid { prefix_tokens: 1, height: 14, width: 14 });
+    /// // A distilled DeiT with 4 register tokens on a 96 x 128 input.
+    /// assert_eq!(TokenGrid::infer(54, (96, 128)).unwrap(), TokenGrid { prefix_tokens: 6, height: 6, width: 8 });
+    /// assert!(TokenGrid::infer(13, (224, 224)).is_err());
+    /// ```
+    pub fn infer(num_tokens: usize, input_hw: (usize, usize)) -> Result<TokenGrid, CamError> {
+        let (height, width) = input_hw;
+        let error = |reason: String| CamError::TokenGrid { tokens: num_tokens, height, width, reason };
+        if height == 0 || width == 0 {
+            return Err(error("the input is empty".into()));
+        }
+        for prefix in 0..=MAX_PREFIX_TOKENS.min(num_tokens.saturating_sub(1)) {
+            let mut grids: Vec<(usize, usize)> = Vec::new();
+            for (h, w) in stride_grids(height, width) {
+                if h * w == num_tokens - prefix && !grids.contains(&(h, w)) {
+                    grids.push((h, w));
+                }
+            }
+            match grids.as_slice() {
+                [] => continue,
+                [(h, w)] => return Ok(TokenGrid { prefix_tokens: prefix, height: *h, width: *w }),
+                many => {
+                    let list: Vec<String> = many.iter().map(|(h, w)| format!("{h}x{w}")).collect();
+                    return Err(error(format!(
+                        "ambiguous: with {prefix} prefix tokens the grid could be {}; give the grid explicitly",
+                        list.join(" or ")
+                    )));
+                }
+            }
+        }
+        Err(error(format!(
+            "no patch grid with the input's aspect ratio and 0..={MAX_PREFIX_TOKENS} prefix tokens fits; \
+             give the grid explicitly (prefix tokens, height, width)"
+        )))
+    }
+
+    /// Checks an explicit layout against the token count.
+    pub fn check(&self, num_tokens: usize, input_hw: (usize, usize)) -> Result<(), CamError> {
+        if self.num_tokens() != num_tokens || self.height == 0 || self.width == 0 {
+            return Err(CamError::TokenGrid {
+                tokens: num_tokens,
+                height: input_hw.0,
+                width: input_hw.1,
+                reason: format!(
+                    "the given layout ({} prefix tokens + {}x{} grid) has {} tokens",
+                    self.prefix_tokens,
+                    self.height,
+                    self.width,
+                    self.num_tokens()
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// The explicit layout when given (checked), else the inferred one.
+    pub fn resolve(
+        explicit: Option<TokenGrid>,
+        num_tokens: usize,
+        input_hw: (usize, usize),
+    ) -> Result<TokenGrid, CamError> {
+        match explicit {
+            Some(grid) => grid.check(num_tokens, input_hw).map(|()| grid),
+            None => TokenGrid::infer(num_tokens, input_hw),
+        }
+    }
+}
+
+/// Every grid an integer-stride patch embedding can produce from `height x width`, floor or
+/// ceil rounding, strides from 1 up to the larger side.
+fn stride_grids(height: usize, width: usize) -> impl Iterator<Item = (usize, usize)> {
+    (1..=height.max(width)).flat_map(move |s| {
+        [(height / s, width / s), (height.div_ceil(s), width.div_ceil(s))]
+            .into_iter()
+            .filter(|&(h, w)| h > 0 && w > 0)
+    })
+}
+
+/// Folds tokens `(B, N, D)` into a grid `(B, D, h, w)`: drops the prefix tokens and lays the
+/// rest out row-major, as pytorch-grad-cam's usual ViT `reshape_transform` does. `grid`
+/// overrides the layout [`TokenGrid::infer`] would pick from `N` and `input_hw`.
+///
+/// ```
+/// use gradcam_core::{tokens_to_grid, TokenGrid};
+/// let tokens = ndarray::Array3::<f32>::zeros((2, 1 + 6 * 8, 192));
+/// let grid = tokens_to_grid(tokens.view(), (96, 128), None).unwrap();
+/// assert_eq!(grid.dim(), (2, 192, 6, 8));
+/// let explicit = TokenGrid { prefix_tokens: 1, height: 8, width: 6 };
+/// assert_eq!(tokens_to_grid(tokens.view(), (96, 128), Some(explicit)).unwrap().dim(), (2, 192, 8, 6));
+/// ```
+pub fn tokens_to_grid(
+    tokens: ArrayView3<f32>,
+    input_hw: (usize, usize),
+    grid: Option<TokenGrid>,
+) -> Result<Array4<f32>, CamError> {
+    let (batch, n, dim) = tokens.dim();
+    let layout = TokenGrid::resolve(grid, n, input_hw)?;
+    Ok(fold_tokens(tokens, layout, batch, dim))
+}
+
+pub(crate) fn fold_tokens(
+    tokens: ArrayView3<f32>,
+    layout: TokenGrid,
+    batch: usize,
+    dim: usize,
+) -> Array4<f32> {
+    let patches = tokens.slice(s![.., layout.prefix_tokens.., ..]);
+    // (B, hw, D) -> (B, D, hw) in standard layout, then split hw.
+    let channels_first = patches.permuted_axes([0, 2, 1]).as_standard_layout().into_owned();
+    channels_first
+        .into_shape_with_order((batch, dim, layout.height, layout.width))
+        .expect("the layout was checked against the token count")
+}
+
+/// The inverse of [`tokens_to_grid`]: unfolds a grid `(B, D, h, w)` back into tokens
+/// `(B, P + h*w, D)`, putting `prefix` `(B, P, D)` in front.
+///
+/// ```
+/// use gradcam_core::{grid_to_tokens, tokens_to_grid};
+/// use ndarray::{s, Array3};
+/// let tokens = Array3::from_shape_fn((1, 5, 3), |(_, n, d)| (n * 3 + d) as f32);
+/// let grid = tokens_to_grid(tokens.view(), (32, 32), None).unwrap();
+/// let back = grid_to_tokens(grid.view(), tokens.slice(s![.., ..1, ..])).unwrap();
+/// assert_eq!(back, tokens);
+/// ```
+pub fn grid_to_tokens(grid: ArrayView4<f32>, prefix: ArrayView3<f32>) -> Result<Array3<f32>, CamError> {
+    let (batch, dim, h, w) = grid.dim();
+    let (pb, p, pd) = prefix.dim();
+    if pb != batch || pd != dim {
+        return Err(CamError::Shape(format!(
+            "prefix tokens {:?} do not fit a grid {:?}",
+            prefix.shape(),
+            grid.shape()
+        )));
+    }
+    let mut out = Array3::zeros((batch, p + h * w, dim));
+    out.slice_mut(s![.., ..p, ..]).assign(&prefix);
+    let grid = grid.as_standard_layout();
+    let patches = grid.view().into_shape_with_order((batch, dim, h * w)).expect("standard layout");
+    out.slice_mut(s![.., p.., ..]).assign(&patches.permuted_axes([0, 2, 1]));
+    Ok(out)
+}
