@@ -8,6 +8,10 @@ use crate::CamError;
 /// distillation token and up to 6 (or 8 without the others) register tokens.
 pub const MAX_PREFIX_TOKENS: usize = 8;
 
+/// How much worse than the best-fitting grid's aspect mismatch a candidate may be and still
+/// compete on its (smaller) prefix count.
+const ASPECT_BAND: f64 = 0.05;
+
 /// How a `(B, N, D)` token sequence folds into a `(B, D, height, width)` grid: the first
 /// `prefix_tokens` tokens (class, distillation, registers) are dropped, the remaining
 /// `height * width` tokens are the patches in row-major order (as timm lays them out).
@@ -32,19 +36,22 @@ impl TokenGrid {
     ///
     /// A candidate is `prefix_tokens` in `0..=`[`MAX_PREFIX_TOKENS`] and a grid `h x w` with
     /// `h * w = num_tokens - prefix_tokens` that a patch embedding with one integer stride `s`
-    /// produces from the input: `(h, w) = (⌊H/s⌋, ⌊W/s⌋)` or `(⌈H/s⌉, ⌈W/s⌉)`. This follows
-    /// the input's aspect ratio (non-square inputs included) without assuming a patch size.
-    /// The candidate with the fewest prefix tokens wins; two different grids with that same
-    /// prefix count are ambiguous, and no candidate at all is impossible: both are
-    /// [`CamError::TokenGrid`] errors, and an explicit [`TokenGrid`] resolves them.
+    /// produces from the input: `(h, w) = (⌊H/s⌋, ⌊W/s⌋)` or `(⌈H/s⌉, ⌈W/s⌉)`. No patch size is
+    /// assumed, and non-square inputs work. Candidates are ranked by how well one patch size
+    /// explains both sides (`|ln((H/h) / (W/w))|`, i.e. the grid's aspect ratio against the
+    /// input's); among those within 0.05 of the best, the fewest prefix tokens wins. Two grids
+    /// left with that prefix count are ambiguous, and no candidate at all is impossible: both are
+    /// [`CamError::TokenGrid`] errors, which an explicit [`TokenGrid`] resolves.
     ///
     /// ```
     /// use gradcam_core::TokenGrid;
     /// // ViT-S/16 at 224²: a class token and 14 x 14 patches.
     /// assert_eq!(TokenGrid::infer(197, (224, 224)).unwrap(), TokenGrid { prefix_tokens: 1, height: 14, width: 14 });
-    /// // A distilled DeiT with 4 register tokens on a 96 x 128 input.
-    /// assert_eq!(TokenGrid::infer(54, (96, 128)).unwrap(), TokenGrid { prefix_tokens: 6, height: 6, width: 8 });
-    /// assert!(TokenGrid::infer(13, (224, 224)).is_err());
+    /// // A class token, 4 registers and a 6 x 8 grid of 16-pixel patches on a 96 x 128 input
+    /// // (6 x 9 patches of 14 pixels without prefix tokens would fit the input's shape worse).
+    /// assert_eq!(TokenGrid::infer(53, (96, 128)).unwrap(), TokenGrid { prefix_tokens: 5, height: 6, width: 8 });
+    /// // 205 - p is no square for any p in 0..=8, and a square input gives a square grid.
+    /// assert!(TokenGrid::infer(205, (224, 224)).is_err());
     /// ```
     pub fn infer(num_tokens: usize, input_hw: (usize, usize)) -> Result<TokenGrid, CamError> {
         let (height, width) = input_hw;
@@ -52,29 +59,37 @@ impl TokenGrid {
         if height == 0 || width == 0 {
             return Err(error("the input is empty".into()));
         }
+        // (mismatch, prefix, h, w) for every distinct candidate.
+        let mut candidates: Vec<(f64, usize, usize, usize)> = Vec::new();
         for prefix in 0..=MAX_PREFIX_TOKENS.min(num_tokens.saturating_sub(1)) {
-            let mut grids: Vec<(usize, usize)> = Vec::new();
             for (h, w) in stride_grids(height, width) {
-                if h * w == num_tokens - prefix && !grids.contains(&(h, w)) {
-                    grids.push((h, w));
-                }
-            }
-            match grids.as_slice() {
-                [] => continue,
-                [(h, w)] => return Ok(TokenGrid { prefix_tokens: prefix, height: *h, width: *w }),
-                many => {
-                    let list: Vec<String> = many.iter().map(|(h, w)| format!("{h}x{w}")).collect();
-                    return Err(error(format!(
-                        "ambiguous: with {prefix} prefix tokens the grid could be {}; give the grid explicitly",
-                        list.join(" or ")
-                    )));
+                if h * w == num_tokens - prefix
+                    && !candidates.iter().any(|c| (c.1, c.2, c.3) == (prefix, h, w))
+                {
+                    let mismatch = ((height as f64 / h as f64) / (width as f64 / w as f64)).ln().abs();
+                    candidates.push((mismatch, prefix, h, w));
                 }
             }
         }
-        Err(error(format!(
-            "no patch grid with the input's aspect ratio and 0..={MAX_PREFIX_TOKENS} prefix tokens fits; \
-             give the grid explicitly (prefix tokens, height, width)"
-        )))
+        let Some(best) = candidates.iter().map(|c| c.0).min_by(f64::total_cmp) else {
+            return Err(error(format!(
+                "no patch grid with the input's aspect ratio and 0..={MAX_PREFIX_TOKENS} prefix tokens fits; \
+                 give the layout explicitly (prefix tokens, grid height, grid width)"
+            )));
+        };
+        candidates.retain(|c| c.0 <= best + ASPECT_BAND);
+        let prefix = candidates.iter().map(|c| c.1).min().expect("not empty");
+        candidates.retain(|c| c.1 == prefix);
+        match candidates.as_slice() {
+            [(_, p, h, w)] => Ok(TokenGrid { prefix_tokens: *p, height: *h, width: *w }),
+            many => {
+                let list: Vec<String> = many.iter().map(|c| format!("{}x{}", c.2, c.3)).collect();
+                Err(error(format!(
+                    "ambiguous: with {prefix} prefix tokens the grid could be {}; give the layout explicitly",
+                    list.join(" or ")
+                )))
+            }
+        }
     }
 
     /// Checks an explicit layout against the token count.
