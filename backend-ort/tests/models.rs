@@ -1,0 +1,138 @@
+//! Whole models from both torch exporters against PyTorch autograd and pytorch-grad-cam
+//! (the fixtures of `tools/make_model_fixtures.py`).
+#![cfg(feature = "ort")]
+
+use std::path::PathBuf;
+
+use backend_ort::OnnxModel;
+use gradcam_core::{explain, CamModel, CamOptions, LayerTensor, Method, Target};
+use ndarray::{ArrayD, Ix4};
+use ndarray_npy::read_npy;
+
+fn fixtures() -> PathBuf {
+    let dir = std::env::var_os("GRADCAM_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/fixtures"));
+    assert!(
+        dir.join("input.npy").exists(),
+        "model fixtures missing in {}: run scripts/test-all (it generates the model fixtures)",
+        dir.display()
+    );
+    dir
+}
+
+fn npy_f32(path: PathBuf) -> ArrayD<f32> {
+    read_npy(&path).unwrap_or_else(|e| {
+        panic!("{}: {e} (run scripts/test-all (it generates the model fixtures))", path.display())
+    })
+}
+
+/// `max |a - b| <= tol * max |b|` (relative to the reference's scale).
+fn assert_close(what: &str, got: &ArrayD<f32>, want: &ArrayD<f32>, tol: f32) {
+    assert_eq!(got.shape(), want.shape(), "{what}: shape");
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(f32::MIN_POSITIVE);
+    let err = got.iter().zip(want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(err <= tol * scale, "{what}: max abs error {err:e} > {tol:e} x scale {scale:e}");
+}
+
+fn dyn_of(t: &LayerTensor) -> ArrayD<f32> {
+    match t {
+        LayerTensor::Spatial(a) => a.clone().into_dyn(),
+        LayerTensor::Tokens(a) => a.clone().into_dyn(),
+    }
+}
+
+fn fixture_name(m: Method) -> String {
+    m.name().replace("++", "pp").replace('-', "_")
+}
+
+/// Gradients, activations and logits equal PyTorch's to 1e-4 (relative to each tensor's scale);
+/// every CAM the fixtures hold equals grad-cam's to 1e-4.
+fn check(key: &str, exporter: &str, layers: &[&str]) {
+    let dir = fixtures();
+    let model_path = dir.join(format!("{key}.{exporter}.onnx"));
+    assert!(
+        model_path.exists(),
+        "{} missing: run scripts/test-all (it generates the model fixtures)",
+        model_path.display()
+    );
+    let mut model = OnnxModel::load(&model_path).expect("load");
+    let input = npy_f32(dir.join("input.npy")).into_dimensionality::<Ix4>().expect("(B, 3, H, W)");
+    let names: Vec<String> = model.layers().expect("layers").into_iter().map(|l| l.name).collect();
+    for layer in layers {
+        assert!(names.iter().any(|n| n == layer), "{key}.{exporter}: layer {layer} not listed in {names:?}");
+        let ref_dir = dir.join(key).join(layer);
+        let capture = model.capture(input.view(), layer, Some(&Target::top_one())).expect("capture");
+        let what = format!("{key}.{exporter} {layer}");
+        let classes: ndarray::Array1<i64> = read_npy(ref_dir.join("classes.npy")).expect("classes.npy");
+        assert_eq!(
+            capture.classes,
+            classes.iter().map(|&c| c as usize).collect::<Vec<_>>(),
+            "{what}: classes"
+        );
+        assert_close(
+            &format!("{what} logits"),
+            &capture.logits.clone().into_dyn(),
+            &npy_f32(ref_dir.join("logits.npy")),
+            1e-4,
+        );
+        let act = dyn_of(&capture.activation);
+        assert_close(&format!("{what} activations"), &act, &npy_f32(ref_dir.join("activations.npy")), 1e-4);
+        let grad = dyn_of(capture.gradient.as_ref().expect("gradient"));
+        assert_close(&format!("{what} gradients"), &grad, &npy_f32(ref_dir.join("gradients.npy")), 1e-4);
+
+        let methods: Vec<Method> = Method::ALL
+            .into_iter()
+            .filter(|m| ref_dir.join(format!("cam_{}.npy", fixture_name(*m))).exists())
+            .collect();
+        assert!(methods.iter().filter(|m| m.needs_gradients()).count() >= 6, "{what}: CAM fixtures missing");
+        let explanations =
+            explain(&mut model, input.view(), &[layer], &methods, &Target::top_one(), &CamOptions::default())
+                .expect("explain");
+        for e in explanations {
+            let want = npy_f32(ref_dir.join(format!("cam_{}.npy", fixture_name(e.method))));
+            assert_close(&format!("{what} {}", e.method.name()), &e.maps.into_dyn(), &want, 1e-4);
+        }
+    }
+}
+
+#[test]
+fn resnet18_legacy() {
+    check("resnet18", "legacy", &["layer4", "layer4.1", "layer3"]);
+}
+
+#[test]
+fn resnet18_dynamo() {
+    check("resnet18", "dynamo", &["layer4", "layer4.1", "layer3"]);
+}
+
+#[test]
+fn vit_tiny_legacy() {
+    check("vit_tiny", "legacy", &["blocks.11.norm1"]);
+}
+
+#[test]
+fn vit_tiny_dynamo() {
+    check("vit_tiny", "dynamo", &["blocks.11.norm1"]);
+}
+
+#[test]
+fn lite0_legacy() {
+    check("lite0", "legacy", &["blocks.6", "bn2"]);
+}
+
+#[test]
+fn lite0_dynamo() {
+    check("lite0", "dynamo", &["blocks.6", "bn2"]);
+}
+
+#[test]
+fn default_layers_match_the_other_backends() {
+    let dir = fixtures();
+    for (key, want) in [("resnet18", "layer4"), ("vit_tiny", "blocks.11.norm1"), ("lite0", "bn2")] {
+        for exporter in ["legacy", "dynamo"] {
+            let mut model = OnnxModel::load(&dir.join(format!("{key}.{exporter}.onnx"))).expect("load");
+            assert_eq!(model.default_layer().expect("default layer"), want, "{key}.{exporter}");
+        }
+    }
+}
