@@ -130,7 +130,7 @@ pub const RULES: &[(&str, Rule)] = &[
         Ok(vec![Some(c.b.op("Mul", &[&c.gy(g)?, &d], vec![]))])
     }),
     ("Erf", |c, g| {
-        let d = c.gauss(c.x(0), 1.0, 2.0 / std::f64::consts::PI.sqrt());
+        let d = c.gauss(c.x(0), std::f64::consts::FRAC_1_SQRT_2, 2.0 / std::f64::consts::PI.sqrt());
         Ok(vec![Some(c.b.op("Mul", &[&c.gy(g)?, &d], vec![]))])
     }),
     ("Gelu", |c, g| {
