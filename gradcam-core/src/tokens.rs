@@ -37,7 +37,8 @@ impl TokenGrid {
     /// A candidate is `prefix_tokens` in `0..=`[`MAX_PREFIX_TOKENS`] and a grid `h x w` with
     /// `h * w = num_tokens - prefix_tokens` that a patch embedding with one integer stride `s`
     /// produces from the input: `(h, w) = (⌊H/s⌋, ⌊W/s⌋)` or `(⌈H/s⌉, ⌈W/s⌉)`. No patch size is
-    /// assumed, and non-square inputs work. Candidates are ranked by how well one patch size
+    /// assumed, and non-square inputs work. Grids that tile the input exactly (`H = h s`,
+    /// `W = w s`) are preferred; otherwise candidates are ranked by how well one patch size
     /// explains both sides (`|ln((H/h) / (W/w))|`, i.e. the grid's aspect ratio against the
     /// input's); among those within 0.05 of the best, the fewest prefix tokens wins. Two grids
     /// left with that prefix count are ambiguous, and no candidate at all is impossible: both are
@@ -70,6 +71,13 @@ impl TokenGrid {
                     candidates.push((mismatch, prefix, h, w));
                 }
             }
+        }
+        // Grids that tile the input exactly with one patch size beat any that leave pixels over.
+        let exact = |c: &(f64, usize, usize, usize)| {
+            height % c.2 == 0 && width % c.3 == 0 && height / c.2 == width / c.3
+        };
+        if candidates.iter().any(exact) {
+            candidates.retain(exact);
         }
         let Some(best) = candidates.iter().map(|c| c.0).min_by(f64::total_cmp) else {
             return Err(error(format!(

@@ -1,0 +1,89 @@
+//! A toy `CamModel` shared by the property tests: one feature layer and a linear head.
+#![allow(dead_code)]
+
+use gradcam_core::{CamError, CamModel, Capture, LayerInfo, LayerTensor, LayerView, Target};
+use ndarray::{Array2, Array4, ArrayView4, Axis};
+
+/// `features = relu(mix · input + bias)` per pixel (`C` channels), `logits = head · mean_px(features)`.
+/// Its gradient is analytic: `d logit_k / d features[c, y, x] = head[k, c] / (h w)`.
+#[derive(Clone, Debug)]
+pub struct Toy {
+    pub mix: Array2<f32>,  // (C, 3)
+    pub bias: Vec<f32>,    // (C)
+    pub head: Array2<f32>, // (K, C)
+    pub forwards: usize,
+}
+
+impl Toy {
+    pub fn features(&self, input: ArrayView4<f32>) -> Array4<f32> {
+        let (b, _, h, w) = input.dim();
+        let c = self.mix.nrows();
+        Array4::from_shape_fn((b, c, h, w), |(b, c, y, x)| {
+            let mut v = self.bias[c];
+            for i in 0..3 {
+                v += self.mix[[c, i]] * input[[b, i, y, x]];
+            }
+            v.max(0.0)
+        })
+    }
+
+    pub fn head(&self, features: ArrayView4<f32>) -> Array2<f32> {
+        let (b, c, h, w) = features.dim();
+        let pooled = features.into_shape_with_order((b, c, h * w)).unwrap().mean_axis(Axis(2)).unwrap();
+        pooled.dot(&self.head.t())
+    }
+}
+
+impl CamModel for Toy {
+    fn layers(&mut self) -> Result<Vec<LayerInfo>, CamError> {
+        Ok(vec![LayerInfo { name: "features".into(), shape: vec![1, self.mix.nrows(), 0, 0] }])
+    }
+
+    fn default_layer(&mut self) -> Result<String, CamError> {
+        Ok("features".into())
+    }
+
+    fn capture(
+        &mut self,
+        input: ArrayView4<f32>,
+        layer: &str,
+        target: Option<&Target>,
+    ) -> Result<Capture, CamError> {
+        if layer != "features" {
+            return Err(CamError::UnknownLayer { name: layer.into(), near: vec!["features".into()] });
+        }
+        let features = self.features(input);
+        let logits = self.head(features.view());
+        let target = target.cloned().unwrap_or_default();
+        let classes = target.resolve(logits.view())?;
+        let seed = target.seed(logits.view(), &classes);
+        let (b, c, h, w) = features.dim();
+        // d score / d features = Σ_k seed[b, k] head[k, c] / (h w)
+        let per_channel = seed.dot(&self.head);
+        let gradient =
+            Array4::from_shape_fn((b, c, h, w), |(b, c, _, _)| per_channel[[b, c]] / (h * w) as f32);
+        Ok(Capture {
+            logits,
+            classes,
+            activation: LayerTensor::Spatial(features),
+            gradient: Some(LayerTensor::Spatial(gradient)),
+        })
+    }
+
+    fn forward(&mut self, input: ArrayView4<f32>) -> Result<Array2<f32>, CamError> {
+        self.forwards += input.len_of(Axis(0));
+        Ok(self.head(self.features(input).view()))
+    }
+
+    fn forward_with_activation(
+        &mut self,
+        _input: ArrayView4<f32>,
+        _layer: &str,
+        activation: LayerView<'_>,
+    ) -> Result<Array2<f32>, CamError> {
+        match activation {
+            LayerView::Spatial(a) => Ok(self.head(a)),
+            LayerView::Tokens(_) => Err(CamError::Unsupported("toy model has no tokens".into())),
+        }
+    }
+}
