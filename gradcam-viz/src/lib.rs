@@ -1,1 +1,44 @@
-//! Images in and out for gradcam-rs: preprocessing, resize, colormaps, overlays, files
+//! # gradcam-viz
+//!
+//! The picture side of gradcam-rs: everything between files on disk and the tensors
+//! [`gradcam_core`] works on, and back.
+//!
+//! - **In**: [`load_image`] reads any common image format; [`Preprocess`] turns a photo into a
+//!   model input exactly as pytorch-grad-cam's examples do (RGB / 255, OpenCV-style bilinear
+//!   resize, ImageNet mean/std, CHW); [`load_npy_batch`] reads a ready `(N, 3, H, W)` tensor.
+//! - **Out**: [`Colormap`] (jet, turbo, viridis, inferno, gray as 256-entry tables matching
+//!   OpenCV's), [`overlay`] (byte-identical to pytorch-grad-cam's `show_cam_on_image`),
+//!   [`origin_view`] (the map at activation resolution, cells kept sharp), [`grid`] (labelled
+//!   comparison sheets) and [`save_image`] (PNG/JPEG, written atomically).
+//!
+//! Bilinear resizing is [`gradcam_core::resize_bilinear`], the project's single implementation.
+//!
+//! ```
+//! use gradcam_viz::{overlay, Colormap, Preprocess};
+//! use ndarray::Array2;
+//!
+//! let photo = image::RgbImage::from_pixel(300, 200, image::Rgb([120, 160, 90]));
+//! let input = Preprocess::default().tensor(&photo)?; // (3, 224, 224), ready for a model
+//! assert_eq!(input.dim(), (3, 224, 224));
+//! // A CAM as gradcam-core returns it (values in [0, 1] at the model's input size) ...
+//! let cam = Array2::from_shape_fn((224, 224), |(y, x)| ((x + y) as f32 / 446.0));
+//! // ... laid over the full-size photo (the CAM is resized to 300 x 200 on the way).
+//! let picture = overlay(&photo, cam.view(), Colormap::Jet, 0.5)?;
+//! assert_eq!(picture.dimensions(), (300, 200));
+//! # Ok::<(), gradcam_viz::VizError>(())
+//! ```
+
+mod colormap;
+mod colormap_tables;
+mod error;
+mod files;
+mod grid;
+mod overlay;
+mod preprocess;
+
+pub use colormap::{level, Colormap};
+pub use error::VizError;
+pub use files::{load_image, load_npy_batch, save_image, PictureFormat, JPEG_QUALITY};
+pub use grid::{draw_text, grid, grid_with, text_width, GridOptions, GLYPH};
+pub use overlay::{origin_view, overlay, overlay_f32, resize_nearest, DEFAULT_IMAGE_WEIGHT};
+pub use preprocess::{rgb_planes, Preprocess, IMAGENET_MEAN, IMAGENET_STD};

@@ -1,0 +1,145 @@
+//! Photos to model inputs: RGB → `[0, 1]` → bilinear resize → mean/std normalisation → CHW.
+
+use std::path::Path;
+
+use gradcam_core::resize_bilinear;
+use image::RgbImage;
+use ndarray::{s, Array3, Array4, ArrayView3, Axis};
+
+use crate::{load_image, VizError};
+
+/// ImageNet channel means (RGB), the torchvision/timm default.
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+/// ImageNet channel standard deviations (RGB), the torchvision/timm default.
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+/// How a photo becomes a model input, exactly like
+/// `(cv2.resize(rgb / 255, (W, H), INTER_LINEAR) - mean) / std` transposed to `(3, H, W)`, all in
+/// f32 (the preprocessing of pytorch-grad-cam's examples and of this project's fixtures).
+///
+/// ```
+/// use gradcam_viz::Preprocess;
+/// let photo = image::RgbImage::from_pixel(40, 30, image::Rgb([255, 128, 0]));
+/// let x = Preprocess::default().tensor(&photo).unwrap();
+/// assert_eq!(x.dim(), (3, 224, 224));
+/// assert!((x[[0, 0, 0]] - (1.0 - 0.485) / 0.229).abs() < 1e-6);
+///
+/// let small = Preprocess { height: 96, width: 128, ..Preprocess::default() };
+/// assert_eq!(small.batch(&[photo.clone(), photo]).unwrap().dim(), (2, 3, 96, 128));
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct Preprocess {
+    /// Model input height.
+    pub height: usize,
+    /// Model input width.
+    pub width: usize,
+    /// Per-channel mean (RGB) subtracted after scaling to `[0, 1]`.
+    pub mean: [f32; 3],
+    /// Per-channel standard deviation (RGB) divided by after subtracting the mean.
+    pub std: [f32; 3],
+}
+
+impl Default for Preprocess {
+    /// 224 × 224, ImageNet mean and standard deviation.
+    fn default() -> Self {
+        Preprocess { height: 224, width: 224, mean: IMAGENET_MEAN, std: IMAGENET_STD }
+    }
+}
+
+impl Preprocess {
+    /// Model input of `height × width` with the ImageNet statistics.
+    pub fn new(height: usize, width: usize) -> Self {
+        Preprocess { height, width, ..Preprocess::default() }
+    }
+
+    fn check(&self) -> Result<(), VizError> {
+        if self.height == 0 || self.width == 0 {
+            return Err(VizError::Invalid(format!(
+                "model input size {}x{} is empty",
+                self.height, self.width
+            )));
+        }
+        if self.std.iter().any(|s| *s == 0.0 || !s.is_finite()) || self.mean.iter().any(|m| !m.is_finite()) {
+            return Err(VizError::Invalid(format!(
+                "normalisation mean {:?} / std {:?} must be finite with std non-zero",
+                self.mean, self.std
+            )));
+        }
+        Ok(())
+    }
+
+    /// The `(3, height, width)` model input for one photo.
+    pub fn tensor(&self, image: &RgbImage) -> Result<Array3<f32>, VizError> {
+        self.check()?;
+        let planes = rgb_planes(image)?;
+        let mut out = Array3::zeros((3, self.height, self.width));
+        for (c, plane) in planes.outer_iter().enumerate() {
+            let resized = resize_bilinear(plane, self.height, self.width);
+            let (mean, std) = (self.mean[c], self.std[c]);
+            out.slice_mut(s![c, .., ..]).zip_mut_with(&resized, |o, &x| *o = (x - mean) / std);
+        }
+        Ok(out)
+    }
+
+    /// The `(N, 3, height, width)` model input for several photos (of any sizes).
+    pub fn batch(&self, images: &[RgbImage]) -> Result<Array4<f32>, VizError> {
+        self.check()?;
+        let mut out = Array4::zeros((images.len(), 3, self.height, self.width));
+        for (mut slot, image) in out.outer_iter_mut().zip(images) {
+            slot.assign(&self.tensor(image)?);
+        }
+        Ok(out)
+    }
+
+    /// Reads an image file ([`load_image`]) and returns it together with its model input.
+    pub fn load(&self, path: impl AsRef<Path>) -> Result<(RgbImage, Array3<f32>), VizError> {
+        let image = load_image(path)?;
+        let tensor = self.tensor(&image)?;
+        Ok((image, tensor))
+    }
+
+    /// Undoes the normalisation of a `(3, H, W)` model input: the picture it shows (rounded,
+    /// clamped to `[0, 255]`), for laying heatmaps over inputs that came as `.npy` tensors.
+    ///
+    /// ```
+    /// use gradcam_viz::Preprocess;
+    /// let p = Preprocess::default();
+    /// let photo = image::RgbImage::from_pixel(224, 224, image::Rgb([10, 200, 255]));
+    /// assert_eq!(p.picture(p.tensor(&photo).unwrap().view()).unwrap(), photo);
+    /// ```
+    pub fn picture(&self, tensor: ArrayView3<f32>) -> Result<RgbImage, VizError> {
+        let (c, h, w) = tensor.dim();
+        if c != 3 || h == 0 || w == 0 {
+            return Err(VizError::Shape {
+                what: "model input (3, H, W)",
+                expected: vec![3, h, w],
+                found: vec![c, h, w],
+            });
+        }
+        let mut out = RgbImage::new(w as u32, h as u32);
+        for (ch, plane) in tensor.axis_iter(Axis(0)).enumerate() {
+            let (mean, std) = (self.mean[ch], self.std[ch]);
+            for (px, &x) in out.as_mut().chunks_exact_mut(3).zip(plane.iter()) {
+                px[ch] = ((x * std + mean) * 255.0).round().clamp(0.0, 255.0) as u8;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// An RGB image as `(3, H, W)` f32 planes in `[0, 1]` (`value / 255`, in f32 like numpy's
+/// `np.float32(image) / 255`).
+pub fn rgb_planes(image: &RgbImage) -> Result<Array3<f32>, VizError> {
+    let (w, h) = (image.width() as usize, image.height() as usize);
+    if w == 0 || h == 0 {
+        return Err(VizError::Invalid("the image is empty (0 pixels)".into()));
+    }
+    let mut planes = Array3::zeros((3, h, w));
+    for (i, px) in image.as_raw().chunks_exact(3).enumerate() {
+        let (y, x) = (i / w, i % w);
+        for c in 0..3 {
+            planes[[c, y, x]] = px[c] as f32 / 255.0;
+        }
+    }
+    Ok(planes)
+}
