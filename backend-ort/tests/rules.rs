@@ -1,0 +1,621 @@
+//! Per-op checks of the backward rules: for random shapes and attributes, the generated
+//! gradient of `sum(seed · y)` equals central finite differences of the forward op, both run in
+//! ONNX Runtime.
+#![cfg(feature = "ort")]
+
+use std::sync::OnceLock;
+
+use backend_ort::onnx_graph::{OnnxGraph, Seed, Shapes, TensorInfo, GRADIENT, SEED};
+use onnx_protobuf::attribute_proto::AttributeType;
+use onnx_protobuf::{
+    tensor_proto::DataType, type_proto, AttributeProto, GraphProto, ModelProto, NodeProto,
+    OperatorSetIdProto, TensorProto, TypeProto, ValueInfoProto,
+};
+use ort::session::Session;
+use ort::value::Tensor;
+use proptest::prelude::*;
+
+fn env() -> &'static ort::environment::Environment {
+    static ENV: OnceLock<ort::environment::Environment> = OnceLock::new();
+    ENV.get_or_init(|| ort::init().with_name("rules").build().expect("ONNX Runtime (set ORT_DYLIB_PATH)"))
+}
+
+/// An input of the node under test.
+#[derive(Clone, Debug)]
+enum Arg {
+    /// A graph input the gradient is checked for.
+    X(Vec<i64>, Vec<f32>),
+    /// A float constant (weights).
+    P(Vec<i64>, Vec<f32>),
+    /// An int64 constant (1-D), or a scalar when `scalar`.
+    I(Vec<i64>, bool),
+    /// An absent optional input.
+    Absent,
+}
+
+/// A small graph: nodes over named tensors; `x<k>`/`p<k>`/`i<k>` name the arguments, the last
+/// node's first output must be `y`.
+struct Case {
+    args: Vec<Arg>,
+    nodes: Vec<NodeProto>,
+    opset: i64,
+}
+
+fn node(op: &str, inputs: &[&str], outputs: &[&str], attrs: Vec<AttributeProto>) -> NodeProto {
+    let mut n = NodeProto::new();
+    n.op_type = op.into();
+    n.name = format!("test_{op}_{}", outputs[0]);
+    n.input = inputs.iter().map(|s| s.to_string()).collect();
+    n.output = outputs.iter().map(|s| s.to_string()).collect();
+    n.attribute = attrs;
+    n
+}
+
+fn ai(name: &str, v: i64) -> AttributeProto {
+    let mut a = AttributeProto::new();
+    a.name = name.into();
+    a.type_ = AttributeType::INT.into();
+    a.i = v;
+    a
+}
+
+fn aints(name: &str, v: &[i64]) -> AttributeProto {
+    let mut a = AttributeProto::new();
+    a.name = name.into();
+    a.type_ = AttributeType::INTS.into();
+    a.ints = v.to_vec();
+    a
+}
+
+fn af(name: &str, v: f32) -> AttributeProto {
+    let mut a = AttributeProto::new();
+    a.name = name.into();
+    a.type_ = AttributeType::FLOAT.into();
+    a.f = v;
+    a
+}
+
+fn astr(name: &str, v: &str) -> AttributeProto {
+    let mut a = AttributeProto::new();
+    a.name = name.into();
+    a.type_ = AttributeType::STRING.into();
+    a.s = v.as_bytes().to_vec();
+    a
+}
+
+fn arg_name(args: &[Arg], k: usize) -> String {
+    match &args[k] {
+        Arg::X(..) => format!("x{k}"),
+        Arg::P(..) => format!("p{k}"),
+        Arg::I(..) => format!("i{k}"),
+        Arg::Absent => String::new(),
+    }
+}
+
+/// The one-node case `op(args) -> y`.
+fn one(op: &str, args: Vec<Arg>, attrs: Vec<AttributeProto>, opset: i64) -> Case {
+    let names: Vec<String> = (0..args.len()).map(|k| arg_name(&args, k)).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    Case { nodes: vec![node(op, &refs, &["y"], attrs)], args, opset }
+}
+
+fn vi(name: &str, elem: i32) -> ValueInfoProto {
+    let mut v = ValueInfoProto::new();
+    v.name = name.into();
+    let mut t = type_proto::Tensor::new();
+    t.elem_type = elem;
+    let mut tp = TypeProto::new();
+    tp.value = Some(type_proto::Value::TensorType(t));
+    v.type_ = Some(tp).into();
+    v
+}
+
+impl Case {
+    fn graph(&self, extra_outputs: &[String]) -> OnnxGraph {
+        let mut g = GraphProto::new();
+        g.name = "case".into();
+        g.node = self.nodes.clone();
+        for (k, a) in self.args.iter().enumerate() {
+            let name = arg_name(&self.args, k);
+            match a {
+                Arg::X(..) => g.input.push(vi(&name, DataType::FLOAT as i32)),
+                Arg::P(dims, data) => {
+                    let mut t = TensorProto::new();
+                    t.name = name;
+                    t.data_type = DataType::FLOAT as i32;
+                    t.dims = dims.clone();
+                    t.float_data = data.clone();
+                    g.initializer.push(t);
+                }
+                Arg::I(v, scalar) => {
+                    let mut t = TensorProto::new();
+                    t.name = name;
+                    t.data_type = DataType::INT64 as i32;
+                    t.dims = if *scalar { vec![] } else { vec![v.len() as i64] };
+                    t.int64_data = v.clone();
+                    g.initializer.push(t);
+                }
+                Arg::Absent => {}
+            }
+        }
+        g.output.push(vi("y", DataType::FLOAT as i32));
+        for o in extra_outputs {
+            g.output.push(vi(o, 0));
+            g.output.last_mut().unwrap().type_ = Default::default();
+        }
+        let mut m = ModelProto::new();
+        m.ir_version = 8;
+        let mut op = OperatorSetIdProto::new();
+        op.version = self.opset;
+        m.opset_import.push(op);
+        m.graph = Some(g).into();
+        OnnxGraph::from_model(m)
+    }
+
+    fn xs(&self) -> Vec<(String, Vec<i64>, Vec<f32>)> {
+        self.args
+            .iter()
+            .enumerate()
+            .filter_map(|(k, a)| match a {
+                Arg::X(d, v) => Some((format!("x{k}"), d.clone(), v.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn session(g: &OnnxGraph) -> Session {
+    Session::builder(env())
+        .unwrap()
+        .with_intra_threads(1)
+        .unwrap()
+        .commit_from_memory(&g.to_bytes())
+        .unwrap_or_else(|e| panic!("ORT rejected the model: {e}"))
+}
+
+fn run(
+    s: &mut Session,
+    xs: &[(String, Vec<i64>, Vec<f32>)],
+    seed: Option<(&[i64], &[f32])>,
+    outs: &[&str],
+) -> Vec<(Vec<i64>, Vec<f64>, i32)> {
+    let mut inputs: Vec<(std::borrow::Cow<str>, ort::session::SessionInputValue)> = Vec::new();
+    for (name, d, v) in xs {
+        inputs.push((name.clone().into(), Tensor::from_array((d.clone(), v.clone())).unwrap().into()));
+    }
+    if let Some((d, v)) = seed {
+        inputs.push((SEED.into(), Tensor::from_array((d.to_vec(), v.to_vec())).unwrap().into()));
+    }
+    let outputs = s.run(inputs).unwrap_or_else(|e| panic!("run: {e}"));
+    outs.iter()
+        .map(|o| {
+            let v = &outputs[*o];
+            if let Ok((shape, data)) = v.try_extract_tensor::<f32>() {
+                (shape.to_vec(), data.iter().map(|&x| x as f64).collect(), 1)
+            } else if let Ok((shape, data)) = v.try_extract_tensor::<f64>() {
+                (shape.to_vec(), data.to_vec(), 11)
+            } else {
+                let (shape, _) = v.try_extract_tensor::<i64>().expect("f32, f64 or i64");
+                (shape.to_vec(), Vec::new(), 7)
+            }
+        })
+        .collect()
+}
+
+/// A deterministic generator of test values.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> f32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 40) as f32 / (1u64 << 24) as f32
+    }
+    /// Uniform in [-1, 1).
+    fn sym(&mut self) -> f32 {
+        2.0 * self.next() - 1.0
+    }
+    /// `count` values with |v| in [lo, lo + 1): away from kinks at 0.
+    fn away(&mut self, count: usize, lo: f32) -> Vec<f32> {
+        (0..count).map(|_| (lo + self.next()) * if self.next() < 0.5 { -1.0 } else { 1.0 }).collect()
+    }
+    fn vec(&mut self, count: usize) -> Vec<f32> {
+        (0..count).map(|_| self.sym()).collect()
+    }
+    /// Distinct values spaced well apart (for max).
+    fn distinct(&mut self, count: usize) -> Vec<f32> {
+        let mut idx: Vec<usize> = (0..count).collect();
+        for i in (1..count).rev() {
+            let j = (self.next() * (i + 1) as f32) as usize % (i + 1);
+            idx.swap(i, j);
+        }
+        idx.into_iter().map(|i| i as f32 * 0.1 - count as f32 * 0.05).collect()
+    }
+}
+
+fn numel(d: &[i64]) -> usize {
+    d.iter().product::<i64>() as usize
+}
+
+/// The generated gradient equals central differences for every differentiable input.
+fn check(case: Case, eps: f32, seed: u64) {
+    let node_outputs: Vec<String> =
+        case.nodes.iter().flat_map(|n| n.output.clone()).filter(|o| o != "y" && !o.is_empty()).collect();
+    let xs = case.xs();
+    // Shapes of everything, from one run.
+    let probe = case.graph(&node_outputs);
+    let mut s = session(&probe);
+    let mut names: Vec<&str> = vec!["y"];
+    names.extend(node_outputs.iter().map(String::as_str));
+    let outs = run(&mut s, &xs, None, &names);
+    let mut shapes = Shapes::new();
+    for (name, (shape, _, dtype)) in names.iter().zip(&outs) {
+        shapes.insert(name.to_string(), TensorInfo { dtype: *dtype, shape: shape.clone() });
+    }
+    for (k, a) in case.args.iter().enumerate() {
+        let info = match a {
+            Arg::X(d, _) | Arg::P(d, _) => TensorInfo { dtype: 1, shape: d.clone() },
+            Arg::I(v, scalar) => {
+                TensorInfo { dtype: 7, shape: if *scalar { vec![] } else { vec![v.len() as i64] } }
+            }
+            Arg::Absent => continue,
+        };
+        shapes.insert(arg_name(&case.args, k), info);
+    }
+    let y_shape = outs[0].0.clone();
+    let mut rng = Rng(seed | 1);
+    let seed_values = rng.vec(numel(&y_shape));
+    let forward = case.graph(&[]);
+    let mut fwd = session(&forward);
+    let loss = |fwd: &mut Session, xs: &[(String, Vec<i64>, Vec<f32>)]| -> f64 {
+        let (_, y, _) = run(fwd, xs, None, &["y"]).remove(0);
+        y.iter().zip(&seed_values).map(|(a, b)| a * *b as f64).sum()
+    };
+    for (k, (name, _, values)) in xs.iter().enumerate() {
+        let backward = forward.backward_model(name, Seed::Tensor, &shapes).unwrap_or_else(|e| panic!("{e}"));
+        let mut bs = session(&backward);
+        let (_, grad, _) = run(&mut bs, &xs, Some((&y_shape, &seed_values)), &[GRADIENT]).remove(0);
+        assert_eq!(grad.len(), values.len(), "gradient size of {name}");
+        for j in 0..values.len() {
+            let mut plus = xs.to_vec();
+            plus[k].2[j] += eps;
+            let mut minus = xs.to_vec();
+            minus[k].2[j] -= eps;
+            let fd = (loss(&mut fwd, &plus) - loss(&mut fwd, &minus)) / (2.0 * eps as f64);
+            let tol = 3e-3 + 2e-2 * fd.abs();
+            assert!(
+                (grad[j] - fd).abs() <= tol,
+                "{} d/d{name}[{j}]: generated {} vs finite difference {fd}",
+                case.nodes.last().unwrap().op_type,
+                grad[j]
+            );
+        }
+    }
+}
+
+fn shape_strategy(max_rank: usize, max_dim: i64) -> impl Strategy<Value = Vec<i64>> {
+    prop::collection::vec(1..=max_dim, 1..=max_rank)
+}
+
+/// Two shapes that broadcast: `b` drops leading axes of `a` and sets some axes to 1.
+fn broadcast_pair() -> impl Strategy<Value = (Vec<i64>, Vec<i64>, bool)> {
+    (shape_strategy(4, 3), any::<u8>(), any::<bool>()).prop_map(|(a, mask, swap)| {
+        let drop = (mask as usize) % a.len();
+        let b: Vec<i64> = a[drop..]
+            .iter()
+            .enumerate()
+            .map(|(i, &d)| if mask >> (i + 2) & 1 == 1 { 1 } else { d })
+            .collect();
+        (a, b, swap)
+    })
+}
+
+const UNARY: &[(&str, f32)] = &[
+    ("Sigmoid", 0.0),
+    ("Tanh", 0.0),
+    ("Erf", 0.0),
+    ("Neg", 0.0),
+    ("Exp", 0.0),
+    ("Softplus", 0.0),
+    ("Identity", 0.0),
+    ("Relu", 0.05),
+    ("Abs", 0.05),
+];
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn unary(op in 0..UNARY.len(), shape in shape_strategy(3, 4), seed in any::<u64>()) {
+        let (name, lo) = UNARY[op];
+        let mut r = Rng(seed | 1);
+        let x = if lo > 0.0 { r.away(numel(&shape), lo) } else { r.vec(numel(&shape)) };
+        check(one(name, vec![Arg::X(shape, x)], vec![], 17), 1e-2, seed);
+    }
+
+    #[test]
+    fn positive_domain(op in 0..3usize, shape in shape_strategy(3, 4), seed in any::<u64>()) {
+        let name = ["Sqrt", "Log", "Reciprocal"][op];
+        let mut r = Rng(seed | 1);
+        let x: Vec<f32> = (0..numel(&shape)).map(|_| 0.5 + r.next()).collect();
+        check(one(name, vec![Arg::X(shape, x)], vec![], 17), 1e-3, seed);
+    }
+
+    #[test]
+    fn gelu(tanh in any::<bool>(), shape in shape_strategy(3, 4), seed in any::<u64>()) {
+        let x = Rng(seed | 1).vec(numel(&shape)).iter().map(|v| v * 3.0).collect();
+        let attrs = vec![astr("approximate", if tanh { "tanh" } else { "none" })];
+        check(one("Gelu", vec![Arg::X(shape, x)], attrs, 20), 1e-2, seed);
+    }
+
+    #[test]
+    fn leaky_relu(alpha in 0.01f32..0.5, shape in shape_strategy(3, 4), seed in any::<u64>()) {
+        let x = Rng(seed | 1).away(numel(&shape), 0.05);
+        check(one("LeakyRelu", vec![Arg::X(shape, x)], vec![af("alpha", alpha)], 17), 1e-2, seed);
+    }
+
+    #[test]
+    fn clip(shape in shape_strategy(3, 4), seed in any::<u64>(), with_min in any::<bool>()) {
+        // Values on a grid that keeps clear of the bounds -0.5 and 0.55.
+        let mut r = Rng(seed | 1);
+        let x: Vec<f32> = (0..numel(&shape)).map(|_| ((r.sym() * 10.0).round() + 0.25) / 10.0).collect();
+        let args = vec![
+            Arg::X(shape, x),
+            if with_min { Arg::P(vec![], vec![-0.5]) } else { Arg::Absent },
+            Arg::P(vec![], vec![0.55]),
+        ];
+        check(one("Clip", args, vec![], 17), 1e-2, seed);
+    }
+
+    #[test]
+    fn hard_sigmoid_and_swish(swish in any::<bool>(), shape in shape_strategy(3, 4), seed in any::<u64>()) {
+        let mut r = Rng(seed | 1);
+        // Away from the kinks at ±3 (and ±2.5 for HardSigmoid's alpha 0.2).
+        let x: Vec<f32> = (0..numel(&shape)).map(|_| ((r.sym() * 8.0).round() + 0.25) / 2.0).collect();
+        let (op, attrs) = if swish { ("HardSwish", vec![]) } else { ("HardSigmoid", vec![af("alpha", 0.2), af("beta", 0.5)]) };
+        check(one(op, vec![Arg::X(shape, x)], attrs, 17), 1e-2, seed);
+    }
+
+    #[test]
+    fn cast_round_trip(shape in shape_strategy(3, 4), seed in any::<u64>()) {
+        let x = Rng(seed | 1).vec(numel(&shape));
+        let nodes = vec![
+            node("Cast", &["x0"], &["d"], vec![ai("to", DataType::DOUBLE as i64)]),
+            node("Tanh", &["d"], &["t"], vec![]),
+            node("Cast", &["t"], &["y"], vec![ai("to", DataType::FLOAT as i64)]),
+        ];
+        check(Case { args: vec![Arg::X(shape, x)], nodes, opset: 17 }, 1e-2, seed);
+    }
+
+    #[test]
+    fn binary((a, b, swap) in broadcast_pair(), op in 0..5usize, seed in any::<u64>()) {
+        let name = ["Add", "Sub", "Mul", "Div", "Pow"][op];
+        let mut r = Rng(seed | 1);
+        let (a, b) = if swap && op < 3 { (b, a) } else { (a, b) };
+        let va: Vec<f32> = if op == 4 { (0..numel(&a)).map(|_| 0.5 + r.next()).collect() } else { r.vec(numel(&a)) };
+        let vb: Vec<f32> = if op >= 3 { (0..numel(&b)).map(|_| 0.5 + r.next()).collect() } else { r.vec(numel(&b)) };
+        check(one(name, vec![Arg::X(a, va), Arg::X(b, vb)], vec![], 17), 1e-3, seed);
+    }
+
+    #[test]
+    fn matmul(batch in prop::collection::vec(1..3i64, 0..3), m in 1..4i64, k in 1..4i64, n in 1..4i64,
+              b_rank in 1..4usize, seed in any::<u64>()) {
+        let mut r = Rng(seed | 1);
+        let mut sa = batch.clone();
+        sa.extend([m, k]);
+        let sb: Vec<i64> = if b_rank == 1 { vec![k] } else {
+            let keep = batch.len().min(b_rank - 2);
+            let mut s: Vec<i64> = batch[batch.len() - keep..].iter().map(|&d| if r.next() < 0.5 { 1 } else { d }).collect();
+            s.extend([k, n]);
+            s
+        };
+        let (va, vb) = (r.vec(numel(&sa)), r.vec(numel(&sb)));
+        check(one("MatMul", vec![Arg::X(sa, va), Arg::X(sb, vb)], vec![], 17), 1e-2, seed);
+    }
+
+    #[test]
+    fn gemm(m in 1..4i64, k in 1..4i64, n in 1..4i64, ta in any::<bool>(), tb in any::<bool>(),
+            c_kind in 0..3usize, alpha in 0.5f32..2.0, beta in 0.5f32..2.0, seed in any::<u64>()) {
+        let mut r = Rng(seed | 1);
+        let sa = if ta { vec![k, m] } else { vec![m, k] };
+        let sb = if tb { vec![n, k] } else { vec![k, n] };
+        let sc = [vec![n], vec![m, n], vec![1, n]][c_kind].clone();
+        let args = vec![Arg::X(sa.clone(), r.vec(numel(&sa))), Arg::X(sb.clone(), r.vec(numel(&sb))), Arg::X(sc.clone(), r.vec(numel(&sc)))];
+        let attrs = vec![ai("transA", ta as i64), ai("transB", tb as i64), af("alpha", alpha), af("beta", beta)];
+        check(one("Gemm", args, attrs, 17), 1e-2, seed);
+    }
+
+    #[test]
+    fn conv(groups in 1..3i64, cg in 1..3i64, mg in 1..3i64, h in 3..6i64, w in 3..6i64, kh in 1..4i64, kw in 1..3i64,
+            stride in 1..3i64, pad in 0..2i64, dil in 1..3i64, depthwise in any::<bool>(), same in any::<bool>(),
+            one_d in any::<bool>(), seed in any::<u64>()) {
+        let mut r = Rng(seed | 1);
+        // ONNX Runtime's Conv has no dilation with auto_pad SAME.
+        let dil = if same { 1 } else { dil };
+        let (groups, cg, mg) = if depthwise { (groups + 1, 1, 1) } else { (groups, cg, mg) };
+        let c = groups * cg;
+        let (xs, ws, n) = if one_d {
+            (vec![1, c, w + 2], vec![groups * mg, cg, kw], 1)
+        } else {
+            (vec![2, c, h + 2, w + 2], vec![groups * mg, cg, kh.min(h), kw], 2)
+        };
+        let mut attrs = vec![aints("strides", &vec![stride; n]), aints("dilations", &vec![dil; n]), ai("group", groups)];
+        if same {
+            attrs.push(astr("auto_pad", "SAME_UPPER"));
+        } else {
+            attrs.push(aints("pads", &vec![pad; 2 * n]));
+        }
+        let args = vec![Arg::X(xs.clone(), r.vec(numel(&xs))), Arg::P(ws.clone(), r.vec(numel(&ws))), Arg::X(vec![ws[0]], r.vec(ws[0] as usize))];
+        check(one("Conv", args, attrs, 17), 1e-2, seed);
+    }
+
+    #[test]
+    fn conv_transpose(c in 1..3i64, m in 1..3i64, h in 2..4i64, k in 1..4i64, stride in 1..3i64, pad in 0..2i64, seed in any::<u64>()) {
+        let mut r = Rng(seed | 1);
+        let (xs, ws) = (vec![1, c, h, h + 1], vec![c, m, k, k]);
+        let pad = pad.min(k - 1);
+        let attrs = vec![aints("strides", &[stride, stride]), aints("pads", &[pad; 4])];
+        let args = vec![Arg::X(xs.clone(), r.vec(numel(&xs))), Arg::P(ws.clone(), r.vec(numel(&ws)))];
+        check(one("ConvTranspose", args, attrs, 17), 1e-2, seed);
+    }
+
+    #[test]
+    fn batch_norm(n in 1..3i64, c in 1..4i64, h in 1..4i64, seed in any::<u64>()) {
+        let mut r = Rng(seed | 1);
+        let xs = vec![n, c, h, 2];
+        let cu = c as usize;
+        let var: Vec<f32> = (0..cu).map(|_| 0.5 + r.next()).collect();
+        let args = vec![Arg::X(xs.clone(), r.vec(numel(&xs))), Arg::P(vec![c], r.vec(cu)), Arg::P(vec![c], r.vec(cu)),
+                        Arg::P(vec![c], r.vec(cu)), Arg::P(vec![c], var)];
+        check(one("BatchNormalization", args, vec![af("epsilon", 1e-3)], 17), 1e-2, seed);
+    }
+
+    #[test]
+    fn global_pools(max in any::<bool>(), shape in (1..3i64, 1..3i64, 1..4i64, 1..4i64), seed in any::<u64>()) {
+        let xs = vec![shape.0, shape.1, shape.2, shape.3];
+        let x = if max { Rng(seed | 1).distinct(numel(&xs)) } else { Rng(seed | 1).vec(numel(&xs)) };
+        check(one(if max { "GlobalMaxPool" } else { "GlobalAveragePool" }, vec![Arg::X(xs, x)], vec![], 17), 1e-2, seed);
+    }
+
+    #[test]
+    fn reduce(shape in shape_strategy(4, 3), axes_mask in 1u8..16, keep in any::<bool>(), mean in any::<bool>(),
+              opset18 in any::<bool>(), seed in any::<u64>()) {
+        let rank = shape.len() as i64;
+        let mut axes: Vec<i64> = (0..rank).filter(|a| axes_mask >> a & 1 == 1).collect();
+        if axes.is_empty() { axes.push(rank - 1); }
+        if axes.len() == 1 { axes[0] -= rank; } // a negative axis
+        let x = Rng(seed | 1).vec(numel(&shape));
+        let op = if mean { "ReduceMean" } else { "ReduceSum" };
+        let case = if mean && !opset18 {
+            one(op, vec![Arg::X(shape, x)], vec![aints("axes", &axes), ai("keepdims", keep as i64)], 17)
+        } else {
+            one(op, vec![Arg::X(shape, x), Arg::I(axes, false)], vec![ai("keepdims", keep as i64)], 18)
+        };
+        check(case, 1e-2, seed);
+    }
+
+    #[test]
+    fn average_pool(k in 1..4i64, stride in 1..3i64, pad in 0..2i64, include_pad in any::<bool>(), h in 3..6i64, seed in any::<u64>()) {
+        let xs = vec![1, 2, h, h + 1];
+        let pad = pad.min(k - 1);
+        let attrs = vec![aints("kernel_shape", &[k, k]), aints("strides", &[stride, stride]), aints("pads", &[pad; 4]),
+                         ai("count_include_pad", include_pad as i64)];
+        check(one("AveragePool", vec![Arg::X(xs.clone(), Rng(seed | 1).vec(numel(&xs)))], attrs, 17), 1e-2, seed);
+    }
+
+    #[test]
+    fn max_pool(k in 1..4i64, stride in 1..3i64, pad in 0..2i64, h in 3..6i64, seed in any::<u64>()) {
+        let xs = vec![1, 2, h, h + 1];
+        let pad = pad.min(k - 1);
+        let attrs = vec![aints("kernel_shape", &[k, k]), aints("strides", &[stride, stride]), aints("pads", &[pad; 4])];
+        check(one("MaxPool", vec![Arg::X(xs.clone(), Rng(seed | 1).distinct(numel(&xs)))], attrs, 17), 1e-2, seed);
+    }
+
+    #[test]
+    fn reshapes(shape in shape_strategy(4, 3), which in 0..5usize, seed in any::<u64>()) {
+        let x = Rng(seed | 1).vec(numel(&shape));
+        let rank = shape.len() as i64;
+        let case = match which {
+            0 => one("Flatten", vec![Arg::X(shape, x)], vec![ai("axis", rank / 2)], 17),
+            1 => one("Reshape", vec![Arg::X(shape, x), Arg::I(vec![-1], false)], vec![], 17),
+            2 => one("Unsqueeze", vec![Arg::X(shape, x), Arg::I(vec![0, rank + 1], false)], vec![], 17),
+            3 => {
+                let mut s = shape.clone();
+                s.push(1);
+                one("Squeeze", vec![Arg::X(s, x), Arg::I(vec![-1], false)], vec![], 17)
+            }
+            _ => {
+                let perm: Vec<i64> = (0..rank).rev().collect();
+                one("Transpose", vec![Arg::X(shape, x)], vec![aints("perm", &perm)], 17)
+            }
+        };
+        check(case, 1e-2, seed);
+    }
+
+    #[test]
+    fn concat_and_split(shape in shape_strategy(3, 3), parts in 2..4usize, seed in any::<u64>()) {
+        let mut r = Rng(seed | 1);
+        let axis = (seed % shape.len() as u64) as i64;
+        let mut args = Vec::new();
+        for p in 0..parts {
+            let mut s = shape.clone();
+            s[axis as usize] += p as i64;
+            args.push(Arg::X(s.clone(), r.vec(numel(&s))));
+        }
+        let names: Vec<String> = (0..parts).map(|k| format!("x{k}")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        // Concat, then Split into different pieces and Concat them in reverse: both rules at once.
+        let total: i64 = (0..parts as i64).map(|p| shape[axis as usize] + p).sum();
+        let sizes = [total / 2, total - total / 2];
+        let nodes = vec![
+            node("Concat", &refs, &["c"], vec![ai("axis", axis)]),
+            node("Split", &["c", "split"], &["s0", "s1"], vec![ai("axis", axis)]),
+            node("Concat", &["s1", "s0"], &["y"], vec![ai("axis", axis)]),
+        ];
+        let mut case = Case { args, nodes, opset: 17 };
+        // The split sizes as a named constant input.
+        case.args.push(Arg::I(sizes.to_vec(), false));
+        let k = case.args.len() - 1;
+        case.nodes[1].input[1] = format!("i{k}");
+        check(case, 1e-2, seed);
+    }
+
+    #[test]
+    fn slice_and_pad(shape in shape_strategy(3, 5), start in -3i64..3, len in 1..4i64, pad_case in any::<bool>(), seed in any::<u64>()) {
+        let x = Rng(seed | 1).vec(numel(&shape));
+        let rank = shape.len() as i64;
+        let axis = (seed % rank as u64) as i64;
+        let case = if pad_case {
+            let mut pads = vec![0; 2 * rank as usize];
+            pads[axis as usize] = len;
+            pads[(axis + rank) as usize] = start.abs();
+            one("Pad", vec![Arg::X(shape, x), Arg::I(pads, false)], vec![], 17)
+        } else {
+            let args = vec![Arg::X(shape, x), Arg::I(vec![start], false), Arg::I(vec![start + len], false), Arg::I(vec![axis], false)];
+            one("Slice", args, vec![], 17)
+        };
+        check(case, 1e-2, seed);
+    }
+
+    #[test]
+    fn gather(shape in shape_strategy(3, 4), scalar in any::<bool>(), idx in prop::collection::vec(-4i64..4, 1..4), seed in any::<u64>()) {
+        let x = Rng(seed | 1).vec(numel(&shape));
+        let axis = (seed % shape.len() as u64) as usize;
+        let dim = shape[axis];
+        let idx: Vec<i64> = idx.iter().map(|&i| i.rem_euclid(2 * dim) - dim).collect();
+        let args = if scalar { vec![Arg::X(shape, x), Arg::I(vec![idx[0]], true)] } else { vec![Arg::X(shape, x), Arg::I(idx, false)] };
+        check(one("Gather", args, vec![ai("axis", axis as i64)], 17), 1e-2, seed);
+    }
+
+    #[test]
+    fn expand((a, b, _) in broadcast_pair(), seed in any::<u64>()) {
+        let x = Rng(seed | 1).vec(numel(&b));
+        check(one("Expand", vec![Arg::X(b, x), Arg::I(a, false)], vec![], 17), 1e-2, seed);
+    }
+
+    #[test]
+    fn softmax(shape in shape_strategy(3, 4), log in any::<bool>(), seed in any::<u64>()) {
+        let x = Rng(seed | 1).vec(numel(&shape)).iter().map(|v| v * 2.0).collect();
+        let axis = -((seed % shape.len() as u64) as i64) - 1;
+        check(one(if log { "LogSoftmax" } else { "Softmax" }, vec![Arg::X(shape, x)], vec![ai("axis", axis)], 17), 1e-2, seed);
+    }
+
+    #[test]
+    fn layer_norm(shape in shape_strategy(3, 4), seed in any::<u64>()) {
+        let mut r = Rng(seed | 1);
+        let rank = shape.len() as i64;
+        let axis = -((seed % rank as u64) as i64) - 1;
+        let norm_shape = shape[(rank + axis) as usize..].to_vec();
+        // Spread-out values keep the variance (and the conditioning) reasonable.
+        let x = r.vec(numel(&shape)).iter().map(|v| v * 2.0).collect();
+        let args = vec![Arg::X(shape, x), Arg::P(norm_shape.clone(), r.vec(numel(&norm_shape))), Arg::P(norm_shape.clone(), r.vec(numel(&norm_shape)))];
+        check(one("LayerNormalization", args, vec![ai("axis", axis), af("epsilon", 1e-2)], 17), 1e-2, seed);
+    }
+
+    #[test]
+    fn dropout_in_inference(shape in shape_strategy(3, 4), seed in any::<u64>()) {
+        let x = Rng(seed | 1).vec(numel(&shape));
+        check(one("Dropout", vec![Arg::X(shape, x)], vec![], 17), 1e-2, seed);
+    }
+}
