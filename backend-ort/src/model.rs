@@ -59,7 +59,9 @@ pub struct OnnxModel {
     forward: Session,
     /// `(dtype, shape)` of layer outputs and the logits at batch [`PROBE_BATCH`].
     shapes: Option<Shapes>,
+    /// Generated forward + backward sessions by `layer@HxW`.
     captures: HashMap<String, Session>,
+    /// Models cut at a layer (activation as input), by layer.
     cuts: HashMap<String, Session>,
 }
 
@@ -103,23 +105,31 @@ impl OnnxModel {
     }
 
     /// The generated model (forward + backward) used for `layer`, e.g. to save and inspect.
-    pub fn backward_graph(&self, layer: &str) -> Result<OnnxGraph, OrtBackendError> {
+    /// The rules bake in static shapes (pooling sizes, padding, broadcast axes), so the model
+    /// is generated for one input height and width.
+    pub fn backward_graph(
+        &self,
+        layer: &str,
+        height: usize,
+        width: usize,
+    ) -> Result<OnnxGraph, OrtBackendError> {
         let layer = self.graph.find_layer(layer)?;
-        self.backward_for(&layer)
+        self.backward_for(&layer, Some((height as i64, width as i64)))
     }
 
-    fn backward_for(&self, layer: &Layer) -> Result<OnnxGraph, OrtBackendError> {
+    fn backward_for(&self, layer: &Layer, hw: Option<(i64, i64)>) -> Result<OnnxGraph, OrtBackendError> {
         let mut names = self.graph.backward_tensors(&layer.tensor)?;
         names.extend(self.graph.output_names().into_iter().take(1));
-        let shapes = self.probe(&names)?;
+        let shapes = self.probe(&names, hw)?;
         Ok(self.graph.backward_model(&layer.tensor, Seed::Classes, &shapes)?)
     }
 
-    /// Runs the model once on zeros with `names` as extra outputs and records their types and
-    /// shapes.
-    fn probe(&self, names: &[String]) -> Result<Shapes, OrtBackendError> {
+    /// Runs the model once on zeros (of height and width `hw`, else the model's or 224²) with
+    /// `names` as extra outputs and records their types and shapes.
+    fn probe(&self, names: &[String], hw: Option<(i64, i64)>) -> Result<Shapes, OrtBackendError> {
         let dims = self.graph.input_dims(&self.input).unwrap_or_default();
-        let default = [PROBE_BATCH, 3, DEFAULT_SIDE, DEFAULT_SIDE];
+        let (h, w) = hw.unwrap_or((DEFAULT_SIDE, DEFAULT_SIDE));
+        let default = [PROBE_BATCH, 3, h, w];
         let shape: Vec<i64> = (0..4).map(|i| dims.get(i).copied().flatten().unwrap_or(default[i])).collect();
         let input = Tensor::from_array((shape.clone(), vec![0f32; shape.iter().product::<i64>() as usize]))
             .map_err(OrtBackendError::ort("make the probe input"))?;
@@ -161,7 +171,7 @@ impl OnnxModel {
             );
             names.sort();
             names.dedup();
-            self.shapes = Some(self.probe(&names)?);
+            self.shapes = Some(self.probe(&names, None)?);
         }
         Ok(self.shapes.as_ref().expect("just probed"))
     }
@@ -220,12 +230,14 @@ impl OnnxModel {
                 "class {c} is out of range: the model has {num_classes} classes"
             )));
         }
-        if !self.captures.contains_key(layer) {
+        let (h, w) = (input.shape()[2] as i64, input.shape()[3] as i64);
+        let key = format!("{layer}@{h}x{w}");
+        if !self.captures.contains_key(&key) {
             let found = self.graph.find_layer(layer)?;
-            let session = commit(&self.backward_for(&found)?)?;
-            self.captures.insert(layer.to_string(), session);
+            let session = commit(&self.backward_for(&found, Some((h, w)))?)?;
+            self.captures.insert(key.clone(), session);
         }
-        let session = self.captures.get_mut(layer).expect("inserted above");
+        let session = self.captures.get_mut(&key).expect("inserted above");
         let class = Tensor::from_array((vec![batch as i64], classes))
             .map_err(OrtBackendError::ort("make classes"))?;
         let softmax =

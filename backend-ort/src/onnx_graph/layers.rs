@@ -149,3 +149,39 @@ fn is_block(name: &str) -> bool {
         && parts[parts.len() - 3] == "blocks"
         && parts[parts.len() - 2].chars().all(|c| c.is_ascii_digit())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use onnx_protobuf::StringStringEntryProto;
+
+    #[test]
+    fn legacy_names_give_full_module_paths() {
+        let mut node = NodeProto::new();
+        node.name = "/layer4/layer4.1/act2/Relu".into();
+        assert_eq!(module_paths(&node), ["layer4", "layer4.1", "layer4.1.act2"]);
+        node.name = "/blocks/blocks.11/norm1/LayerNormalization".into();
+        assert_eq!(module_paths(&node), ["blocks", "blocks.11", "blocks.11.norm1"]);
+        node.name = "Identity_12".into();
+        assert!(module_paths(&node).is_empty());
+    }
+
+    #[test]
+    fn dynamo_metadata_wins_and_drops_the_op_name() {
+        let mut node = NodeProto::new();
+        node.name = "node_relu_16".into();
+        let mut p = StringStringEntryProto::new();
+        p.key = NAME_SCOPES.into();
+        p.value = "['', 'layer4', 'layer4.1', 'layer4.1.act2', 'relu_16']".into();
+        node.metadata_props.push(p);
+        assert_eq!(module_paths(&node), ["layer4", "layer4.1", "layer4.1.act2"]);
+    }
+
+    #[test]
+    fn blocks_pattern() {
+        assert!(is_block("blocks.11.norm1"));
+        assert!(is_block("encoder.blocks.3.norm1"));
+        assert!(!is_block("blocks.x.norm1"));
+        assert!(!is_block("norm1"));
+    }
+}
