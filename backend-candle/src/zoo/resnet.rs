@@ -1,0 +1,212 @@
+//! timm `ResNet`: basic and bottleneck blocks, the 7x7 stem or the deep (tiered) 3x3 stem, and
+//! the conv or average-pool (ResNet-D) downsample. Structure is read from the state dict.
+
+use candle_core::{Module, Result, Tensor};
+
+use crate::ops::{avg_pool_2x2_ceil, max_pool_3x3_s2, Act, BatchNorm, Conv2d, Padding};
+use crate::weights::Weights;
+use crate::{CandleCamNet, CandleError, Taps};
+
+const EPS: f64 = 1e-5;
+
+struct ConvBn {
+    conv: Conv2d,
+    bn: BatchNorm,
+}
+
+fn conv_bn(
+    w: &Weights,
+    conv: &str,
+    bn: &str,
+    in_ch: usize,
+    k: usize,
+    stride: usize,
+) -> std::result::Result<(ConvBn, usize), CandleError> {
+    let (conv, out) = w.conv(conv, in_ch, k, stride, Padding::Symmetric(k / 2), false, false)?;
+    Ok((ConvBn { conv, bn: w.batch_norm(bn, out, EPS)? }, out))
+}
+
+enum Downsample {
+    /// `downsample.0` conv 1x1 (stride), `downsample.1` BN.
+    Conv(ConvBn),
+    /// `downsample.0` AvgPool2d(2) (when strided), `downsample.1` conv 1x1, `downsample.2` BN.
+    Avg { pool: bool, conv_bn: ConvBn },
+}
+
+struct Block {
+    name: String,
+    /// conv1/bn1/act1, conv2/bn2/act2[, conv3/bn3/act3]: the last one has no activation before
+    /// the residual sum.
+    convs: Vec<ConvBn>,
+    downsample: Option<Downsample>,
+}
+
+impl Block {
+    fn load(
+        w: &Weights,
+        name: &str,
+        in_ch: usize,
+        stride: usize,
+        bottleneck: bool,
+        avg_down: bool,
+    ) -> std::result::Result<(Block, usize), CandleError> {
+        let p = |s: &str| format!("{name}.{s}");
+        let mut convs = Vec::new();
+        let mut ch = in_ch;
+        // Bottleneck: 1x1, 3x3 (strided), 1x1. Basic: 3x3 (strided), 3x3.
+        let plan: &[(usize, usize)] =
+            if bottleneck { &[(1, 1), (3, stride), (1, 1)] } else { &[(3, stride), (3, 1)] };
+        for (i, &(k, s)) in plan.iter().enumerate() {
+            let (cb, out) = conv_bn(w, &p(&format!("conv{}", i + 1)), &p(&format!("bn{}", i + 1)), ch, k, s)?;
+            convs.push(cb);
+            ch = out;
+        }
+        let downsample = if stride == 1 && ch == in_ch {
+            None
+        } else if avg_down {
+            let (cb, out) = conv_bn(w, &p("downsample.1"), &p("downsample.2"), in_ch, 1, 1)?;
+            check_out(w, &p("downsample.1"), out, ch, in_ch)?;
+            Some(Downsample::Avg { pool: stride > 1, conv_bn: cb })
+        } else {
+            let (cb, out) = conv_bn(w, &p("downsample.0"), &p("downsample.1"), in_ch, 1, stride)?;
+            check_out(w, &p("downsample.0"), out, ch, in_ch)?;
+            Some(Downsample::Conv(cb))
+        };
+        Ok((Block { name: name.to_string(), convs, downsample }, ch))
+    }
+
+    fn forward(&self, x: &Tensor, taps: &mut Taps) -> Result<Tensor> {
+        let n = &self.name;
+        let last = self.convs.len();
+        let mut y = x.clone();
+        for (i, cb) in self.convs.iter().enumerate() {
+            let i = i + 1;
+            y = taps.tap(&format!("{n}.conv{i}"), cb.conv.forward(&y)?)?;
+            if i < last {
+                y = taps.tap(&format!("{n}.bn{i}"), cb.bn.forward(&y, Act::None)?)?;
+                y = taps.tap(&format!("{n}.act{i}"), Act::Relu.forward(&y)?)?;
+            } else {
+                y = taps.tap(&format!("{n}.bn{i}"), cb.bn.forward(&y, Act::None)?)?;
+            }
+        }
+        let shortcut = match &self.downsample {
+            None => x.clone(),
+            Some(Downsample::Conv(cb)) => {
+                let s = taps.tap(&format!("{n}.downsample.0"), cb.conv.forward(x)?)?;
+                let s = taps.tap(&format!("{n}.downsample.1"), cb.bn.forward(&s, Act::None)?)?;
+                taps.tap(&format!("{n}.downsample"), s)?
+            }
+            Some(Downsample::Avg { pool, conv_bn: cb }) => {
+                let s = if *pool {
+                    taps.tap(&format!("{n}.downsample.0"), avg_pool_2x2_ceil(x)?)?
+                } else {
+                    x.clone()
+                };
+                let s = taps.tap(&format!("{n}.downsample.1"), cb.conv.forward(&s)?)?;
+                let s = taps.tap(&format!("{n}.downsample.2"), cb.bn.forward(&s, Act::None)?)?;
+                taps.tap(&format!("{n}.downsample"), s)?
+            }
+        };
+        taps.tap(&format!("{n}.act{last}"), (y + shortcut)?.relu()?)
+    }
+}
+
+/// The shortcut's projection must match the residual branch's width.
+fn check_out(
+    w: &Weights,
+    conv: &str,
+    found: usize,
+    expected: usize,
+    in_ch: usize,
+) -> std::result::Result<(), CandleError> {
+    if found == expected {
+        Ok(())
+    } else {
+        Err(w.shape_error(&format!("{conv}.weight"), &[expected, in_ch, 1, 1], &[found, in_ch, 1, 1]))
+    }
+}
+
+enum Stem {
+    /// `conv1` 7x7 stride 2.
+    Plain(Conv2d),
+    /// `conv1.0` 3x3 s2, `.1` BN, `.2` ReLU, `.3` 3x3, `.4` BN, `.5` ReLU, `.6` 3x3.
+    Deep(ConvBn, ConvBn, Conv2d),
+}
+
+/// A timm ResNet.
+pub(crate) struct ResNet {
+    stem: Stem,
+    bn1: BatchNorm,
+    stages: Vec<Vec<Block>>,
+    fc: candle_nn::Linear,
+}
+
+impl ResNet {
+    pub(crate) fn load(
+        w: &Weights,
+        bottleneck: bool,
+        layers: [usize; 4],
+        deep_stem: bool,
+        avg_down: bool,
+    ) -> std::result::Result<ResNet, CandleError> {
+        let (stem, ch) = if deep_stem {
+            let (a, c0) = conv_bn(w, "conv1.0", "conv1.1", 3, 3, 2)?;
+            let (b, c1) = conv_bn(w, "conv1.3", "conv1.4", c0, 3, 1)?;
+            let (c, c2) = w.conv("conv1.6", c1, 3, 1, Padding::Symmetric(1), false, false)?;
+            (Stem::Deep(a, b, c), c2)
+        } else {
+            let (c, out) = w.conv("conv1", 3, 7, 2, Padding::Symmetric(3), false, false)?;
+            (Stem::Plain(c), out)
+        };
+        let bn1 = w.batch_norm("bn1", ch, EPS)?;
+        let mut ch = ch;
+        let mut stages = Vec::new();
+        for (s, &count) in layers.iter().enumerate() {
+            let mut blocks = Vec::new();
+            for b in 0..count {
+                let stride = if s > 0 && b == 0 { 2 } else { 1 };
+                let name = format!("layer{}.{b}", s + 1);
+                let (block, out) = Block::load(w, &name, ch, stride, bottleneck, avg_down)?;
+                blocks.push(block);
+                ch = out;
+            }
+            stages.push(blocks);
+        }
+        let (fc, _) = w.linear("fc", ch)?;
+        Ok(ResNet { stem, bn1, stages, fc })
+    }
+}
+
+impl CandleCamNet for ResNet {
+    fn forward(&self, x: &Tensor, taps: &mut Taps) -> Result<Tensor> {
+        let x = taps.sequential("conv1", x, |x, taps| match &self.stem {
+            Stem::Plain(c) => c.forward(x),
+            Stem::Deep(a, b, c) => {
+                let x = taps.tap("conv1.0", a.conv.forward(x)?)?;
+                let x = taps.tap("conv1.1", a.bn.forward(&x, Act::None)?)?;
+                let x = taps.tap("conv1.2", x.relu()?)?;
+                let x = taps.tap("conv1.3", b.conv.forward(&x)?)?;
+                let x = taps.tap("conv1.4", b.bn.forward(&x, Act::None)?)?;
+                let x = taps.tap("conv1.5", x.relu()?)?;
+                taps.tap("conv1.6", c.forward(&x)?)
+            }
+        })?;
+        let x = taps.sequential("bn1", &x, |x, _| self.bn1.forward(x, Act::None))?;
+        let x = taps.sequential("act1", &x, |x, _| x.relu())?;
+        let mut x = taps.sequential("maxpool", &x, |x, _| max_pool_3x3_s2(x))?;
+        for (s, blocks) in self.stages.iter().enumerate() {
+            x = taps.sequential(&format!("layer{}", s + 1), &x, |x, taps| {
+                let mut x = x.clone();
+                for block in blocks {
+                    x = taps.sequential(&block.name, &x, |x, taps| block.forward(x, taps))?;
+                }
+                Ok(x)
+            })?;
+        }
+        self.fc.forward(&x.mean((2, 3))?)
+    }
+
+    fn default_layer(&self) -> Option<String> {
+        Some("layer4".into())
+    }
+}
