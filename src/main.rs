@@ -1,3 +1,43 @@
-fn main() {
-    println!("gradcam: not yet");
+//! `gradcam`: Grad-CAM and its family from the command line, over candle, libtorch or ONNX
+//! Runtime models.
+//!
+//! ```text
+//! gradcam explain                     # the shipped photos and model → ./gradcam-out/
+//! gradcam explain cat.jpg --method gradcam++ --method scorecam --layer blocks.5
+//! gradcam layers --model resnet50.onnx
+//! ```
+
+mod assets;
+mod backend;
+mod cli;
+mod error;
+mod explain;
+mod input;
+mod layers;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Explain(args) => explain::run(args),
+        Command::Layers(args) => layers::run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            let mut source = std::error::Error::source(&err);
+            while let Some(cause) = source {
+                eprintln!("  caused by: {cause}");
+                source = cause.source();
+            }
+            ExitCode::FAILURE
+        }
+    }
 }

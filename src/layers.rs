@@ -1,0 +1,24 @@
+//! `gradcam layers`: every layer a model offers, with its activation shape.
+
+use crate::backend;
+use crate::cli::ModelArgs;
+use crate::error::CliError;
+
+pub fn run(args: &ModelArgs) -> Result<(), CliError> {
+    let mut loaded = backend::load(args)?;
+    let layers = loaded.model.layers()?;
+    let chosen = loaded.model.default_layer()?;
+    let width = layers.iter().map(|l| l.name.len()).max().unwrap_or(0);
+    println!(
+        "{} layers of {} ({} backend); shapes for one image; * = chosen when --layer is omitted",
+        layers.len(),
+        loaded.path.display(),
+        loaded.backend.feature()
+    );
+    for layer in &layers {
+        let mark = if layer.name == chosen { "*" } else { " " };
+        let shape: Vec<String> = layer.shape.iter().map(usize::to_string).collect();
+        println!("{mark} {:<width$}  [{}]", layer.name, shape.join(", "));
+    }
+    Ok(())
+}
