@@ -108,7 +108,7 @@ pub fn layer_map(
     let (batch, channels, h, w) = activations.dim();
     let a = activations.as_standard_layout();
     let a = a.view().into_shape_with_order((batch, channels, h * w)).expect("standard layout");
-    let g = gradients.map(|g| g.as_standard_layout().into_owned());
+    let g = gradients.as_ref().map(|g| g.as_standard_layout());
     let g = g.as_ref().map(|g| g.view().into_shape_with_order((batch, channels, h * w)).expect("standard"));
     let flat = match rule {
         Rule::Weights(weight) => {

@@ -3,9 +3,8 @@
 use nalgebra::{DMatrix, DVector, SymmetricEigen};
 use ndarray::{Array1, ArrayView2};
 
-/// Below this size the small Gram matrix is diagonalised outright; above, the top eigenpair
-/// comes from subspace iteration (far cheaper for a 196 x 196 ViT Gram matrix).
-const DIRECT_EIGEN_MAX: usize = 48;
+/// Up to this size the Gram matrix is diagonalised outright; above, Lanczos finds the top pair.
+const DIRECT_EIGEN_MAX: usize = 24;
 /// Relative dot product under which the sign rule's first criterion counts as a tie.
 pub(crate) const SIGN_TIE: f64 = 1e-6;
 
@@ -26,35 +25,65 @@ pub fn principal_projection(activations: ArrayView2<f32>) -> Array1<f32> {
     if channels == 0 || pixels == 0 {
         return Array1::zeros(pixels);
     }
-    // Column-major (pixels x channels) = the reference's `reshape(C, -1).T`, without a transpose.
-    let mut x = DMatrix::<f64>::zeros(pixels, channels);
+    // Centred rows, one per channel, in f64 (row c = channel c over the pixels).
+    let mut x = vec![0.0f64; channels * pixels];
     let mut mean = DVector::<f64>::zeros(channels);
-    for (c, row) in activations.outer_iter().enumerate() {
-        let mut col = x.column_mut(c);
-        for (dst, &v) in col.iter_mut().zip(row.iter()) {
-            *dst = if v.is_nan() { 0.0 } else { f64::from(v) };
+    for (c, (row, dst)) in activations.outer_iter().zip(x.chunks_exact_mut(pixels)).enumerate() {
+        for (d, &v) in dst.iter_mut().zip(row.iter()) {
+            *d = if v.is_nan() { 0.0 } else { f64::from(v) };
         }
-        let m = col.sum() / pixels as f64;
+        let m = dst.iter().sum::<f64>() / pixels as f64;
         mean[c] = m;
-        col.add_scalar_mut(-m);
+        dst.iter_mut().for_each(|d| *d -= m);
     }
     let v = if pixels <= channels {
-        let gram = &x * x.transpose();
+        // G = X Xᵀ (pixels x pixels) as a sum of rank-one updates, one per channel row; upper half.
+        let mut gram = DMatrix::<f64>::zeros(pixels, pixels);
+        let g = gram.as_mut_slice(); // column-major: g[j * n + i] = G[i, j]
+        for row in x.chunks_exact(pixels) {
+            for (j, &xj) in row.iter().enumerate() {
+                let col = &mut g[j * pixels..j * pixels + j + 1];
+                for (gi, &xi) in col.iter_mut().zip(&row[..=j]) {
+                    *gi += xi * xj;
+                }
+            }
+        }
+        gram.fill_lower_triangle_with_upper_triangle();
         let (lambda, u) = top_eigenpair(gram);
         if lambda <= 0.0 {
             return Array1::zeros(pixels);
         }
-        x.tr_mul(&u) / lambda.sqrt()
+        // v = Xᵀ u / σ
+        let sigma = lambda.sqrt();
+        DVector::from_iterator(
+            channels,
+            x.chunks_exact(pixels)
+                .map(|row| row.iter().zip(u.iter()).map(|(a, b)| a * b).sum::<f64>() / sigma),
+        )
     } else {
-        let (lambda, v) = top_eigenpair(x.tr_mul(&x));
+        let mut gram = DMatrix::<f64>::zeros(channels, channels);
+        for i in 0..channels {
+            let ri = &x[i * pixels..(i + 1) * pixels];
+            for j in i..channels {
+                let rj = &x[j * pixels..(j + 1) * pixels];
+                gram[(i, j)] = ri.iter().zip(rj).map(|(a, b)| a * b).sum();
+            }
+        }
+        gram.fill_lower_triangle_with_upper_triangle();
+        let (lambda, v) = top_eigenpair(gram);
         if lambda <= 0.0 {
             return Array1::zeros(pixels);
         }
         v
     };
     let v = orient(v, &mean);
-    let projection = &x * v;
-    projection.iter().map(|&p| p as f32).collect()
+    let mut projection = vec![0.0f64; pixels];
+    for (row, &vc) in x.chunks_exact(pixels).zip(v.iter()) {
+        for (p, &a) in projection.iter_mut().zip(row) {
+            *p += a * vc;
+        }
+    }
+    projection.into_iter().map(|p| p as f32).collect()
 }
 
 /// The sign rule of [`principal_projection`].
@@ -80,53 +109,79 @@ fn orient(v: DVector<f64>, uncentred_mean: &DVector<f64>) -> DVector<f64> {
 
 /// Largest eigenvalue and a unit eigenvector of a symmetric positive semi-definite matrix.
 fn top_eigenpair(gram: DMatrix<f64>) -> (f64, DVector<f64>) {
-    let n = gram.nrows();
-    if n > DIRECT_EIGEN_MAX {
-        if let Some(pair) = subspace_iteration(&gram) {
+    if gram.nrows() > DIRECT_EIGEN_MAX {
+        if let Some(pair) = lanczos(&gram) {
             return pair;
         }
     }
     let eig = SymmetricEigen::new(gram);
-    let (mut best, mut value) = (0, f64::NEG_INFINITY);
-    for (i, &l) in eig.eigenvalues.iter().enumerate() {
-        if l > value {
-            best = i;
-            value = l;
-        }
-    }
-    (value, eig.eigenvectors.column(best).into_owned())
+    let best = eig.eigenvalues.argmax().0;
+    (eig.eigenvalues[best], eig.eigenvectors.column(best).into_owned())
 }
 
-/// Block power iteration with Rayleigh-Ritz on a few vectors; `None` when it has not converged
-/// (the caller then diagonalises outright).
-fn subspace_iteration(gram: &DMatrix<f64>) -> Option<(f64, DVector<f64>)> {
-    const BLOCK: usize = 8;
-    const MAX_ITERATIONS: usize = 300;
+/// Top eigenpair by Lanczos with full reorthogonalisation, restarted from the current Ritz vector;
+/// `None` when it does not converge (the caller then diagonalises outright).
+fn lanczos(gram: &DMatrix<f64>) -> Option<(f64, DVector<f64>)> {
+    const STEPS: usize = 40;
+    const RESTARTS: usize = 8;
     let n = gram.nrows();
-    let k = BLOCK.min(n);
-    // Start from the columns with the largest diagonal: they span the dominant directions well.
-    let mut order: Vec<usize> = (0..n).collect();
-    order.sort_by(|&a, &b| gram[(b, b)].total_cmp(&gram[(a, a)]));
-    let mut q = DMatrix::<f64>::zeros(n, k);
-    for (j, &col) in order.iter().take(k).enumerate() {
-        q.set_column(j, &gram.column(col));
-        q[(col, j)] += 1.0; // keeps the block full rank when columns coincide
+    let steps = STEPS.min(n);
+    let scale = gram.diagonal().sum();
+    if scale <= 0.0 {
+        return Some((0.0, DVector::zeros(n)));
     }
-    let scale = gram.diagonal().sum().max(f64::MIN_POSITIVE);
-    for _ in 0..MAX_ITERATIONS {
-        let basis = q.qr().q();
-        let z = gram * &basis;
-        let small = basis.tr_mul(&z);
-        let eig = SymmetricEigen::new(small);
-        let mut idx: Vec<usize> = (0..k).collect();
-        idx.sort_by(|&a, &b| eig.eigenvalues[b].total_cmp(&eig.eigenvalues[a]));
-        let lambda = eig.eigenvalues[idx[0]];
-        let ritz = &basis * eig.eigenvectors.column(idx[0]);
-        let residual = (&z * eig.eigenvectors.column(idx[0]) - &ritz * lambda).norm();
-        if residual <= 1e-11 * scale {
-            return Some((lambda, ritz.normalize()));
+    // Start from G·1 plus the heaviest column: both lean towards the dominant direction.
+    let heaviest = gram.diagonal().argmax().0;
+    let mut start = gram * DVector::from_element(n, 1.0) + gram.column(heaviest);
+    start += DVector::from_fn(n, |i, _| 1e-3 * (1.0 + (i as f64 * 0.618).fract()));
+    for _ in 0..RESTARTS {
+        let mut basis: Vec<DVector<f64>> = Vec::with_capacity(steps);
+        let (mut alpha, mut beta): (Vec<f64>, Vec<f64>) =
+            (Vec::with_capacity(steps), Vec::with_capacity(steps));
+        let mut q = start.normalize();
+        for k in 0..steps {
+            let mut w = gram * &q;
+            let a = q.dot(&w);
+            w.axpy(-a, &q, 1.0);
+            if let Some(b) = beta.last() {
+                w.axpy(-*b, &basis[k - 1], 1.0);
+            }
+            basis.push(q.clone());
+            alpha.push(a);
+            // Full reorthogonalisation (twice is enough) keeps the basis orthonormal.
+            for _ in 0..2 {
+                for b in &basis {
+                    let d = b.dot(&w);
+                    w.axpy(-d, b, 1.0);
+                }
+            }
+            let b = w.norm();
+            if b <= 1e-14 * scale || k + 1 == steps {
+                break;
+            }
+            beta.push(b);
+            q = w / b;
         }
-        q = z;
+        let m = alpha.len();
+        let t = DMatrix::from_fn(m, m, |i, j| match i.abs_diff(j) {
+            0 => alpha[i],
+            1 => beta[i.min(j)],
+            _ => 0.0,
+        });
+        let eig = SymmetricEigen::new(t);
+        let best = eig.eigenvalues.argmax().0;
+        let lambda = eig.eigenvalues[best];
+        let y = eig.eigenvectors.column(best);
+        let mut ritz = DVector::zeros(n);
+        for (b, &yi) in basis.iter().zip(y.iter()) {
+            ritz.axpy(yi, b, 1.0);
+        }
+        let ritz = ritz.normalize();
+        let residual = (gram * &ritz - &ritz * lambda).norm();
+        if residual <= 1e-10 * scale {
+            return Some((lambda, ritz));
+        }
+        start = ritz;
     }
     None
 }

@@ -251,6 +251,21 @@ proptest! {
         }
     }
 
+    /// Larger eigen problems (the Lanczos path, Gram matrices over 24 x 24) agree with the loop too.
+    #[test]
+    fn eigen_large_agrees(parts in (1usize..=2, 25usize..=40, 5usize..=8, 5usize..=8)
+                              .prop_flat_map(|(b, c, h, w)| (tensor((b, c, 1, 1), -1.0, 1.0),
+                                                             tensor((b, 1, h, w), -1.0, 1.0),
+                                                             tensor((b, c, h, w), -0.3, 0.3)))) {
+        // A dominant rank-one pattern plus noise, so that the top direction is well separated.
+        let (channel, pixel, noise) = parts;
+        let a = &(&channel * &pixel) * 3.0 + &noise;
+        prop_assume!(eigen_gap_ok(&a.view()));
+        let ours = layer_map(Method::EigenCam, a.view(), None).unwrap();
+        let reference = to_array(&eigen_reference(&a.view()));
+        assert_maps_close("eigencam (large)", &ours, &reference, 1e-4)?;
+    }
+
     /// Reordering channels (activations and gradients alike) changes no map.
     #[test]
     fn channel_permutation_invariance((a, g) in layer(), seed in any::<u64>()) {
