@@ -2,12 +2,15 @@
 //! and for ViT-S tokens (B=16, N=197, D=384, fold to 14x14 included), each from the captured
 //! tensors to the scaled per-layer map; plus the upsampling of 16 maps to 224².
 //!
-//! `cargo bench -p gradcam-core`; times are per batch of 16 images.
+//! `cargo bench -p gradcam-core`; times are per batch of 16 images. The math is single-threaded,
+//! so the bench measures the thread's CPU time (equal to wall time on an idle machine, and still
+//! meaningful on a shared, busy one); `GRADCAM_BENCH_WALL=1` measures wall time instead.
 
 use std::hint::black_box;
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use criterion::measurement::{Measurement, ValueFormatter, WallTime};
+use criterion::{criterion_main, BenchmarkId, Criterion, Throughput};
 use gradcam_core::{
     ablation_weights, layer_map, scale_maps, scorecam_weights, tokens_to_grid, upsample_maps, weighted_sum,
     Method,
@@ -41,7 +44,7 @@ fn method_map(method: Method, a: ArrayView4<f32>, g: ArrayView4<f32>, scores: &A
     scale_maps(raw.view())
 }
 
-fn bench(c: &mut Criterion) {
+fn bench<M: Measurement>(c: &mut Criterion<M>) {
     let (b, ch, h, w) = (16, 2048, 7, 7);
     let a = Array4::from_shape_vec((b, ch, h, w), filled(b * ch * h * w, 1, 0.0, 3.0)).unwrap();
     let g = Array4::from_shape_vec((b, ch, h, w), filled(b * ch * h * w, 2, -1e-3, 1e-3)).unwrap();
@@ -78,12 +81,80 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group! {
-    name = benches;
-    config = Criterion::default()
-        .sample_size(10)
-        .warm_up_time(Duration::from_millis(300))
-        .measurement_time(Duration::from_secs(1));
-    targets = bench
+/// CPU time of the calling thread (`CLOCK_THREAD_CPUTIME_ID`).
+struct ThreadCpuTime;
+
+fn thread_cpu_now() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant libc knows.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID) failed");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
+
+impl Measurement for ThreadCpuTime {
+    type Intermediate = Duration;
+    type Value = Duration;
+
+    fn start(&self) -> Duration {
+        thread_cpu_now()
+    }
+    fn end(&self, start: Duration) -> Duration {
+        thread_cpu_now() - start
+    }
+    fn add(&self, a: &Duration, b: &Duration) -> Duration {
+        *a + *b
+    }
+    fn zero(&self) -> Duration {
+        Duration::ZERO
+    }
+    fn to_f64(&self, value: &Duration) -> f64 {
+        value.as_nanos() as f64
+    }
+    fn formatter(&self) -> &dyn ValueFormatter {
+        &CpuFormatter
+    }
+}
+
+struct CpuFormatter;
+
+impl ValueFormatter for CpuFormatter {
+    fn scale_values(&self, ns: f64, values: &mut [f64]) -> &'static str {
+        let (factor, unit) = if ns < 1e3 {
+            (1.0, "ns cpu")
+        } else if ns < 1e6 {
+            (1e-3, "µs cpu")
+        } else if ns < 1e9 {
+            (1e-6, "ms cpu")
+        } else {
+            (1e-9, "s cpu")
+        };
+        values.iter_mut().for_each(|v| *v *= factor);
+        unit
+    }
+    fn scale_throughputs(&self, _typical: f64, throughput: &Throughput, values: &mut [f64]) -> &'static str {
+        let per = match throughput {
+            Throughput::Elements(n) | Throughput::Bytes(n) | Throughput::BytesDecimal(n) => *n as f64,
+            _ => 1.0,
+        };
+        values.iter_mut().for_each(|v| *v = per * 1e9 / *v);
+        "/s"
+    }
+    fn scale_for_machines(&self, _values: &mut [f64]) -> &'static str {
+        "ns"
+    }
+}
+
+fn config<M: Measurement>(c: Criterion<M>) -> Criterion<M> {
+    c.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1))
+}
+
+fn benches() {
+    if std::env::var_os("GRADCAM_BENCH_WALL").is_some() {
+        bench(&mut config(Criterion::default().with_measurement(WallTime)).configure_from_args());
+    } else {
+        bench(&mut config(Criterion::default().with_measurement(ThreadCpuTime)).configure_from_args());
+    }
+}
+
 criterion_main!(benches);

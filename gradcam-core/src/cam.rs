@@ -1,7 +1,7 @@
 //! The per-layer CAM math on spatial `(B, C, h, w)` tensors, and the post-processing every method
 //! shares (ReLU, min-max, upsampling, multi-layer mean). Numerics follow pytorch-grad-cam 1.5.7:
-//! the sums over channels run in `f32` in channel order, as numpy's do; sums over pixels run in
-//! `f64` and are rounded once.
+//! the sums over channels run in `f32` in channel order, and sums over pixels use numpy's pairwise
+//! `f32` summation, as numpy's reductions over those axes do.
 
 use ndarray::{Array2, Array3, ArrayView2, ArrayView3, ArrayView4, Axis, Zip};
 
@@ -28,11 +28,11 @@ enum Rule {
 
 fn rule(method: Method) -> Option<Rule> {
     Some(match method {
-        Method::GradCam => Rule::Weights(|_, g| (sum64(g) / g.len() as f64) as f32),
+        Method::GradCam => Rule::Weights(|_, g| pairwise_sum(g) / g.len() as f32),
         Method::GradCamPlusPlus => Rule::Weights(gradcam_pp_weight),
         Method::XGradCam => Rule::Weights(|a, g| {
-            let num = a.iter().zip(g).map(|(&a, &g)| f64::from(g * a)).sum::<f64>() as f32;
-            finite_or_zero(num / (sum64(a) as f32 + XGRADCAM_EPS))
+            let denom = pairwise_sum(a) + XGRADCAM_EPS;
+            finite_or_zero(sum_terms(a.len(), |i| g[i] * a[i] / denom))
         }),
         Method::HiResCam => Rule::Elementwise(|g, a| g * a),
         Method::LayerCam => Rule::Elementwise(|g, a| g.max(0.0) * a),
@@ -43,8 +43,47 @@ fn rule(method: Method) -> Option<Rule> {
     })
 }
 
-fn sum64(x: &[f32]) -> f64 {
-    x.iter().map(|&v| f64::from(v)).sum()
+/// numpy's pairwise summation of `f32` (8 interleaved accumulators up to 128 values, halving
+/// above): the same rounding as numpy's sums over a contiguous axis, and it vectorises.
+pub(crate) fn pairwise_sum(x: &[f32]) -> f32 {
+    const BLOCK: usize = 128;
+    let n = x.len();
+    if n < 8 {
+        x.iter().fold(0.0, |s, &v| s + v)
+    } else if n <= BLOCK {
+        let mut r = [0.0f32; 8];
+        let chunks = x.chunks_exact(8);
+        let tail = chunks.remainder();
+        for c in chunks {
+            for (ri, &ci) in r.iter_mut().zip(c) {
+                *ri += ci;
+            }
+        }
+        let mut s = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+        for &v in tail {
+            s += v;
+        }
+        s
+    } else {
+        let half = (n / 2) / 8 * 8;
+        pairwise_sum(&x[..half]) + pairwise_sum(&x[half..])
+    }
+}
+
+/// [`pairwise_sum`] of `term(i)` for `i < n`, through a stack buffer for the usual map sizes.
+fn sum_terms(n: usize, term: impl Fn(usize) -> f32) -> f32 {
+    let mut small = [0.0f32; 256];
+    let mut large = Vec::new();
+    let buffer = if n <= small.len() {
+        &mut small[..n]
+    } else {
+        large.resize(n, 0.0);
+        &mut large[..]
+    };
+    for (i, b) in buffer.iter_mut().enumerate() {
+        *b = term(i);
+    }
+    pairwise_sum(buffer)
 }
 
 fn finite_or_zero(x: f32) -> f32 {
@@ -58,16 +97,13 @@ fn finite_or_zero(x: f32) -> f32 {
 /// Equation 19 of Chattopadhyay et al. as pytorch-grad-cam writes it: `α = g² / (2g² + S g³ + ε)`
 /// (0 where `g == 0`), weight `Σ relu(g) α`, with `S = Σ a` over the channel's pixels.
 fn gradcam_pp_weight(a: &[f32], g: &[f32]) -> f32 {
-    let s = sum64(a) as f32;
-    let mut w = 0.0f64;
-    for &g in g {
-        if g > 0.0 {
-            let g2 = g * g;
-            let aij = g2 / (2.0 * g2 + s * (g2 * g) + GRADCAM_PP_EPS);
-            w += f64::from(finite_or_zero(g * aij));
-        }
-    }
-    w as f32
+    let s = pairwise_sum(a);
+    // Branch-free so that it vectorises; g == 0 gives 0 / ε = 0 as the reference's `where` does.
+    finite_or_zero(sum_terms(g.len(), |i| {
+        let g = g[i];
+        let g2 = g * g;
+        g.max(0.0) * (g2 / (2.0 * g2 + s * (g2 * g) + GRADCAM_PP_EPS))
+    }))
 }
 
 /// The raw map `(B, h, w)` (before ReLU) of a gradient or eigen method for one layer:
