@@ -86,9 +86,14 @@ impl Colormap {
     pub fn apply(self, map: ArrayView2<f32>) -> RgbImage {
         let (h, w) = map.dim();
         let lut = self.lut();
+        let map = map.as_standard_layout();
+        let values = map.as_slice().expect("standard layout");
         let mut out = RgbImage::new(w as u32, h as u32);
-        for (px, &v) in out.as_mut().chunks_exact_mut(3).zip(map.iter()) {
-            px.copy_from_slice(&lut[level(v) as usize]);
+        for (px, &v) in out.as_mut().chunks_exact_mut(3).zip(values) {
+            let [r, g, b] = lut[level(v) as usize];
+            px[0] = r;
+            px[1] = g;
+            px[2] = b;
         }
         out
     }

@@ -48,7 +48,7 @@ pub fn overlay(
 }
 
 /// [`overlay`] for a photo already in f32: `image` is `(H, W, 3)` RGB with values in `[0, 1]`
-/// (for instance the resized photo that was fed to the model). Values above 1 are an error, as
+/// (for instance the resized photo that was fed to the model). Values above 1 (or NaN) are an error, as
 /// in pytorch-grad-cam.
 pub fn overlay_f32(
     image: ArrayView3<f32>,
@@ -64,7 +64,7 @@ pub fn overlay_f32(
             found: vec![h, w, c],
         });
     }
-    if image.iter().any(|&v| v > 1.0) {
+    if image.iter().any(|&v| v > 1.0 || v.is_nan()) {
         return Err(VizError::Invalid("the image must be f32 in [0, 1]".into()));
     }
     let resized = fit(cam, h, w)?;
@@ -108,22 +108,35 @@ fn blend(
     debug_assert_eq!(w, width);
     let heat: [[f32; 3]; 256] =
         std::array::from_fn(|l| colormap.lut()[l].map(|c| heat_w * (c as f32 / 255.0)));
+    let cam = cam.as_standard_layout();
+    let cam = cam.as_slice().expect("standard layout");
     let mut sum = vec![0.0f32; h * w * 3];
-    let mut max = f32::NEG_INFINITY;
     for (p, (&v, rgb)) in cam.iter().zip(sum.chunks_exact_mut(3)).enumerate() {
         let colour = &heat[level(v) as usize];
-        for c in 0..3 {
-            let x = colour[c] + photo(3 * p + c);
-            rgb[c] = x;
-            max = max.max(x);
-        }
+        rgb[0] = colour[0] + photo(3 * p);
+        rgb[1] = colour[1] + photo(3 * p + 1);
+        rgb[2] = colour[2] + photo(3 * p + 2);
     }
+    let max = max_of(&sum);
     let mut out = RgbImage::new(w as u32, h as u32);
     // numpy: `np.uint8(255 * (cam / np.max(cam)))`; a black result (max 0) stays black.
     for (o, &x) in out.as_mut().iter_mut().zip(&sum) {
         *o = (255.0f32 * (x / max)) as u8;
     }
     Ok(out)
+}
+
+/// The largest value, in 8 independent lanes so the compiler can vectorise it.
+fn max_of(values: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let chunks = values.chunks_exact(8);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for (m, &v) in lanes.iter_mut().zip(chunk) {
+            *m = if v > *m { v } else { *m };
+        }
+    }
+    rest.iter().chain(&lanes).fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
 }
 
 /// Enlarges a map by nearest neighbour: output pixel `(y, x)` takes source cell
@@ -160,5 +173,24 @@ pub fn origin_view(
     out_w: usize,
     colormap: Colormap,
 ) -> Result<RgbImage, VizError> {
-    Ok(colormap.apply(resize_nearest(map, out_h, out_w)?.view()))
+    let (h, w) = map.dim();
+    if h == 0 || w == 0 || out_h == 0 || out_w == 0 {
+        return Err(VizError::Invalid(format!("cannot resize {h}x{w} to {out_h}x{out_w}")));
+    }
+    let lut = colormap.lut();
+    let mut out = RgbImage::new(out_w as u32, out_h as u32);
+    let mut row = vec![0u8; 3 * out_w];
+    let mut last = usize::MAX;
+    // Same cell choice as `resize_nearest`; each distinct source row is coloured once.
+    for (y, dst) in out.as_mut().chunks_exact_mut(3 * out_w).enumerate() {
+        let sy = y * h / out_h;
+        if sy != last {
+            for (x, px) in row.chunks_exact_mut(3).enumerate() {
+                px.copy_from_slice(&lut[level(map[[sy, x * w / out_w]]) as usize]);
+            }
+            last = sy;
+        }
+        dst.copy_from_slice(&row);
+    }
+    Ok(out)
 }
