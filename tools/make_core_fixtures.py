@@ -120,7 +120,7 @@ def seeded_input():
 
 
 def main():
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("GRADCAM_FIXTURES_THREADS", "2")))
     out_root = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "gradcam-core", "tests", "fixtures")
     cases = sys.argv[2:] or ["resnet18_layer4", "resnet18_multi", "vit_tiny_norm1"]
     t0 = time.time()
