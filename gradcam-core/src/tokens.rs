@@ -170,12 +170,26 @@ pub(crate) fn fold_tokens(
     batch: usize,
     dim: usize,
 ) -> Array4<f32> {
-    let patches = tokens.slice(s![.., layout.prefix_tokens.., ..]);
-    // (B, hw, D) -> (B, D, hw) in standard layout, then split hw.
-    let channels_first = patches.permuted_axes([0, 2, 1]).as_standard_layout().into_owned();
-    channels_first
-        .into_shape_with_order((batch, dim, layout.height, layout.width))
-        .expect("the layout was checked against the token count")
+    let (n, hw, prefix) = (layout.num_tokens(), layout.height * layout.width, layout.prefix_tokens);
+    let tokens = tokens.as_standard_layout();
+    let src = tokens.as_slice().expect("standard layout");
+    let mut out = vec![0.0f32; batch * dim * hw];
+    // A (hw, D) -> (D, hw) transpose per image, in tiles so that both sides stay in cache.
+    const TILE: usize = 16;
+    for (b, dst) in out.chunks_exact_mut(dim * hw).enumerate() {
+        let patches = &src[(b * n + prefix) * dim..(b + 1) * n * dim];
+        for i0 in (0..hw).step_by(TILE) {
+            for j0 in (0..dim).step_by(TILE) {
+                for i in i0..(i0 + TILE).min(hw) {
+                    let row = &patches[i * dim..(i + 1) * dim];
+                    for j in j0..(j0 + TILE).min(dim) {
+                        dst[j * hw + i] = row[j];
+                    }
+                }
+            }
+        }
+    }
+    Array4::from_shape_vec((batch, dim, layout.height, layout.width), out).expect("sizes match")
 }
 
 /// The inverse of [`tokens_to_grid`]: unfolds a grid `(B, D, h, w)` back into tokens
