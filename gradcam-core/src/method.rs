@@ -30,15 +30,17 @@ pub enum Method {
     LayerCam,
     /// Element-wise `relu(grad * act)`, summed over channels.
     GradCamElementWise,
-    /// First principal component of the activations (no gradients).
+    /// First principal component of the activations (no gradients). The SVD's sign is fixed by
+    /// the rule documented at [`crate::principal_projection`].
     EigenCam,
-    /// First principal component of `grad * act`.
+    /// First principal component of `grad * act` (same sign rule as [`Method::EigenCam`]).
     EigenGradCam,
     /// Channel weights = softmax of the target score of the input masked by each channel
     /// (one extra forward pass per channel, no gradients).
     ScoreCam,
     /// Channel weights = relative drop of the target score when the channel is ablated
-    /// (one extra forward pass per channel, no gradients).
+    /// (one extra forward pass per channel, no gradients; ablation values as
+    /// [`crate::ablation_value`]).
     AblationCam,
 }
 
