@@ -4,13 +4,15 @@
 //! (ResNet-50 `layer4`), then colormap and pytorch-grad-cam's overlay. Target: < 3 ms per image.
 //! Stages are also timed alone.
 //!
-//! `cargo bench -p gradcam-viz`
+//! `cargo bench -p gradcam-viz` reports the CPU time of the benchmarking thread, which stays
+//! meaningful on a machine shared with other work; `GRADCAM_BENCH_WALL=1` reports wall time.
 
 use std::hint::black_box;
 use std::path::Path;
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::measurement::{Measurement, ValueFormatter, WallTime};
+use criterion::{criterion_main, Criterion, Throughput};
 use gradcam_core::{
     explain, layer_map, scale_maps, upsample_maps, CamError, CamModel, CamOptions, Capture, LayerInfo,
     LayerTensor, LayerView, Method, Target,
@@ -80,7 +82,7 @@ fn photo() -> RgbImage {
     })
 }
 
-fn bench(c: &mut Criterion) {
+fn bench<M: Measurement>(c: &mut Criterion<M>) {
     let full = photo();
     let input = Preprocess::default().tensor(&full).unwrap().insert_axis(ndarray::Axis(0));
     // The photo as the model saw it, 224², for the overlay.
@@ -146,10 +148,79 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group! {
-    name = benches;
-    // Short runs: the machine is shared; these timings are stable well within this.
-    config = Criterion::default().sample_size(30).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
-    targets = bench
+/// CPU time of the calling thread (`CLOCK_THREAD_CPUTIME_ID`): time this code ran, not time
+/// it waited for a core.
+struct ThreadCpuTime;
+
+fn thread_cpu_now() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec and the clock id a libc constant.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID) failed");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
+
+impl Measurement for ThreadCpuTime {
+    type Intermediate = Duration;
+    type Value = Duration;
+    fn start(&self) -> Duration {
+        thread_cpu_now()
+    }
+    fn end(&self, start: Duration) -> Duration {
+        thread_cpu_now() - start
+    }
+    fn add(&self, a: &Duration, b: &Duration) -> Duration {
+        *a + *b
+    }
+    fn zero(&self) -> Duration {
+        Duration::ZERO
+    }
+    fn to_f64(&self, value: &Duration) -> f64 {
+        value.as_nanos() as f64
+    }
+    fn formatter(&self) -> &dyn ValueFormatter {
+        &CpuNanos
+    }
+}
+
+/// Formats nanoseconds of CPU time like criterion's wall-time formatter, marked "cpu".
+struct CpuNanos;
+
+impl ValueFormatter for CpuNanos {
+    fn scale_values(&self, typical: f64, values: &mut [f64]) -> &'static str {
+        let (factor, unit) = match typical {
+            t if t < 1e3 => (1.0, "ns cpu"),
+            t if t < 1e6 => (1e-3, "µs cpu"),
+            t if t < 1e9 => (1e-6, "ms cpu"),
+            _ => (1e-9, "s cpu"),
+        };
+        values.iter_mut().for_each(|v| *v *= factor);
+        unit
+    }
+    fn scale_throughputs(&self, _: f64, throughput: &Throughput, values: &mut [f64]) -> &'static str {
+        let per = match throughput {
+            Throughput::Elements(n) | Throughput::Bytes(n) | Throughput::BytesDecimal(n) => *n as f64,
+            _ => 1.0,
+        };
+        values.iter_mut().for_each(|v| *v = per * 1e9 / *v);
+        "/s"
+    }
+    fn scale_for_machines(&self, _: &mut [f64]) -> &'static str {
+        "ns"
+    }
+}
+
+fn config<M: Measurement>(c: Criterion<M>) -> Criterion<M> {
+    // Short runs: the machine is shared, and these timings settle well within this.
+    c.sample_size(30).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3))
+}
+
+fn benches() {
+    if std::env::var_os("GRADCAM_BENCH_WALL").is_some() {
+        bench(&mut config(Criterion::default().with_measurement(WallTime)).configure_from_args());
+    } else {
+        bench(&mut config(Criterion::default().with_measurement(ThreadCpuTime)).configure_from_args());
+    }
+}
+
 criterion_main!(benches);

@@ -44,7 +44,8 @@ pub fn overlay(
     let (heat_w, image_w) = weights(image_weight)?;
     // Every product numpy computes, precomputed per 8-bit value (same f32 operations, same bits).
     let photo: [f32; 256] = std::array::from_fn(|v| image_w * (v as f32 / 255.0));
-    blend(cam.view(), colormap, heat_w, w, |i| photo[image.as_raw()[i] as usize])
+    let pixels = image.as_raw().chunks_exact(3).map(|p| p.iter().map(|&v| photo[v as usize]));
+    blend(cam.view(), colormap, heat_w, pixels)
 }
 
 /// [`overlay`] for a photo already in f32: `image` is `(H, W, 3)` RGB with values in `[0, 1]`
@@ -72,7 +73,7 @@ pub fn overlay_f32(
     let (heat_w, image_w) = weights(image_weight)?;
     let pixels = image.as_standard_layout();
     let flat = pixels.as_slice().expect("standard layout");
-    blend(cam.view(), colormap, heat_w, w, |i| image_w * flat[i])
+    blend(cam.view(), colormap, heat_w, flat.chunks_exact(3).map(|p| p.iter().map(|&v| image_w * v)))
 }
 
 /// The two blend weights as numpy sees them: Python computes `1 - w` in f64, numpy rounds each
@@ -95,27 +96,25 @@ fn fit(cam: ArrayView2<f32>, h: usize, w: usize) -> Result<Option<Array2<f32>>, 
     Ok(((ch, cw) != (h, w)).then(|| resize_bilinear(cam, h, w)))
 }
 
-/// The shared second half of the overlays; `photo(i)` is `image_weight * image` at flat RGB
-/// index `i`.
-fn blend(
+/// The shared second half of the overlays; `photo` yields `image_weight * image` for each
+/// pixel's three channels, in the cam's row-major order.
+fn blend<P: Iterator<Item = f32>>(
     cam: ArrayView2<f32>,
     colormap: Colormap,
     heat_w: f32,
-    width: usize,
-    photo: impl Fn(usize) -> f32,
+    photo: impl Iterator<Item = P>,
 ) -> Result<RgbImage, VizError> {
     let (h, w) = cam.dim();
-    debug_assert_eq!(w, width);
     let heat: [[f32; 3]; 256] =
         std::array::from_fn(|l| colormap.lut()[l].map(|c| heat_w * (c as f32 / 255.0)));
     let cam = cam.as_standard_layout();
     let cam = cam.as_slice().expect("standard layout");
     let mut sum = vec![0.0f32; h * w * 3];
-    for (p, (&v, rgb)) in cam.iter().zip(sum.chunks_exact_mut(3)).enumerate() {
+    for ((&v, rgb), pixel) in cam.iter().zip(sum.chunks_exact_mut(3)).zip(photo) {
         let colour = &heat[level(v) as usize];
-        rgb[0] = colour[0] + photo(3 * p);
-        rgb[1] = colour[1] + photo(3 * p + 1);
-        rgb[2] = colour[2] + photo(3 * p + 2);
+        for ((s, c), p) in rgb.iter_mut().zip(colour).zip(pixel) {
+            *s = c + p;
+        }
     }
     let max = max_of(&sum);
     let mut out = RgbImage::new(w as u32, h as u32);

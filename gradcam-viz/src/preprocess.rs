@@ -134,12 +134,15 @@ pub fn rgb_planes(image: &RgbImage) -> Result<Array3<f32>, VizError> {
     if w == 0 || h == 0 {
         return Err(VizError::Invalid("the image is empty (0 pixels)".into()));
     }
-    let mut planes = Array3::zeros((3, h, w));
+    let scaled: [f32; 256] = std::array::from_fn(|v| v as f32 / 255.0);
+    let n = w * h;
+    let mut data = vec![0.0f32; 3 * n];
+    let (r, rest) = data.split_at_mut(n);
+    let (g, b) = rest.split_at_mut(n);
     for (i, px) in image.as_raw().chunks_exact(3).enumerate() {
-        let (y, x) = (i / w, i % w);
-        for c in 0..3 {
-            planes[[c, y, x]] = px[c] as f32 / 255.0;
-        }
+        r[i] = scaled[px[0] as usize];
+        g[i] = scaled[px[1] as usize];
+        b[i] = scaled[px[2] as usize];
     }
-    Ok(planes)
+    Ok(Array3::from_shape_vec((3, h, w), data).expect("3 planes of h x w"))
 }
