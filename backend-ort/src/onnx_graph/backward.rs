@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::builder::{self, attr_i, Builder, FLOAT, INT64};
+use super::builder::{self, attr_i, Builder, INT64};
 use super::rules::{self, Ctx};
 use super::{value_info, GraphError, OnnxGraph, Shapes};
 
@@ -234,6 +234,3 @@ fn is_float(dtype: i32) -> bool {
         .iter()
         .any(|d| *d as i32 == dtype)
 }
-
-#[allow(dead_code)]
-const _FLOAT: i32 = FLOAT;

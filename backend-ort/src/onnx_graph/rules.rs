@@ -620,14 +620,12 @@ fn conv_transpose(c: &mut Ctx, gy: &str) -> Grads {
         return Err(c.unsupported("output_shape/auto_pad: give explicit pads"));
     }
     let ws = c.shape(c.x(1))?;
-    let n = ws.len() - 2;
     let mut attrs = vec![attr_ints("kernel_shape", &ws[2..]), attr_i("group", get_i(c.node, "group", 1))];
     for key in ["strides", "dilations", "pads"] {
         if let Some(v) = get_ints(c.node, key) {
             attrs.push(attr_ints(key, &v));
         }
     }
-    let _ = n;
     Ok(vec![Some(c.b.op("Conv", &[gy, c.x(1)], attrs)), None, None])
 }
 
