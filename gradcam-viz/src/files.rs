@@ -6,7 +6,8 @@ use std::path::Path;
 
 use image::codecs::jpeg::JpegEncoder;
 use image::codecs::png::PngEncoder;
-use image::{ImageReader, RgbImage};
+use image::metadata::Orientation;
+use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
 use ndarray::{Array4, ArrayD, Ix3, Ix4};
 
 use crate::VizError;
@@ -16,7 +17,9 @@ pub const JPEG_QUALITY: u8 = 92;
 
 /// Reads an image file in any format the `image` crate decodes (PNG, JPEG, BMP, GIF, TIFF,
 /// WebP), recognised by content rather than extension, as 8-bit RGB (alpha is dropped, 16-bit
-/// channels are scaled down), like PIL's `Image.open(path).convert("RGB")`.
+/// channels are scaled down), like PIL's `Image.open(path).convert("RGB")`. An EXIF orientation
+/// (phone photos) is applied, so the picture is upright as image viewers show it (PIL would need
+/// `ImageOps.exif_transpose` for that).
 ///
 /// ```
 /// let err = gradcam_viz::load_image("no/such/picture.png").unwrap_err();
@@ -28,7 +31,12 @@ pub fn load_image(path: impl AsRef<Path>) -> Result<RgbImage, VizError> {
     let reader = ImageReader::new(BufReader::new(File::open(path).map_err(open)?))
         .with_guessed_format()
         .map_err(open)?;
-    let decoded = reader.decode().map_err(|source| VizError::Decode { path: path.to_path_buf(), source })?;
+    let decode_err = |source| VizError::Decode { path: path.to_path_buf(), source };
+    let mut decoder = reader.into_decoder().map_err(decode_err)?;
+    // A broken EXIF block is no reason to refuse the pixels: keep them as stored.
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    let mut decoded = DynamicImage::from_decoder(decoder).map_err(decode_err)?;
+    decoded.apply_orientation(orientation);
     Ok(decoded.into_rgb8())
 }
 

@@ -133,3 +133,15 @@ fn npy_batches_load_as_they_are() {
 
     assert!(matches!(load_npy_batch(dir.path("absent.npy")), Err(VizError::Open { .. })));
 }
+
+#[test]
+fn exif_orientation_is_applied() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let upright = load_image(dir.join("exif_upright.png")).unwrap();
+    let loaded = load_image(dir.join("exif_rotated.jpg")).unwrap();
+    // Stored 24 x 16; shown (and loaded) 16 x 24, like PIL's ImageOps.exif_transpose.
+    assert_eq!(loaded.dimensions(), (16, 24));
+    assert_eq!(loaded.dimensions(), upright.dimensions());
+    let worst = loaded.as_raw().iter().zip(upright.as_raw()).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
+    assert!(worst <= 2, "decoders differ by {worst}");
+}
