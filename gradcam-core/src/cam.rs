@@ -158,17 +158,13 @@ pub fn layer_map(
         }
         Rule::Elementwise(f) => {
             let g = g.expect("checked above");
-            let mut out = Array2::zeros((batch, h * w));
-            for ((mut out, a), g) in out.outer_iter_mut().zip(a.outer_iter()).zip(g.outer_iter()) {
-                let out = out.as_slice_mut().unwrap();
-                for (a, g) in a.outer_iter().zip(g.outer_iter()) {
-                    for ((o, &a), &g) in out.iter_mut().zip(a.as_slice().unwrap()).zip(g.as_slice().unwrap())
-                    {
-                        *o += f(g, a);
-                    }
-                }
+            // Monomorphised per method (a `fn` pointer call per element would not vectorise).
+            match method {
+                Method::HiResCam => channel_sum(a, g, |g, a| g * a),
+                Method::LayerCam => channel_sum(a, g, |g, a| g.max(0.0) * a),
+                Method::GradCamElementWise => channel_sum(a, g, |g, a| (g * a).max(0.0)),
+                _ => channel_sum(a, g, f),
             }
-            out
         }
         Rule::Eigen(f) => {
             let mut out = Array2::zeros((batch, h * w));
@@ -190,6 +186,22 @@ pub fn layer_map(
         }
     };
     Ok(flat.into_shape_with_order((batch, h, w)).expect("same size"))
+}
+
+/// `Σ_c f(g, a)` over channels, in channel order, for `(B, C, hw)` tensors.
+fn channel_sum(a: ArrayView3<f32>, g: ArrayView3<f32>, f: impl Fn(f32, f32) -> f32) -> Array2<f32> {
+    let (batch, _, hw) = a.dim();
+    let mut out = Array2::zeros((batch, hw));
+    for ((mut out, a), g) in out.outer_iter_mut().zip(a.outer_iter()).zip(g.outer_iter()) {
+        let out = out.as_slice_mut().expect("standard layout");
+        for (a, g) in a.outer_iter().zip(g.outer_iter()) {
+            let (a, g) = (a.as_slice().expect("standard layout"), g.as_slice().expect("standard layout"));
+            for ((o, &a), &g) in out.iter_mut().zip(a).zip(g) {
+                *o += f(g, a);
+            }
+        }
+    }
+    out
 }
 
 /// `Σ_c weights[b, c] * activations[b, c]`: the map of a channel-weight method, `(B, h, w)`.

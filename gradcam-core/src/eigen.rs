@@ -40,7 +40,22 @@ pub fn principal_projection(activations: ArrayView2<f32>) -> Array1<f32> {
         // G = X Xᵀ (pixels x pixels) as a sum of rank-one updates, one per channel row; upper half.
         let mut gram = DMatrix::<f64>::zeros(pixels, pixels);
         let g = gram.as_mut_slice(); // column-major: g[j * n + i] = G[i, j]
-        for row in x.chunks_exact(pixels) {
+                                     // Four channel rows per pass over G: a quarter of the memory traffic on G (a ViT's
+                                     // 196 x 196 Gram matrix lives in L2, not L1).
+        let mut rows = x.chunks_exact(4 * pixels);
+        for block in &mut rows {
+            let (r0, rest) = block.split_at(pixels);
+            let (r1, rest) = rest.split_at(pixels);
+            let (r2, r3) = rest.split_at(pixels);
+            for j in 0..pixels {
+                let (a, b, c, d) = (r0[j], r1[j], r2[j], r3[j]);
+                let col = &mut g[j * pixels..j * pixels + j + 1];
+                for (i, gi) in col.iter_mut().enumerate() {
+                    *gi += (r0[i] * a + r1[i] * b) + (r2[i] * c + r3[i] * d);
+                }
+            }
+        }
+        for row in rows.remainder().chunks_exact(pixels) {
             for (j, &xj) in row.iter().enumerate() {
                 let col = &mut g[j * pixels..j * pixels + j + 1];
                 for (gi, &xi) in col.iter_mut().zip(&row[..=j]) {
