@@ -86,8 +86,8 @@ fn bench<M: Measurement>(c: &mut Criterion<M>) {
     let full = photo();
     let input = Preprocess::default().tensor(&full).unwrap().insert_axis(ndarray::Axis(0));
     // The photo as the model saw it, 224², for the overlay.
-    let small = Preprocess { mean: [0.0; 3], std: [1.0; 3], ..Preprocess::default() };
-    let picture = small.picture(small.tensor(&full).unwrap().view()).unwrap();
+    let plain = Preprocess { mean: [0.0; 3], std: [1.0; 3], ..Preprocess::default() };
+    let picture = plain.picture(plain.tensor(&full).unwrap().view()).unwrap();
     let target = Target::top_one();
     let options = CamOptions::default();
 

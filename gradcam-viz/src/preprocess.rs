@@ -4,7 +4,7 @@ use std::path::Path;
 
 use gradcam_core::resize_bilinear;
 use image::RgbImage;
-use ndarray::{s, Array3, Array4, ArrayView3, Axis};
+use ndarray::{Array3, Array4, ArrayView3, Axis};
 
 use crate::{load_image, VizError};
 
@@ -70,13 +70,38 @@ impl Preprocess {
 
     /// The `(3, height, width)` model input for one photo.
     pub fn tensor(&self, image: &RgbImage) -> Result<Array3<f32>, VizError> {
+        let mut out = self.resized_planes(image)?;
+        for (c, mut plane) in out.outer_iter_mut().enumerate() {
+            let (mean, std) = (self.mean[c], self.std[c]);
+            plane.mapv_inplace(|x| (x - mean) / std);
+        }
+        Ok(out)
+    }
+
+    /// The photo resized to the model input, before normalisation: `(height, width, 3)` RGB in
+    /// `[0, 1]`, the `rgb_img` pytorch-grad-cam's examples pass to `show_cam_on_image`. With
+    /// [`overlay_f32`](crate::overlay_f32) it gives their overlay at model resolution.
+    ///
+    /// ```
+    /// use gradcam_viz::{overlay_f32, Colormap, Preprocess};
+    /// let photo = image::RgbImage::from_pixel(300, 200, image::Rgb([200, 100, 50]));
+    /// let rgb = Preprocess::default().resized_f32(&photo).unwrap();
+    /// assert_eq!(rgb.dim(), (224, 224, 3));
+    /// let cam = ndarray::Array2::<f32>::zeros((7, 7));
+    /// let picture = overlay_f32(rgb.view(), cam.view(), Colormap::Jet, 0.5).unwrap();
+    /// assert_eq!(picture.dimensions(), (224, 224));
+    /// ```
+    pub fn resized_f32(&self, image: &RgbImage) -> Result<Array3<f32>, VizError> {
+        Ok(self.resized_planes(image)?.permuted_axes([1, 2, 0]).as_standard_layout().into_owned())
+    }
+
+    /// `(3, height, width)` planes in `[0, 1]`, resized with [`resize_bilinear`].
+    fn resized_planes(&self, image: &RgbImage) -> Result<Array3<f32>, VizError> {
         self.check()?;
         let planes = rgb_planes(image)?;
         let mut out = Array3::zeros((3, self.height, self.width));
-        for (c, plane) in planes.outer_iter().enumerate() {
-            let resized = resize_bilinear(plane, self.height, self.width);
-            let (mean, std) = (self.mean[c], self.std[c]);
-            out.slice_mut(s![c, .., ..]).zip_mut_with(&resized, |o, &x| *o = (x - mean) / std);
+        for (plane, mut dst) in planes.outer_iter().zip(out.outer_iter_mut()) {
+            dst.assign(&resize_bilinear(plane, self.height, self.width));
         }
         Ok(out)
     }

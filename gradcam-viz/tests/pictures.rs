@@ -3,7 +3,7 @@
 use gradcam_core::resize_bilinear;
 use gradcam_viz::{
     draw_text, grid, grid_with, level, origin_view, overlay, resize_nearest, text_width, Colormap,
-    GridOptions, Preprocess, VizError, GLYPH,
+    GridOptions, Preprocess, VizError, GLYPH, IMAGENET_MEAN, IMAGENET_STD,
 };
 use image::{Rgb, RgbImage};
 use ndarray::{Array2, Array3};
@@ -200,6 +200,14 @@ fn preprocess_validates_and_inverts() {
     let image = photo(40, 30);
     let x: Array3<f32> = p.tensor(&image).unwrap();
     assert_eq!(p.picture(x.view()).unwrap(), image);
+    // resized_f32 is the tensor before normalisation, channels last.
+    let big = photo(90, 70);
+    let rgb = Preprocess::new(30, 40).resized_f32(&big).unwrap();
+    let x = Preprocess::new(30, 40).tensor(&big).unwrap();
+    assert_eq!(rgb.dim(), (30, 40, 3));
+    for ((y, xx, c), v) in rgb.indexed_iter() {
+        assert_eq!((v - IMAGENET_MEAN[c]) / IMAGENET_STD[c], x[[c, y, xx]]);
+    }
     // Custom statistics are used: mean 0, std 1 leaves value / 255.
     let plain = Preprocess { mean: [0.0; 3], std: [1.0; 3], ..p.clone() };
     let y = plain.tensor(&image).unwrap();
