@@ -49,8 +49,8 @@ pub fn overlay(
 }
 
 /// [`overlay`] for a photo already in f32: `image` is `(H, W, 3)` RGB with values in `[0, 1]`
-/// (for instance the resized photo that was fed to the model). Values above 1 (or NaN) are an error, as
-/// in pytorch-grad-cam.
+/// (for instance [`Preprocess::resized_f32`](crate::Preprocess::resized_f32), the photo the
+/// model saw). Values above 1 (or NaN) are an error, as in pytorch-grad-cam.
 pub fn overlay_f32(
     image: ArrayView3<f32>,
     cam: ArrayView2<f32>,
@@ -92,6 +92,9 @@ fn fit(cam: ArrayView2<f32>, h: usize, w: usize) -> Result<Option<Array2<f32>>, 
     let (ch, cw) = cam.dim();
     if ch == 0 || cw == 0 {
         return Err(VizError::Invalid("the CAM is empty".into()));
+    }
+    if h == 0 || w == 0 {
+        return Err(VizError::Invalid("the image is empty (0 pixels)".into()));
     }
     Ok(((ch, cw) != (h, w)).then(|| resize_bilinear(cam, h, w)))
 }

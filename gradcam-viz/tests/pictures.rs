@@ -93,6 +93,7 @@ fn overlay_weights_and_normalisation() {
         assert!(matches!(overlay(&image, cam.view(), Colormap::Jet, bad), Err(VizError::Invalid(_))));
     }
     assert!(overlay(&image, Array2::<f32>::zeros((0, 3)).view(), Colormap::Jet, 0.5).is_err());
+    assert!(overlay(&RgbImage::new(0, 0), cam.view(), Colormap::Jet, 0.5).is_err());
 }
 
 #[test]
