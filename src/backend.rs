@@ -48,7 +48,9 @@ pub fn load(args: &ModelArgs) -> Result<LoadedModel, CliError> {
         (Some(path), _) => path.clone(),
         (None, BackendKind::Candle) => assets::shipped_model(),
         (None, BackendKind::Tch) => {
-            return Err(CliError::Usage("--model is required with --backend tch (a TorchScript .pt file)".into()))
+            return Err(CliError::Usage(
+                "--model is required with --backend tch (a TorchScript .pt file)".into(),
+            ))
         }
         (None, BackendKind::Ort) => {
             return Err(CliError::Usage("--model is required with --backend ort (an .onnx file)".into()))
@@ -113,11 +115,13 @@ fn candle_arch(path: &Path, arch: Option<&str>, known: &[&str]) -> Result<String
 fn load_candle(path: PathBuf, args: &ModelArgs) -> Result<LoadedModel, CliError> {
     if args.device == Some(DeviceKind::Cuda) {
         return Err(CliError::Usage(
-            "the candle backend runs on the CPU in this build; use --device cpu, or --backend tch for CUDA".into(),
+            "the candle backend runs on the CPU in this build; use --device cpu, or --backend tch for CUDA"
+                .into(),
         ));
     }
     let arch = candle_arch(&path, args.arch.as_deref(), backend_candle::ARCHITECTURES)?;
-    let model = backend_candle::CandleModel::from_safetensors(&path, &arch).map_err(|e| load_failed(&path, e))?;
+    let model =
+        backend_candle::CandleModel::from_safetensors(&path, &arch).map_err(|e| load_failed(&path, e))?;
     let input_size = args.size.unwrap_or(model.input_size());
     Ok(LoadedModel {
         model: Box::new(model),
@@ -142,7 +146,14 @@ fn load_tch(path: PathBuf, args: &ModelArgs) -> Result<LoadedModel, CliError> {
     // `gradcam layers` reports shapes for the input size the run would use.
     model.set_probe_size(input_size.0, input_size.1);
     let device = if model.device().is_cuda() { "cuda" } else { "cpu" };
-    Ok(LoadedModel { model: Box::new(model), backend: BackendKind::Tch, path, arch: None, device, input_size })
+    Ok(LoadedModel {
+        model: Box::new(model),
+        backend: BackendKind::Tch,
+        path,
+        arch: None,
+        device,
+        input_size,
+    })
 }
 
 #[cfg(feature = "ort")]
@@ -154,7 +165,14 @@ fn load_ort(path: PathBuf, args: &ModelArgs) -> Result<LoadedModel, CliError> {
     }
     let model = backend_ort::OnnxModel::load(&path).map_err(|e| load_failed(&path, e))?;
     let input_size = args.size.unwrap_or(DEFAULT_SIZE);
-    Ok(LoadedModel { model: Box::new(model), backend: BackendKind::Ort, path, arch: None, device: "cpu", input_size })
+    Ok(LoadedModel {
+        model: Box::new(model),
+        backend: BackendKind::Ort,
+        path,
+        arch: None,
+        device: "cpu",
+        input_size,
+    })
 }
 
 #[cfg(not(feature = "candle"))]

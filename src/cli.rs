@@ -9,8 +9,9 @@ use gradcam_core::Method;
 #[derive(Debug, Parser)]
 #[command(name = "gradcam", version, about, long_about = None)]
 pub struct Cli {
+    /// What to do [default: `explain` with its defaults].
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -56,7 +56,8 @@ pub struct Results {
 
 pub fn run(args: ExplainArgs) -> Result<(), CliError> {
     let show_progress = !args.json && std::io::stderr().is_terminal();
-    let inputs_given = if args.inputs.is_empty() { vec![crate::assets::shipped_images()] } else { args.inputs.clone() };
+    let inputs_given =
+        if args.inputs.is_empty() { vec![crate::assets::shipped_images()] } else { args.inputs.clone() };
     if args.npy_out.as_ref().is_some_and(|p| p.is_dir()) {
         return Err(CliError::Usage("--npy-out names a folder; give a file name ending in .npy".into()));
     }
@@ -140,7 +141,9 @@ fn compute(
         }
         let top = args.top.map_or(1, |k| k as usize);
         if top > num_classes {
-            return Err(CliError::Usage(format!("--top {top} asks for more classes than the model's {num_classes}")));
+            return Err(CliError::Usage(format!(
+                "--top {top} asks for more classes than the model's {num_classes}"
+            )));
         }
         let ranked: Vec<Vec<Prediction>> = logits.outer_iter().map(|row| rank(row.to_vec())).collect();
         // One explain call per class rank: core shares one capture per layer among methods.

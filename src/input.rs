@@ -68,7 +68,10 @@ pub fn gather(paths: &[PathBuf], size: (usize, usize)) -> Result<Vec<Input>, Cli
 fn read_npy(path: &Path, preprocess: &Preprocess) -> Result<Vec<Input>, CliError> {
     let array = gradcam_viz::load_npy_batch(path)?;
     if array.iter().any(|v| !v.is_finite()) {
-        return Err(CliError::BadNpy { path: path.to_path_buf(), message: "it holds NaN or infinite values".into() });
+        return Err(CliError::BadNpy {
+            path: path.to_path_buf(),
+            message: "it holds NaN or infinite values".into(),
+        });
     }
     let n = array.len_of(Axis(0));
     let base = stem(path);

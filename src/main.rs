@@ -2,7 +2,7 @@
 //! Runtime models.
 //!
 //! ```text
-//! gradcam explain                     # the shipped photos and model → ./gradcam-out/
+//! gradcam                             # = gradcam explain: the shipped photos and model → ./gradcam-out/
 //! gradcam explain cat.jpg --method gradcam++ --method scorecam --layer blocks.5
 //! gradcam layers --model resnet50.onnx
 //! ```
@@ -23,8 +23,9 @@ use clap::Parser;
 use crate::cli::{Cli, Command};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
+    // Plain `gradcam` (as `cargo run` gives) is `gradcam explain` with every default.
+    let command = Cli::parse().command.or_else(|| Cli::parse_from(["gradcam", "explain"]).command);
+    let result = match command.expect("explain parses without arguments") {
         Command::Explain(args) => explain::run(args),
         Command::Layers(args) => layers::run(&args),
     };

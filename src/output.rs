@@ -45,7 +45,8 @@ pub fn write_all(results: &Results, args: &ExplainArgs) -> Result<Written, CliEr
             None => colormap.apply(map.map.view()),
         };
         let stem = map_stem(results, map);
-        let paths = (args.out.join(format!("{stem}.overlay.png")), args.out.join(format!("{stem}.heatmap.png")));
+        let paths =
+            (args.out.join(format!("{stem}.overlay.png")), args.out.join(format!("{stem}.heatmap.png")));
         files.push((paths.0.clone(), overlay.clone()));
         files.push((paths.1.clone(), heatmap));
         overlays.push(overlay);
@@ -67,7 +68,9 @@ pub fn write_all(results: &Results, args: &ExplainArgs) -> Result<Written, CliEr
         written.grids.push(path);
     }
 
-    std::fs::create_dir_all(&args.out).map_err(|source| CliError::Write { path: args.out.clone(), source })?;
+    let out_existed = args.out.is_dir();
+    std::fs::create_dir_all(&args.out)
+        .map_err(|source| CliError::Write { path: args.out.clone(), source })?;
     let mut done: Vec<PathBuf> = Vec::new();
     let result = (|| {
         for (path, picture) in &files {
@@ -82,6 +85,10 @@ pub fn write_all(results: &Results, args: &ExplainArgs) -> Result<Written, CliEr
     if let Err(err) = result {
         for path in &done {
             let _ = std::fs::remove_file(path);
+        }
+        if !out_existed {
+            // Only removes it when empty: never anything the user put there meanwhile.
+            let _ = std::fs::remove_dir(&args.out);
         }
         return Err(err);
     }
@@ -158,7 +165,11 @@ pub fn report(
         println!("  ... and {} more overlay/heatmap pairs", written.maps.len() - shown);
     }
     if let Some(npy) = &written.npy {
-        println!("wrote the final maps ({} x H x W, f32 in [0, 1]) to {}", final_maps(results).count(), npy.display());
+        println!(
+            "wrote the final maps ({} x H x W, f32 in [0, 1]) to {}",
+            final_maps(results).count(),
+            npy.display()
+        );
     }
     Ok(())
 }

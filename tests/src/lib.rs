@@ -36,10 +36,12 @@ pub struct FixtureModel {
     pub layers: &'static [&'static str],
 }
 
-pub const RESNET18: FixtureModel = FixtureModel { key: "resnet18", arch: "resnet18", layers: &["layer4", "layer4.1", "layer3"] };
+pub const RESNET18: FixtureModel =
+    FixtureModel { key: "resnet18", arch: "resnet18", layers: &["layer4", "layer4.1", "layer3"] };
 pub const VIT_TINY: FixtureModel =
     FixtureModel { key: "vit_tiny", arch: "vit_tiny_patch16_224", layers: &["blocks.11.norm1"] };
-pub const LITE0: FixtureModel = FixtureModel { key: "lite0", arch: "tf_efficientnet_lite0", layers: &["blocks.6", "bn2"] };
+pub const LITE0: FixtureModel =
+    FixtureModel { key: "lite0", arch: "tf_efficientnet_lite0", layers: &["blocks.6", "bn2"] };
 
 /// The fixture files' name for a method's expected CAM (`cam_<name>.npy`).
 pub fn fixture_name(method: Method) -> String {

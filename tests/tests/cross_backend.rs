@@ -9,11 +9,15 @@
 
 use gradcam_core::{CamOptions, Method, Target};
 use ndarray::{s, Array1, Array3, Array4};
-use tests::{fixture_name, fixtures_dir, max_abs_diff, open_all, require, FixtureModel, LITE0, RESNET18, VIT_TINY};
+use tests::{
+    fixture_name, fixtures_dir, max_abs_diff, open_all, require, FixtureModel, LITE0, RESNET18, VIT_TINY,
+};
 
 const TOLERANCE: f32 = 1e-4;
 
-fn read<T: ndarray_npy::ReadableElement, D: ndarray::Dimension>(path: std::path::PathBuf) -> ndarray::Array<T, D> {
+fn read<T: ndarray_npy::ReadableElement, D: ndarray::Dimension>(
+    path: std::path::PathBuf,
+) -> ndarray::Array<T, D> {
     let path = require(path);
     ndarray_npy::read_npy(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
 }
@@ -37,7 +41,10 @@ fn check(model: FixtureModel) {
         // (backend, method) -> maps; heavy methods hold the first image only.
         let mut maps: Vec<(String, Method, Array3<f32>)> = Vec::new();
         for o in &mut opened {
-            let runs = [(input.view(), &classes[..], &light), (input.slice(s![0..1, .., .., ..]), &classes[..1], &heavy)];
+            let runs = [
+                (input.view(), &classes[..], &light),
+                (input.slice(s![0..1, .., .., ..]), &classes[..1], &heavy),
+            ];
             for (batch, classes, methods) in runs {
                 if methods.is_empty() {
                     continue;
@@ -58,7 +65,10 @@ fn check(model: FixtureModel) {
             let diff = max_abs_diff(got, &reference);
             compared += 1;
             if diff > TOLERANCE {
-                failures.push(format!("{} {layer} {method}: {label} vs pytorch-grad-cam differ by {diff:.2e}", model.key));
+                failures.push(format!(
+                    "{} {layer} {method}: {label} vs pytorch-grad-cam differ by {diff:.2e}",
+                    model.key
+                ));
             }
         }
         for (i, (label_a, method, a)) in maps.iter().enumerate() {
@@ -66,13 +76,21 @@ fn check(model: FixtureModel) {
                 let diff = max_abs_diff(a, b);
                 compared += 1;
                 if diff > TOLERANCE {
-                    failures.push(format!("{} {layer} {method}: {label_a} vs {label_b} differ by {diff:.2e}", model.key));
+                    failures.push(format!(
+                        "{} {layer} {method}: {label_a} vs {label_b} differ by {diff:.2e}",
+                        model.key
+                    ));
                 }
             }
         }
     }
     assert!(compared > 0, "nothing was compared");
-    assert!(failures.is_empty(), "{} of {compared} comparisons failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {compared} comparisons failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
