@@ -164,6 +164,12 @@ pub fn explain(
                 capture.activation.batch()
             )));
         }
+        if capture.logits.nrows() != batch {
+            return Err(CamError::Shape(format!(
+                "layer `{layer}`: {} rows of logits for {batch} images",
+                capture.logits.nrows()
+            )));
+        }
         if logits.is_none() {
             classes = if capture.classes.len() == batch {
                 capture.classes.clone()
