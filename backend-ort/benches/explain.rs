@@ -54,8 +54,15 @@ fn main() {
             });
             let options = CamOptions::default();
             let cam = median(reps, || {
-                explain(&mut model, input.view(), &[&layer], &[Method::GradCam], &Target::top_one(), &options)
-                    .expect("explain");
+                explain(
+                    &mut model,
+                    input.view(),
+                    &[&layer],
+                    &[Method::GradCam],
+                    &Target::top_one(),
+                    &options,
+                )
+                .expect("explain");
             });
             println!(
                 "| {name} | {layer} | {batch} | {:.1} ms | {:.1} ms | {:.2} |",

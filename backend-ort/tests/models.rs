@@ -46,9 +46,26 @@ fn fixture_name(m: Method) -> String {
     m.name().replace("++", "pp").replace('-', "_")
 }
 
-/// Gradients, activations and logits equal PyTorch's to 1e-4 (relative to each tensor's scale);
-/// every CAM the fixtures hold equals grad-cam's to 1e-4.
-fn check(key: &str, exporter: &str, layers: &[&str]) {
+/// Like [`assert_close`] for all but `ties` (a fraction) of the elements, and within 500x the
+/// tolerance for those: where a pre-activation sits within float noise of a ReLU/ReLU6 kink, the
+/// exported graph's own forward (BatchNorm folded differently) can flip the mask, changing the
+/// gradient of everything upstream of that one position.
+fn assert_close_but_ties(what: &str, got: &ArrayD<f32>, want: &ArrayD<f32>, tol: f32, ties: f64) {
+    assert_eq!(got.shape(), want.shape(), "{what}: shape");
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(f32::MIN_POSITIVE);
+    let off = got.iter().zip(want).filter(|(a, b)| (*a - *b).abs() > tol * scale).count();
+    assert!(
+        (off as f64) <= ties * want.len() as f64,
+        "{what}: {off} of {} elements off by > {tol:e} x scale",
+        want.len()
+    );
+    assert_close(what, got, want, 500.0 * tol);
+}
+
+/// Gradients, activations and logits equal PyTorch's to 1e-4 (relative to each tensor's scale;
+/// `ties`: the fraction of gradient elements allowed off (by up to 5e-2) by a mask flip, see
+/// [`assert_close_but_ties`]); every CAM the fixtures hold equals grad-cam's to 1e-4 (5e-3 for a layer with ties: a few pixels).
+fn check(key: &str, exporter: &str, layers: &[(&str, f64)]) {
     let dir = fixtures();
     let model_path = dir.join(format!("{key}.{exporter}.onnx"));
     assert!(
@@ -59,7 +76,7 @@ fn check(key: &str, exporter: &str, layers: &[&str]) {
     let mut model = OnnxModel::load(&model_path).expect("load");
     let input = npy_f32(dir.join("input.npy")).into_dimensionality::<Ix4>().expect("(B, 3, H, W)");
     let names: Vec<String> = model.layers().expect("layers").into_iter().map(|l| l.name).collect();
-    for layer in layers {
+    for &(layer, ties) in layers {
         assert!(names.iter().any(|n| n == layer), "{key}.{exporter}: layer {layer} not listed in {names:?}");
         let ref_dir = dir.join(key).join(layer);
         let capture = model.capture(input.view(), layer, Some(&Target::top_one())).expect("capture");
@@ -79,7 +96,13 @@ fn check(key: &str, exporter: &str, layers: &[&str]) {
         let act = dyn_of(&capture.activation);
         assert_close(&format!("{what} activations"), &act, &npy_f32(ref_dir.join("activations.npy")), 1e-4);
         let grad = dyn_of(capture.gradient.as_ref().expect("gradient"));
-        assert_close(&format!("{what} gradients"), &grad, &npy_f32(ref_dir.join("gradients.npy")), 1e-4);
+        assert_close_but_ties(
+            &format!("{what} gradients"),
+            &grad,
+            &npy_f32(ref_dir.join("gradients.npy")),
+            1e-4,
+            ties,
+        );
 
         let methods: Vec<Method> = Method::ALL
             .into_iter()
@@ -91,39 +114,44 @@ fn check(key: &str, exporter: &str, layers: &[&str]) {
                 .expect("explain");
         for e in explanations {
             let want = npy_f32(ref_dir.join(format!("cam_{}.npy", fixture_name(e.method))));
-            assert_close(&format!("{what} {}", e.method.name()), &e.maps.into_dyn(), &want, 1e-4);
+            // A flipped mask (see `ties`) moves a few pixels of the maps by up to ~2e-3 (HiResCAM).
+            let tol = if ties > 0.0 { 5e-3 } else { 1e-4 };
+            assert_close(&format!("{what} {}", e.method.name()), &e.maps.into_dyn(), &want, tol);
         }
     }
 }
 
 #[test]
 fn resnet18_legacy() {
-    check("resnet18", "legacy", &["layer4", "layer4.1", "layer3"]);
+    check("resnet18", "legacy", &[("layer4", 0.0), ("layer4.1", 0.0), ("layer3", 0.0)]);
 }
 
 #[test]
 fn resnet18_dynamo() {
-    check("resnet18", "dynamo", &["layer4", "layer4.1", "layer3"]);
+    check("resnet18", "dynamo", &[("layer4", 0.0), ("layer4.1", 0.0), ("layer3", 0.0)]);
 }
 
 #[test]
 fn vit_tiny_legacy() {
-    check("vit_tiny", "legacy", &["blocks.11.norm1"]);
+    check("vit_tiny", "legacy", &[("blocks.11.norm1", 0.0)]);
 }
 
 #[test]
 fn vit_tiny_dynamo() {
-    check("vit_tiny", "dynamo", &["blocks.11.norm1"]);
+    check("vit_tiny", "dynamo", &[("blocks.11.norm1", 0.0)]);
 }
 
+/// The legacy export's conv_head + folded BatchNorm differs from PyTorch by 3e-5, enough to move
+/// one ReLU6 pre-activation across 0 (checked with onnxruntime in Python): 320 of the 31360
+/// gradient elements of blocks.6 (one position, all channels) differ.
 #[test]
 fn lite0_legacy() {
-    check("lite0", "legacy", &["blocks.6", "bn2"]);
+    check("lite0", "legacy", &[("blocks.6", 0.02), ("bn2", 0.0)]);
 }
 
 #[test]
 fn lite0_dynamo() {
-    check("lite0", "dynamo", &["blocks.6", "bn2"]);
+    check("lite0", "dynamo", &[("blocks.6", 0.0), ("bn2", 0.0)]);
 }
 
 #[test]
