@@ -28,6 +28,7 @@
 //! # Ok::<(), gradcam_viz::VizError>(())
 //! ```
 
+mod antialias;
 mod colormap;
 mod colormap_tables;
 mod error;
@@ -41,4 +42,4 @@ pub use error::VizError;
 pub use files::{load_image, load_npy_batch, save_image, PictureFormat, JPEG_QUALITY};
 pub use grid::{draw_text, grid, grid_with, text_width, GridOptions, GLYPH};
 pub use overlay::{origin_view, overlay, overlay_f32, resize_nearest, DEFAULT_IMAGE_WEIGHT};
-pub use preprocess::{rgb_planes, Preprocess, IMAGENET_MEAN, IMAGENET_STD};
+pub use preprocess::{rgb_planes, Preprocess, ResizeFilter, IMAGENET_MEAN, IMAGENET_STD};

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use gradcam_core::resize_bilinear;
-use gradcam_viz::{load_image, overlay, overlay_f32, rgb_planes, Colormap, Preprocess};
+use gradcam_viz::{load_image, overlay, overlay_f32, rgb_planes, Colormap, Preprocess, ResizeFilter};
 use ndarray::{Array2, Array3, ArrayD, Axis};
 use ndarray_npy::read_npy;
 
@@ -131,14 +131,36 @@ fn preprocess_matches_cv2_pipeline() {
     let image = load_image(fixture("preprocess_image.png")).unwrap();
     for (h, w) in [(16, 24), (64, 48)] {
         let expected: Array3<f32> = load(&format!("preprocess_{h}x{w}.npy"));
-        let got = Preprocess::new(h, w).tensor(&image).unwrap();
+        let linear = Preprocess { filter: ResizeFilter::Linear, ..Preprocess::new(h, w) };
+        let got = linear.tensor(&image).unwrap();
         let diff = max_abs_diff(&got, &expected);
         // Normalised values reach ~2.6; 1e-5 is the resize tolerance divided by std ≈ 0.22.
         assert!(diff <= 5e-5, "{h}x{w}: max |rust - python| = {diff}");
-        let batch = Preprocess::new(h, w).batch(&[image.clone(), image.clone()]).unwrap();
+        let batch = linear.batch(&[image.clone(), image.clone()]).unwrap();
         for item in batch.axis_iter(Axis(0)) {
             assert_eq!(item, got);
         }
+    }
+}
+
+#[test]
+fn antialiased_preprocessing_is_pillow_bilinear_bit_for_bit() {
+    let cases = [
+        ("preprocess_image.png", "pillow_noise_16x24.npy"),
+        ("preprocess_image.png", "pillow_noise_64x48.npy"),
+        ("preprocess_image.png", "pillow_noise_30x20.npy"),
+        ("../../../assets/images/chelsea.png", "pillow_chelsea_224x224.npy"),
+    ];
+    for (photo, name) in cases {
+        let image = load_image(fixture(photo)).unwrap();
+        let expected: Array3<u8> = load(name);
+        let (h, w, _) = expected.dim();
+        let p = Preprocess { mean: [0.0; 3], std: [1.0; 3], ..Preprocess::new(h, w) };
+        assert_eq!(p.filter, ResizeFilter::Antialiased, "the default");
+        let got = p.resized_f32(&image).unwrap();
+        let wrong =
+            got.iter().zip(expected.iter()).filter(|(g, e)| (**g * 255.0).round() as u8 != **e).count();
+        assert_eq!(wrong, 0, "{name}: {wrong} of {} values differ from Pillow", got.len());
     }
 }
 
