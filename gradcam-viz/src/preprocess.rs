@@ -120,7 +120,7 @@ impl Preprocess {
     /// `(3, height, width)` planes in `[0, 1]`, resized with the chosen [`ResizeFilter`].
     fn resized_planes(&self, image: &RgbImage) -> Result<Array3<f32>, VizError> {
         self.check()?;
-        if self.filter == ResizeFilter::Antialiased {
+        if self.filter == ResizeFilter::Antialiased && image.width() > 0 && image.height() > 0 {
             let (w, h) = (self.width as u32, self.height as u32);
             return rgb_planes(&crate::antialias::resize_like_pillow(image, w, h));
         }
