@@ -31,8 +31,10 @@ fn main() {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-models"));
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
-    println!("| model | layer | batch | ORT forward | explain (GradCAM) | ratio |");
-    println!("|---|---|---|---|---|---|");
+    println!(
+        "| model | layer | batch | ORT forward | capture (fwd+bwd) | explain (GradCAM) | explain / forward |"
+    );
+    println!("|---|---|---|---|---|---|---|");
     for name in ["resnet50", "tf_efficientnet_lite0", "vit_small_patch16_224"] {
         if filter.as_ref().is_some_and(|f| !name.contains(f.as_str())) {
             continue;
@@ -52,6 +54,9 @@ fn main() {
             let forward = median(reps, || {
                 model.forward(input.view()).expect("forward");
             });
+            let capture = median(reps, || {
+                model.capture(input.view(), &layer, Some(&Target::top_one())).expect("capture");
+            });
             let options = CamOptions::default();
             let cam = median(reps, || {
                 explain(
@@ -65,8 +70,9 @@ fn main() {
                 .expect("explain");
             });
             println!(
-                "| {name} | {layer} | {batch} | {:.1} ms | {:.1} ms | {:.2} |",
+                "| {name} | {layer} | {batch} | {:.1} ms | {:.1} ms | {:.1} ms | {:.2} |",
                 forward.as_secs_f64() * 1e3,
+                capture.as_secs_f64() * 1e3,
                 cam.as_secs_f64() * 1e3,
                 cam.as_secs_f64() / forward.as_secs_f64()
             );

@@ -99,6 +99,15 @@ impl OnnxModel {
         })
     }
 
+    /// The input height and width the model fixes, if it does (`None` for symbolic sizes).
+    pub fn input_hw(&self) -> Option<(usize, usize)> {
+        let dims = self.graph.input_dims(&self.input)?;
+        match dims.as_slice() {
+            [_, _, Some(h), Some(w)] => Some((*h as usize, *w as usize)),
+            _ => None,
+        }
+    }
+
     /// The parsed model.
     pub fn graph(&self) -> &OnnxGraph {
         &self.graph

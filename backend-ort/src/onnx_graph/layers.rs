@@ -110,7 +110,7 @@ impl OnnxGraph {
     /// pooling; else the last 4-D, then 3-D, layer.
     pub fn default_layer(&self, layers: &[Layer], shapes: &Shapes) -> Option<String> {
         let rank = |l: &Layer| shapes.get(&l.tensor).map_or(0, |t| t.shape.len());
-        let vit = layers.iter().filter(|l| l.name.ends_with(".norm1") && is_block(&l.name)).next_back();
+        let vit = layers.iter().rfind(|l| l.name.ends_with(".norm1") && is_block(&l.name));
         if let Some(l) = vit {
             return Some(l.name.clone());
         }
@@ -121,7 +121,7 @@ impl OnnxGraph {
                 return Some(l.name.clone());
             }
         }
-        let last_of = |r| layers.iter().filter(|l| rank(l) == r).next_back();
+        let last_of = |r| layers.iter().rfind(|l| rank(l) == r);
         last_of(4).or_else(|| last_of(3)).map(|l| l.name.clone())
     }
 
