@@ -1,0 +1,3 @@
+//! `cargo bench -p backend-tch --features tch`: the same program as `examples/bench.rs` (one JSON
+//! line per model and batch; see there for the flags).
+include!("../examples/bench.rs");

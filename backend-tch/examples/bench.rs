@@ -1,0 +1,135 @@
+//! Explain latency of the tch backend vs libtorch forward-only on the same TorchScript model.
+//!
+//! ```text
+//! cargo run --release -p backend-tch --features tch --example bench -- \
+//!     [--models-dir target/bench-models] [--device cpu|cuda] [--batches 1,16] [--runs 5] [--threads 2]
+//! ```
+//! Models come from `backend-tch/bench/make_bench_models.py`. For each model and batch it prints one
+//! JSON line: GradCAM `explain` time (input upload, forward, backward w.r.t. the layer, CAM math,
+//! upsampling to 224², maps on the host) and a plain no-grad forward, medians of `--runs` calls after
+//! one warm-up, and their ratio. Layers are those tools/bench_pytorch_gradcam.py uses, so the
+//! numbers compare one to one (`bench/compare.sh`, `bench/gpu.sh`).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use backend_tch::{tch, DeviceChoice, TorchScriptModel};
+use gradcam_core::{explain, CamOptions, Method, Target};
+use ndarray::Array4;
+
+const MODELS: [(&str, &str); 3] = [
+    ("resnet50", "layer4"),
+    ("tf_efficientnet_lite0", "blocks.6"),
+    ("vit_small_patch16_224", "blocks.11.norm1"),
+];
+
+struct Args {
+    models_dir: PathBuf,
+    device: DeviceChoice,
+    batches: Vec<usize>,
+    runs: usize,
+    threads: Option<i32>,
+    only: Option<String>,
+}
+
+fn parse_args() -> Args {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut args = Args {
+        models_dir: root.join("target/bench-models"),
+        device: DeviceChoice::Cpu,
+        batches: vec![1, 16],
+        runs: 5,
+        threads: Some(2),
+        only: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        match flag.as_str() {
+            "--models-dir" => args.models_dir = value().into(),
+            "--device" => args.device = value().parse().expect("--device cpu|cuda|auto"),
+            "--batches" => {
+                args.batches = value().split(',').map(|b| b.parse().expect("batch size")).collect()
+            }
+            "--runs" => args.runs = value().parse().expect("--runs N"),
+            "--threads" => args.threads = Some(value().parse().expect("--threads N")).filter(|&n| n > 0),
+            "--models" => args.only = Some(value()),
+            _ => {} // `cargo bench` passes --bench
+        }
+    }
+    args
+}
+
+/// Median wall time of `runs` calls after one warm-up call.
+fn median_secs(runs: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    let mut times: Vec<f64> = (0..runs)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+/// Deterministic N(0, 1)-ish input without a rand dependency (sum of uniforms).
+fn input(batch: usize) -> Array4<f32> {
+    let mut state = 0x2545f4914f6cdd1du64;
+    let mut uniform = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 40) as f32 / (1u64 << 24) as f32
+    };
+    Array4::from_shape_simple_fn((batch, 3, 224, 224), || (0..4).map(|_| uniform()).sum::<f32>() - 2.0)
+}
+
+fn main() {
+    let args = parse_args();
+    if let Some(n) = args.threads {
+        tch::set_num_threads(n);
+    }
+    for (arch, layer) in MODELS {
+        if args.only.as_deref().is_some_and(|only| !only.split(',').any(|m| m == arch)) {
+            continue;
+        }
+        let path = args.models_dir.join(format!("{arch}.traced.pt"));
+        let mut model = TorchScriptModel::load(&path, args.device)
+            .unwrap_or_else(|e| panic!("{e} (run backend-tch/bench/make_bench_models.py first)"));
+        let device = model.device();
+        let sync = || {
+            if let tch::Device::Cuda(i) = device {
+                tch::Cuda::synchronize(i as i64);
+            }
+        };
+        for &batch in &args.batches {
+            let x = input(batch);
+            let x_t = tch::Tensor::from_slice(x.as_slice().unwrap())
+                .view([batch as i64, 3, 224, 224])
+                .to_device(device);
+            let forward_s = median_secs(args.runs, || {
+                let _ = model.forward_tensor(&x_t).unwrap();
+                sync();
+            });
+            let options = CamOptions::default();
+            let explain_s = median_secs(args.runs, || {
+                let e =
+                    explain(&mut model, x.view(), &[layer], &[Method::GradCam], &Target::top_one(), &options)
+                        .unwrap();
+                assert_eq!(e[0].maps.dim(), (batch, 224, 224));
+            });
+            println!(
+                "{{\"model\": \"{arch}\", \"layer\": \"{layer}\", \"batch\": {batch}, \"device\": \"{device:?}\", \
+                 \"threads\": {}, \"explain_s\": {explain_s:.5}, \"forward_s\": {forward_s:.5}, \"ratio\": {:.3}, \
+                 \"explain_img_s\": {:.1}, \"forward_img_s\": {:.1}, \"runs\": {}}}",
+                tch::get_num_threads(),
+                explain_s / forward_s,
+                batch as f64 / explain_s,
+                batch as f64 / forward_s,
+                args.runs
+            );
+        }
+    }
+}

@@ -1,0 +1,391 @@
+// The part of the tch backend that tch cannot do: reach inside a TorchScript module.
+//
+// tch's CModule has no access to submodules, so this shim loads the module itself and rewrites its
+// `forward` graph. Every `prim::CallMethod` on a submodule is inlined, recording which Value is the
+// output of which module path (its first call, as pytorch-grad-cam's hooks see it);
+// constant control flow (`if attn_mask is not None`, `if self.training`) is then folded away.
+// From that one inlined graph it builds small GraphFunctions:
+//   probe   (self, x)         -> (logits, out_1, ..., out_n)   every layer's output, for shapes
+//   capture (self, x)         -> (logits, activation)          activation is a LEAF that requires grad
+//   replace (self, x, act)    -> logits                        the layer's output replaced by `act`
+// `capture` detaches the layer's output, marks it requires_grad, and feeds a clone of it to the rest
+// of the graph. As no parameter and no input requires grad, autograd records only the part after the
+// cut, so one forward gives what the backward needs, and the backward never goes below the layer.
+//
+// The C API passes tensors as `at::Tensor*` (tch's `C_tensor`); strings and errors are malloc'ed
+// and freed by gc_free_string. Every function returns NULL on success or an error message.
+
+#include <torch/csrc/jit/api/function_impl.h>
+#include <torch/csrc/jit/ir/ir.h>
+#include <torch/csrc/jit/passes/constant_propagation.h>
+#include <torch/csrc/jit/passes/dead_code_elimination.h>
+#include <torch/csrc/jit/serialization/import.h>
+#include <torch/script.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+using torch::jit::Graph;
+using torch::jit::GraphFunction;
+using torch::jit::Node;
+using torch::jit::Value;
+
+namespace {
+
+char *dup(const std::string &s) {
+  char *p = static_cast<char *>(std::malloc(s.size() + 1));
+  std::memcpy(p, s.c_str(), s.size() + 1);
+  return p;
+}
+
+#define GC_TRY(...)                                                                                   \
+  try {                                                                                                \
+    __VA_ARGS__;                                                                                       \
+    return nullptr;                                                                                    \
+  } catch (const c10::Error &e) {                                                                      \
+    return dup(e.what_without_backtrace());                                                            \
+  } catch (const std::exception &e) {                                                                  \
+    return dup(e.what());                                                                              \
+  }
+
+// The output of one module call inside the inlined graph.
+struct Record {
+  std::string path;
+  Value *value;
+};
+
+// The module's forward graph with every submodule call inlined, plus each module's output.
+struct Inlined {
+  std::shared_ptr<Graph> graph;
+  std::vector<Record> records;  // (module path, output) of calls, in call order
+};
+
+std::string join(const std::string &parent, const std::string &child) {
+  return parent.empty() ? child : parent + "." + child;
+}
+
+// Finds the first CallMethod on a known submodule in `block` (recursively), filling `paths` with the
+// module path of every module-typed value on the way.
+Node *next_call(torch::jit::Block *block, std::unordered_map<Value *, std::string> &paths) {
+  for (Node *node : block->nodes()) {
+    if (node->kind() == c10::prim::GetAttr) {
+      auto parent = paths.find(node->input(0));
+      auto cls = node->output()->type()->cast<c10::ClassType>();
+      if (parent != paths.end() && cls && cls->is_module()) {
+        paths[node->output()] = join(parent->second, node->s(c10::attr::name));
+      }
+    } else if (node->kind() == c10::prim::CallMethod && paths.count(node->input(0))) {
+      return node;
+    }
+    for (torch::jit::Block *sub : node->blocks()) {
+      if (Node *found = next_call(sub, paths)) return found;
+    }
+  }
+  return nullptr;
+}
+
+// Replaces reads of plain bool/int/float module attributes (`self.training`, flags) by constants.
+void fold_attributes(torch::jit::Block *block, std::unordered_map<Value *, std::string> &paths,
+                     const std::map<std::string, torch::jit::Module> &modules) {
+  // (called on one method's graph: `paths` starts with its self)
+  for (auto it = block->nodes().begin(); it != block->nodes().end(); ++it) {
+    Node *node = *it;
+    if (node->kind() == c10::prim::GetAttr && paths.count(node->input(0))) {
+      const std::string parent = paths[node->input(0)];
+      const std::string name = node->s(c10::attr::name);
+      auto cls = node->output()->type()->cast<c10::ClassType>();
+      if (cls && cls->is_module()) {
+        paths[node->output()] = join(parent, name);
+      } else {
+        c10::IValue v = modules.at(parent).attr(name);
+        if (v.isBool() || v.isInt() || v.isDouble()) {
+          torch::jit::WithInsertPoint guard(node);
+          node->output()->replaceAllUsesWith(node->owningGraph()->insertConstant(v));
+        }
+      }
+    }
+    for (torch::jit::Block *sub : node->blocks()) fold_attributes(sub, paths, modules);
+  }
+}
+
+using Modules = std::map<std::string, torch::jit::Module>;
+
+// A module's method graph, copied, with its attributes folded and constant `if`s removed, so that
+// a module output selected by a flag (`if self.has_skip:`) is a plain value once inlined.
+std::shared_ptr<Graph> simplified(const std::shared_ptr<Graph> &graph, const std::string &path,
+                                  const Modules &modules) {
+  std::shared_ptr<Graph> copy = graph->copy();
+  std::unordered_map<Value *, std::string> paths{{copy->inputs()[0], path}};
+  fold_attributes(copy->block(), paths, modules);
+  torch::jit::ConstantPropagation(copy);
+  return copy;
+}
+
+// `forward`'s graph with extra arguments (`attn_mask=None`, `is_causal=False`) fixed to their
+// defaults, so the graph takes (self, x) and constant propagation can fold what they control.
+std::shared_ptr<Graph> forward_graph(const torch::jit::Module &module) {
+  torch::jit::Method forward = module.get_method("forward");
+  std::shared_ptr<Graph> graph = forward.graph()->copy();
+  const auto &args = forward.function().getSchema().arguments();
+  if (graph->inputs().size() < 2) throw std::runtime_error("the module's forward takes no input");
+  for (size_t i = graph->inputs().size() - 1; i >= 2; --i) {
+    if (i >= args.size() || !args[i].default_value())
+      throw std::runtime_error("forward's argument `" + (i < args.size() ? args[i].name() : "?") +
+                               "` has no default; only forward(x, <arguments with defaults>) is supported");
+    torch::jit::WithInsertPoint guard(graph->block()->nodes().front());
+    graph->inputs()[i]->replaceAllUsesWith(graph->insertConstant(*args[i].default_value()));
+    graph->eraseInput(i);
+  }
+  return graph;
+}
+
+Inlined inline_all(const torch::jit::Module &module, const Modules &modules) {
+  Inlined out;
+  out.graph = forward_graph(module);
+  out.graph = simplified(out.graph, "", modules);
+  while (true) {
+    std::unordered_map<Value *, std::string> paths{{out.graph->inputs()[0], ""}};
+    Node *call = next_call(out.graph->block(), paths);
+    if (!call) break;
+    const std::string path = paths[call->input(0)];
+    const std::string method = call->s(c10::attr::name);
+    auto cls = call->input(0)->type()->expect<c10::ClassType>();
+    GraphFunction &callee = torch::jit::toGraphFunction(cls->getMethod(method));
+    // Records pointing at this call's outputs must follow them to the inlined values.
+    std::vector<std::pair<size_t, size_t>> moved;  // (record, output index)
+    for (size_t r = 0; r < out.records.size(); ++r)
+      for (size_t i = 0; i < call->outputs().size(); ++i)
+        if (out.records[r].value == call->output(i)) moved.emplace_back(r, i);
+    // The callee's plain graph (its "optimized" graph has its own calls inlined already, which
+    // would hide the submodules' outputs), simplified for this module instance.
+    std::shared_ptr<Graph> body = simplified(callee.graph(), path, modules);
+    std::vector<Value *> results = torch::jit::inlineCallTo(call, &callee, body.get());
+    for (auto [r, i] : moved) out.records[r].value = results[i];
+    // Every call is recorded: the first one may sit in a branch constant folding removes
+    // (timm's ViT calls its blocks in two branches of `if attn_mask is not None`).
+    if (method == "forward" && results.size() == 1 && !path.empty()) out.records.push_back({path, results[0]});
+  }
+  return out;
+}
+
+void collect_values(torch::jit::Block *block, std::unordered_map<std::string, Value *> &by_name) {
+  for (Value *v : block->inputs()) by_name[v->debugName()] = v;
+  for (Node *n : block->nodes()) {
+    for (Value *v : n->outputs()) by_name[v->debugName()] = v;
+    for (torch::jit::Block *sub : n->blocks()) collect_values(sub, by_name);
+  }
+}
+
+// Inlines, then folds constant control flow (`if attn_mask is not None` with attn_mask=None,
+// `if self.training`) so that calls inside statically dead or taken branches land at the top
+// level. Constant propagation may move and delete nodes, so records are followed by debug name.
+Inlined inline_and_fold(const torch::jit::Module &module) {
+  Modules modules{{"", module}};
+  for (const auto &item : module.named_modules()) modules.emplace(item.name, item.value);
+  Inlined in = inline_all(module, modules);
+
+  std::vector<std::string> names;
+  std::unordered_map<Value *, std::string> named;
+  for (const Record &r : in.records) {
+    auto found = named.find(r.value);
+    if (found == named.end()) {
+      std::string name = "gcrec_" + std::to_string(named.size()) + "_out";
+      r.value->setDebugName(name);
+      found = named.emplace(r.value, name).first;
+    }
+    names.push_back(found->second);
+  }
+  torch::jit::ConstantPropagation(in.graph);
+  if (std::getenv("GRADCAM_TCH_DEBUG")) {  // the graph the layers are cut from
+    for (size_t i = 0; i < in.records.size(); ++i) std::cerr << in.records[i].path << " -> %" << names[i] << "\n";
+    std::cerr << *in.graph << std::endl;
+  }
+  std::unordered_map<std::string, Value *> by_name;
+  collect_values(in.graph->block(), by_name);
+  std::vector<Record> kept;  // the first surviving call of each module
+  for (size_t i = 0; i < in.records.size(); ++i) {
+    auto v = by_name.find(names[i]);
+    const std::string &path = in.records[i].path;
+    bool seen = std::any_of(kept.begin(), kept.end(), [&](const Record &r) { return r.path == path; });
+    if (v != by_name.end() && !seen) kept.push_back({path, v->second});
+  }
+  in.records = std::move(kept);
+  return in;
+}
+
+// A layer output the shim can expose: a Tensor computed at the top level of the graph (not
+// inside an `if` or a loop, whose values are invisible outside their block).
+bool exposable(const Graph &graph, Value *v) {
+  return v->type()->isSubtypeOf(*c10::TensorType::get()) && v->node()->owningBlock() == graph.block();
+}
+
+// Position of a value in forward order (graph inputs first).
+std::unordered_map<Value *, size_t> positions(Graph &graph) {
+  std::unordered_map<Value *, size_t> pos;
+  size_t i = 0;
+  for (Value *v : graph.inputs()) pos[v] = i++;
+  for (Node *n : graph.nodes())
+    for (Value *v : n->outputs()) pos[v] = i++;
+  return pos;
+}
+
+void set_output(Graph &graph, const std::vector<Value *> &values) {
+  torch::jit::WithInsertPoint guard(graph.return_node());
+  Value *tuple = graph.insertNode(graph.createTuple(values))->output();
+  graph.return_node()->replaceInput(0, tuple);
+}
+
+}  // namespace
+
+struct gc_module {
+  torch::jit::Module module;
+  c10::Device device;
+};
+
+struct gc_fn {
+  std::unique_ptr<GraphFunction> fn;
+  c10::IValue self;
+  size_t outputs;
+};
+
+extern "C" {
+
+void gc_free_string(char *s) { std::free(s); }
+
+// Loads a TorchScript file onto a device (-1: CPU, n >= 0: CUDA n), in eval mode, with every
+// parameter's requires_grad off (gradients are only ever taken w.r.t. activations).
+char *gc_load(const char *path, int device, gc_module **out) {
+  GC_TRY({
+    c10::Device dev = device < 0 ? c10::Device(c10::kCPU) : c10::Device(c10::kCUDA, device);
+    auto module = torch::jit::load(path, dev);
+    module.eval();
+    for (at::Tensor p : module.parameters()) p.requires_grad_(false);
+    *out = new gc_module{std::move(module), dev};
+  })
+}
+
+void gc_module_free(gc_module *m) { delete m; }
+
+// Every submodule path (named_modules, root excluded), one per line.
+char *gc_module_paths(gc_module *m, char **out) {
+  GC_TRY({
+    std::string s;
+    for (const auto &item : m->module.named_modules()) {
+      if (item.name.empty()) continue;
+      s += item.name;
+      s += '\n';
+    }
+    *out = dup(s);
+  })
+}
+
+// The plain forward: x -> logits.
+char *gc_forward(gc_module *m, const at::Tensor *x, at::Tensor **out) {
+  GC_TRY({
+    c10::IValue y = m->module.forward({*x});
+    if (!y.isTensor()) throw std::runtime_error("the module's forward does not return a tensor");
+    *out = new at::Tensor(y.toTensor());
+  })
+}
+
+// Builds a GraphFunction over the inlined graph.
+//   mode 0 (probe):   `paths_out` receives the exposed layer paths, one `path\tgroup` per line, in
+//                     forward order (outer modules first among those that share one output, which
+//                     have the same group number); `layer` is ignored.
+//   mode 1 (capture): returns (logits, leaf activation of `layer`).
+//   mode 2 (replace): takes an extra input, the replacement for `layer`'s output; returns logits.
+// `found` is set to 0 when `layer` has no exposable output (never called, inside control flow, or
+// not a tensor); the function is then not built.
+char *gc_build(gc_module *m, const char *layer, int mode, gc_fn **out, char **paths_out, int *found) {
+  GC_TRY({
+    Inlined in = inline_and_fold(m->module);
+    Graph &g = *in.graph;
+    *found = 1;
+    *out = nullptr;
+    if (mode == 0) {
+      auto pos = positions(g);
+      std::vector<Record> keep;
+      for (const Record &r : in.records)
+        if (exposable(g, r.value)) keep.push_back(r);
+      std::stable_sort(keep.begin(), keep.end(), [&](const Record &a, const Record &b) {
+        if (pos[a.value] != pos[b.value]) return pos[a.value] < pos[b.value];
+        return a.path.size() < b.path.size();
+      });
+      std::vector<Value *> outs{g.outputs()[0]};
+      std::string names;
+      size_t group = 0;  // paths of one group share one output (layer4, layer4.1, layer4.1.act2)
+      for (size_t i = 0; i < keep.size(); ++i) {
+        if (i > 0 && keep[i].value != keep[i - 1].value) ++group;
+        outs.push_back(keep[i].value);
+        names += keep[i].path + '\t' + std::to_string(group) + '\n';
+      }
+      set_output(g, outs);
+      *paths_out = dup(names);
+    } else {
+      auto rec = std::find_if(in.records.begin(), in.records.end(),
+                              [&](const Record &r) { return r.path == layer; });
+      if (rec == in.records.end() || !exposable(g, rec->value)) {
+        *found = 0;
+        return nullptr;
+      }
+      Value *act = rec->value;
+      if (mode == 1) {
+        // leaf = detach(act).requires_grad_(); the rest of the graph reads clone(leaf), so in-place
+        // ops after the layer (ReLU(inplace=True)) never touch the leaf.
+        Node *after = act->node()->kind() == c10::prim::Param ? g.nodes().front() : act->node()->next();
+        torch::jit::WithInsertPoint guard(after);
+        Value *detached = g.insert(c10::aten::detach, {act});
+        Value *leaf = g.insert(c10::Symbol::fromQualString("aten::requires_grad_"), {detached, true});
+        Value *copy = g.insert(c10::aten::clone, {leaf});
+        act->replaceAllUsesWith(copy);
+        detached->node()->replaceInput(0, act);
+        set_output(g, {g.outputs()[0], leaf});
+      } else {
+        Value *replacement = g.addInput("activation")->setType(act->type());
+        act->replaceAllUsesWith(replacement);
+        torch::jit::EliminateDeadCode(in.graph);
+      }
+    }
+    if (std::getenv("GRADCAM_TCH_DEBUG")) std::cerr << "built (mode " << mode << "):\n" << g << std::endl;
+    // SIMPLE: run the graph as written; the profiling executor would re-specialise it on the
+    // requires_grad flags that `capture` flips mid-graph.
+    auto fn = std::make_unique<GraphFunction>("gradcam_" + std::to_string(mode), in.graph, nullptr,
+                                              torch::jit::ExecutorExecutionMode::SIMPLE);
+    *out = new gc_fn{std::move(fn), m->module._ivalue(), mode == 2 ? 1u : 2u};
+  })
+}
+
+void gc_fn_free(gc_fn *f) { delete f; }
+
+// Runs a built function on `n_inputs` tensors; writes up to `cap` output tensors to `outputs`
+// (the logits first) and their number to `n_outputs`.
+char *gc_run(gc_fn *f, const at::Tensor *const *inputs, int n_inputs, at::Tensor **outputs, int cap,
+             int *n_outputs) {
+  GC_TRY({
+    torch::jit::Stack stack{f->self};
+    for (int i = 0; i < n_inputs; ++i) stack.emplace_back(*inputs[i]);
+    f->fn->run(stack);
+    c10::IValue result = stack.back();
+    std::vector<c10::IValue> items;
+    if (result.isTuple()) {
+      items = result.toTupleRef().elements().vec();
+    } else {
+      items.push_back(result);
+    }
+    if (static_cast<int>(items.size()) > cap) throw std::runtime_error("too many outputs");
+    for (size_t i = 0; i < items.size(); ++i) {
+      if (!items[i].isTensor()) throw std::runtime_error("the module's forward does not return a tensor");
+      outputs[i] = new at::Tensor(items[i].toTensor());
+    }
+    *n_outputs = static_cast<int>(items.size());
+  })
+}
+
+}  // extern "C"

@@ -1,0 +1,278 @@
+//! [`TorchScriptModel`]: a TorchScript module as a [`CamModel`].
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use gradcam_core::{near_matches, CamError, CamModel, Capture, LayerInfo, LayerTensor, LayerView, Target};
+use ndarray::{Array2, ArrayView4};
+use tch::{Device, Kind, Tensor};
+
+use crate::ffi::{Function, Mode, Module};
+use crate::{DeviceChoice, TchError};
+
+/// A layer found by probing the model once: its info, and which output tensor it shares with
+/// other paths (`layer4`, `layer4.1` and `layer4.1.act2` are one tensor in a ResNet).
+#[derive(Clone, Debug)]
+struct Probed {
+    info: LayerInfo,
+    group: usize,
+}
+
+/// A TorchScript module (from `torch.jit.trace` or `torch.jit.script`) that can be cut at any
+/// module path. Runs on the CPU or a CUDA device.
+///
+/// Layers are PyTorch module paths (`layer4`, `layer4.1`, `blocks.11.norm1`); the output of the
+/// first call of that module in `forward` is the activation. Parameters never require grad;
+/// gradients are taken w.r.t. the activation only.
+pub struct TorchScriptModel {
+    module: Module,
+    device: Device,
+    path: PathBuf,
+    module_paths: Vec<String>,
+    probe_hw: (usize, usize),
+    probed: Option<Vec<Probed>>,
+    functions: HashMap<(String, Mode), Function>,
+}
+
+impl std::fmt::Debug for TorchScriptModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TorchScriptModel").field("path", &self.path).field("device", &self.device).finish()
+    }
+}
+
+impl TorchScriptModel {
+    /// Loads a TorchScript file onto a device, in eval mode.
+    ///
+    /// Fails with [`TchError::Io`] when the file cannot be read, [`TchError::NotTorchScript`]
+    /// when libtorch rejects it, [`TchError::CudaUnavailable`] for [`DeviceChoice::Cuda`] on a
+    /// machine without CUDA.
+    pub fn load(path: &Path, device: DeviceChoice) -> Result<TorchScriptModel, TchError> {
+        std::fs::File::open(path).map_err(|source| TchError::Io { path: path.to_owned(), source })?;
+        let device = device.resolve()?;
+        let module = Module::load(path, device).map_err(|message| TchError::NotTorchScript {
+            path: path.to_owned(),
+            message: message.lines().next().unwrap_or_default().to_owned(),
+        })?;
+        let module_paths = module.module_paths().map_err(TchError::Torch)?;
+        Ok(TorchScriptModel {
+            module,
+            device,
+            path: path.to_owned(),
+            module_paths,
+            probe_hw: (224, 224),
+            probed: None,
+            functions: HashMap::new(),
+        })
+    }
+
+    /// The device the model runs on.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// Every submodule path of the module (`named_modules`), whether or not its output can be
+    /// captured.
+    pub fn module_paths(&self) -> &[String] {
+        &self.module_paths
+    }
+
+    /// Sets the input size `layers()` probes the model with (default 224x224).
+    pub fn set_probe_size(&mut self, height: usize, width: usize) {
+        if self.probe_hw != (height, width) {
+            self.probe_hw = (height, width);
+            self.probed = None;
+        }
+    }
+
+    /// The whole model on an input tensor already on [`Self::device`], without autograd: the
+    /// baseline a CAM's cost is compared with.
+    pub fn forward_tensor(&self, input: &Tensor) -> Result<Tensor, TchError> {
+        tch::no_grad(|| self.module.forward(input)).map_err(TchError::Torch)
+    }
+
+    /// Runs the model once on zeros and records every exposable layer's output shape.
+    fn probe(&mut self) -> Result<&[Probed], TchError> {
+        if self.probed.is_none() {
+            let (function, names) = self
+                .module
+                .build("", Mode::Probe)
+                .map_err(TchError::Torch)?
+                .ok_or_else(|| TchError::Torch("the shim found no forward to probe".into()))?;
+            let (h, w) = self.probe_hw;
+            let x = Tensor::zeros([1, 3, h as i64, w as i64], (Kind::Float, self.device));
+            let outputs = tch::no_grad(|| function.run(&[&x], names.len() + 1)).map_err(TchError::Torch)?;
+            let mut probed = Vec::new();
+            for (line, tensor) in names.iter().zip(&outputs[1..]) {
+                let (name, group) = line.split_once('\t').unwrap_or((line, "0"));
+                let shape: Vec<usize> = tensor.size().iter().map(|&d| d as usize).collect();
+                // Only (B, C, H, W) and (B, N, D) outputs can be explained.
+                if matches!(shape.len(), 3 | 4) {
+                    probed.push(Probed {
+                        info: LayerInfo { name: name.to_owned(), shape },
+                        group: group.parse().unwrap_or(0),
+                    });
+                }
+            }
+            self.probed = Some(probed);
+        }
+        Ok(self.probed.as_deref().unwrap_or_default())
+    }
+
+    /// The shim function for `layer`, built on first use.
+    fn function(&mut self, layer: &str, mode: Mode) -> Result<&Function, CamError> {
+        let key = (layer.to_owned(), mode);
+        if !self.functions.contains_key(&key) {
+            if !self.module_paths.iter().any(|p| p == layer) {
+                let near = near_matches(layer, self.module_paths.iter().map(String::as_str));
+                return Err(CamError::UnknownLayer { name: layer.to_owned(), near });
+            }
+            let built = self.module.build(layer, mode).map_err(|e| CamError::backend(TchError::Torch(e)))?;
+            let (function, _) = built.ok_or_else(|| {
+                CamError::backend(TchError::Layer {
+                    layer: layer.to_owned(),
+                    reason: "its output is not a tensor computed by `forward` outside control flow (the \
+                             module is never called, is called inside a data-dependent `if`/loop, or \
+                             returns a tuple)"
+                        .into(),
+                })
+            })?;
+            self.functions.insert(key.clone(), function);
+        }
+        Ok(&self.functions[&key])
+    }
+
+    fn input_tensor(&self, input: ArrayView4<f32>) -> Tensor {
+        tensor_from(input.shape(), input.as_slice(), || input.iter().copied().collect())
+            .to_device(self.device)
+    }
+}
+
+fn tensor_from(shape: &[usize], slice: Option<&[f32]>, collect: impl FnOnce() -> Vec<f32>) -> Tensor {
+    let shape: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+    let t = match slice {
+        Some(s) => Tensor::from_slice(s),
+        None => Tensor::from_slice(&collect()),
+    };
+    t.view(shape.as_slice())
+}
+
+/// Copies a tensor to the host as `f32`, with its shape.
+fn host(t: &Tensor) -> Result<(Vec<usize>, Vec<f32>), TchError> {
+    let t = t.to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
+    let shape = t.size().iter().map(|&d| d as usize).collect();
+    Ok((shape, Vec::<f32>::try_from(&t.view(-1))?))
+}
+
+fn logits_array(t: &Tensor) -> Result<Array2<f32>, TchError> {
+    let (shape, data) = host(t)?;
+    match shape[..] {
+        [b, k] => Ok(Array2::from_shape_vec((b, k), data).expect("shape checked")),
+        _ => Err(TchError::Shape(format!("the model returned {shape:?}; expected logits (batch, classes)"))),
+    }
+}
+
+fn layer_tensor(t: &Tensor) -> Result<LayerTensor, CamError> {
+    let (shape, data) = host(t).map_err(CamError::backend)?;
+    LayerTensor::from_shape_vec(&shape, data)
+}
+
+fn view_tensor(v: LayerView<'_>, device: Device) -> Tensor {
+    let t = match v {
+        LayerView::Spatial(a) => tensor_from(a.shape(), a.as_slice(), || a.iter().copied().collect()),
+        LayerView::Tokens(a) => tensor_from(a.shape(), a.as_slice(), || a.iter().copied().collect()),
+    };
+    t.to_device(device)
+}
+
+fn torch_err(e: impl Into<TchError>) -> CamError {
+    CamError::backend(e.into())
+}
+
+impl From<String> for TchError {
+    fn from(e: String) -> Self {
+        TchError::Torch(e)
+    }
+}
+
+impl CamModel for TorchScriptModel {
+    fn layers(&mut self) -> Result<Vec<LayerInfo>, CamError> {
+        Ok(self.probe().map_err(CamError::backend)?.iter().map(|p| p.info.clone()).collect())
+    }
+
+    /// ViTs: the last `blocks.N.norm1`. CNNs: the last spatial feature map (`H * W > 1`) in forward
+    /// order, named by the outermost module that outputs it (`layer4` rather than `layer4.1.act2`).
+    fn default_layer(&mut self) -> Result<String, CamError> {
+        let probed = self.probe().map_err(CamError::backend)?;
+        let is_norm1 = |name: &str| {
+            let parts: Vec<&str> = name.rsplitn(3, '.').collect();
+            parts.len() == 3 && parts[0] == "norm1" && parts[1].parse::<usize>().is_ok()
+        };
+        if let Some(p) = probed.iter().rev().find(|p| is_norm1(&p.info.name)) {
+            return Ok(p.info.name.clone());
+        }
+        let spatial = |p: &&Probed| p.info.shape.len() == 4 && p.info.shape[2] * p.info.shape[3] > 1;
+        let last = probed.iter().rev().find(spatial).ok_or_else(|| {
+            CamError::Unsupported("the model has no (B, C, H, W) layer to use by default; name one".into())
+        })?;
+        let first_of_group = probed.iter().find(|p| p.group == last.group).unwrap_or(last);
+        Ok(first_of_group.info.name.clone())
+    }
+
+    fn capture(
+        &mut self,
+        input: ArrayView4<f32>,
+        layer: &str,
+        target: Option<&Target>,
+    ) -> Result<Capture, CamError> {
+        let x = self.input_tensor(input);
+        let device = self.device;
+        let function = self.function(layer, Mode::Capture)?;
+        // With a target, autograd records the graph after the cut (the activation is a leaf that
+        // requires grad; nothing else does). Without one, nothing is recorded at all.
+        let outputs = match target {
+            Some(_) => tch::with_grad(|| function.run(&[&x], 2)),
+            None => tch::no_grad(|| function.run(&[&x], 2)),
+        }
+        .map_err(torch_err)?;
+        let [logits_t, act_t]: [Tensor; 2] = outputs
+            .try_into()
+            .map_err(|_| torch_err(TchError::Torch("expected (logits, activation)".into())))?;
+        let logits = logits_array(&logits_t).map_err(CamError::backend)?;
+        let target = target.cloned();
+        let classes = target.clone().unwrap_or_default().resolve(logits.view())?;
+        let gradient = match target {
+            Some(target) => {
+                let seed = target.seed(logits.view(), &classes);
+                let seed = tensor_from(&[seed.nrows(), seed.ncols()], seed.as_slice(), || {
+                    seed.iter().copied().collect()
+                })
+                .to_device(device)
+                .to_kind(logits_t.kind());
+                let score = (&logits_t * seed).sum(logits_t.kind());
+                let grads = Tensor::f_run_backward(&[score], &[&act_t], false, false).map_err(torch_err)?;
+                Some(layer_tensor(&grads[0])?)
+            }
+            None => None,
+        };
+        Ok(Capture { logits, classes, activation: layer_tensor(&act_t.detach())?, gradient })
+    }
+
+    fn forward(&mut self, input: ArrayView4<f32>) -> Result<Array2<f32>, CamError> {
+        let x = self.input_tensor(input);
+        let logits = self.forward_tensor(&x).map_err(CamError::backend)?;
+        logits_array(&logits).map_err(CamError::backend)
+    }
+
+    fn forward_with_activation(
+        &mut self,
+        input: ArrayView4<f32>,
+        layer: &str,
+        activation: LayerView<'_>,
+    ) -> Result<Array2<f32>, CamError> {
+        let x = self.input_tensor(input);
+        let act = view_tensor(activation, self.device);
+        let function = self.function(layer, Mode::Replace)?;
+        let outputs = tch::no_grad(|| function.run(&[&x, &act], 1)).map_err(torch_err)?;
+        logits_array(&outputs[0]).map_err(CamError::backend)
+    }
+}
