@@ -53,14 +53,39 @@ pub fn write_all(results: &Results, args: &ExplainArgs) -> Result<Written, CliEr
         written.maps.push(paths);
     }
     for (index, input) in results.inputs.iter().enumerate() {
-        let mut cells = vec![(format!("{} (input)", input.name), input.picture.clone())];
-        for (map, overlay) in results.maps.iter().zip(&overlays).filter(|(m, _)| m.image == index) {
-            let layer = map.layer.as_deref().unwrap_or("combined");
-            let label = match results.class_names.get(map.class) {
-                Some(name) => format!("{layer} {} {} {name}", map.method, map.class),
-                None => format!("{layer} {} class {}", map.method, map.class),
+        // One row per class and layer (the combination last): the photo labelled with both,
+        // then one overlay per method.
+        let mut rows: Vec<(Option<usize>, Option<&str>)> = Vec::new();
+        for map in results.maps.iter().filter(|m| m.image == index) {
+            let key = (map.rank, map.layer.as_deref());
+            if !rows.contains(&key) {
+                rows.push(key);
+            }
+        }
+        rows.sort_by_key(|(rank, layer)| {
+            (*rank, layer.map_or(usize::MAX, |l| results.layers.iter().position(|x| x == l).unwrap_or(0)))
+        });
+        let mut cells = Vec::new();
+        for (rank, layer) in rows {
+            let in_row = |m: &&(&MapResult, &RgbImage)| {
+                m.0.image == index && m.0.rank == rank && m.0.layer.as_deref() == layer
             };
-            cells.push((label, overlay.clone()));
+            let row: Vec<(&MapResult, &RgbImage)> = results.maps.iter().zip(&overlays).collect();
+            let row: Vec<&(&MapResult, &RgbImage)> = row.iter().filter(in_row).collect();
+            let class = row[0].0.class;
+            let class_label = match results.class_names.get(class) {
+                Some(name) => format!("{class} {name}"),
+                None => format!("class {class}"),
+            };
+            cells.push((
+                format!("{}: {} | {class_label}", input.name, layer.unwrap_or("combined")),
+                input.picture.clone(),
+            ));
+            for method in &results.methods {
+                if let Some((_, overlay)) = row.iter().find(|(m, _)| m.method == *method) {
+                    cells.push((method.to_string(), (*overlay).clone()));
+                }
+            }
         }
         let grid = gradcam_viz::grid(&cells, results.methods.len() + 1)?;
         let path = args.out.join(format!("{}.grid.png", input.name));
