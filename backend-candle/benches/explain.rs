@@ -17,7 +17,7 @@ use ndarray::Array4;
 fn random_resnet50() -> candle_core::Result<HashMap<String, Tensor>> {
     let dev = Device::Cpu;
     let mut t = HashMap::new();
-    let mut conv = |t: &mut HashMap<String, Tensor>, name: &str, o: usize, i: usize, k: usize| {
+    let conv = |t: &mut HashMap<String, Tensor>, name: &str, o: usize, i: usize, k: usize| {
         let std = (2.0 / (i * k * k) as f64).sqrt();
         t.insert(format!("{name}.weight"), Tensor::randn(0f32, std as f32, (o, i, k, k), &dev)?);
         candle_core::Result::Ok(())
@@ -52,55 +52,80 @@ fn random_resnet50() -> candle_core::Result<HashMap<String, Tensor>> {
     Ok(t)
 }
 
-/// Median wall time of `reps` runs after one warm-up.
-fn median(reps: usize, mut f: impl FnMut()) -> Duration {
-    f();
-    let mut times: Vec<Duration> = (0..reps)
-        .map(|_| {
-            let start = Instant::now();
-            f();
-            start.elapsed()
-        })
-        .collect();
-    times.sort();
-    times[reps / 2]
+/// CPU time of every thread of this process so far (`/proc/self/task/*/schedstat`, Linux),
+/// which a machine shared with other work disturbs far less than wall time.
+fn cpu_time() -> Duration {
+    let tasks =
+        std::fs::read_dir("/proc/self/task").map(|d| d.flatten().collect::<Vec<_>>()).unwrap_or_default();
+    let ns: u64 = tasks
+        .iter()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()))
+        .sum();
+    Duration::from_nanos(ns)
 }
 
-fn bench(name: &str, model: &mut CandleModel) {
+/// One run's (wall, cpu) time.
+fn measure(f: &mut impl FnMut()) -> (Duration, Duration) {
+    let (wall, cpu) = (Instant::now(), cpu_time());
+    f();
+    (wall.elapsed(), cpu_time().saturating_sub(cpu))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn bench(name: &str, model: &mut CandleModel, reps: [usize; 2]) {
     let layer = model.default_layer().expect("default layer");
-    for batch in [1usize, 16] {
+    for (batch, reps) in [1usize, 16].into_iter().zip(reps) {
         let input = Array4::from_shape_fn((batch, 3, 224, 224), |(b, c, y, x)| {
             (((b * 7 + c * 13 + y * 3 + x * 5) % 255) as f32 / 127.5) - 1.0
         });
         let tensor =
             Tensor::from_slice(input.as_slice().expect("standard layout"), input.shape(), &Device::Cpu)
                 .expect("input tensor");
-        let reps = if batch == 1 { 11 } else { 5 };
-        let forward = median(reps, || {
-            std::hint::black_box(model.forward_tensor(&tensor).expect("forward"));
-        });
         let target = Target::top_one();
         let options = CamOptions::default();
-        let explained = median(reps, || {
-            let e = explain(model, input.view(), &[layer.as_str()], &[Method::GradCam], &target, &options);
-            std::hint::black_box(e.expect("explain"));
-        });
+        // Warm-up.
+        std::hint::black_box(model.forward_tensor(&tensor).expect("forward"));
+        let mut fwd = Vec::new();
+        let mut exp = Vec::new();
+        // Interleaved, so that load changes on a shared machine hit both alike.
+        for _ in 0..reps {
+            fwd.push(measure(&mut || {
+                std::hint::black_box(model.forward_tensor(&tensor).expect("forward"));
+            }));
+            exp.push(measure(&mut || {
+                let e =
+                    explain(model, input.view(), &[layer.as_str()], &[Method::GradCam], &target, &options);
+                std::hint::black_box(e.expect("explain"));
+            }));
+        }
+        let ms = |v: &[(Duration, Duration)], cpu: bool| {
+            median(v.iter().map(|(w, c)| if cpu { c } else { w }.as_secs_f64() * 1e3).collect())
+        };
+        let (fw, fc, ew, ec) = (ms(&fwd, false), ms(&fwd, true), ms(&exp, false), ms(&exp, true));
         println!(
-            "{name:<24} {layer:<6} batch {batch:>2}: forward {:>8.1} ms  explain {:>8.1} ms  ratio {:.3}",
-            forward.as_secs_f64() * 1e3,
-            explained.as_secs_f64() * 1e3,
-            explained.as_secs_f64() / forward.as_secs_f64()
+            "{name:<22} {layer:<6} b{batch:<2} | wall: forward {fw:>8.1} ms, explain {ew:>8.1} ms, ratio {:.3} \
+             | cpu: forward {fc:>8.1} ms, explain {ec:>8.1} ms, ratio {:.3}",
+            ew / fw,
+            ec / fc
         );
     }
 }
 
 fn main() {
     let filter = std::env::args().skip(1).find(|a| !a.starts_with('-')).unwrap_or_default();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    // GRADCAM_ROOT: the workspace, when the binary runs elsewhere than where it was built.
+    let root = std::env::var_os("GRADCAM_ROOT")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".."));
     if "tf_efficientnet_lite0".contains(&filter) {
         let path = root.join("assets/models/tf_efficientnet_lite0.safetensors");
         let mut lite = CandleModel::from_safetensors(&path, "tf_efficientnet_lite0").expect("shipped Lite0");
-        bench("tf_efficientnet_lite0", &mut lite);
+        bench("tf_efficientnet_lite0", &mut lite, [21, 5]);
     }
     if "resnet50".contains(&filter) {
         let dir = std::env::temp_dir().join(format!("gradcam-candle-bench-{}", std::process::id()));
@@ -109,6 +134,6 @@ fn main() {
         candle_core::safetensors::save(&random_resnet50().expect("random weights"), &path).expect("save");
         let mut r50 = CandleModel::from_safetensors(&path, "resnet50").expect("resnet50");
         std::fs::remove_dir_all(&dir).ok();
-        bench("resnet50 (random init)", &mut r50);
+        bench("resnet50 (random init)", &mut r50, [11, 3]);
     }
 }

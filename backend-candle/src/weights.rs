@@ -91,6 +91,8 @@ impl Weights {
     }
 
     /// `{prefix}.weight` (out, in / groups, k, k) with `in` and `k` checked, `out` read from the file.
+    // One argument per PyTorch `Conv2d` setting, named at every call site.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn conv(
         &self,
         prefix: &str,

@@ -5,7 +5,7 @@
 mod common;
 
 use backend_candle::CandleModel;
-use common::{assert_abs, assert_close, fixtures, manifest, npy, npy_i64};
+use common::{assert_abs, assert_close, assert_close_but_ties, fixtures, manifest, npy, npy_i64};
 use gradcam_core::{explain, CamModel, CamOptions, LayerTensor, Method, Target, TokenGrid};
 use ndarray::{Array4, Axis, Ix4};
 
@@ -76,7 +76,17 @@ fn check_model(key: &str) {
         assert_close(&format!("{key}/{layer}: activations"), native(&capture.activation), act.view(), 1e-4);
         let grad = npy(format!("{dir}/gradients.npy"));
         let got = capture.gradient.as_ref().expect("gradient");
-        assert_close(&format!("{key}/{layer}: gradients"), native(got), grad.view(), 1e-4);
+        // One pixel of the 2 x 7 x 7 (all its channels: 1% of the elements) may sit behind a
+        // ReLU6 threshold tie in Lite0 (a pre-activation 3e-6 from 0); everything else matches
+        // to 1e-4.
+        let ties = assert_close_but_ties(
+            &format!("{key}/{layer}: gradients"),
+            native(got),
+            grad.view(),
+            1e-4,
+            0.011,
+            2e-2,
+        );
 
         let methods: Vec<(&str, Method)> = info["methods"]
             .as_array()
@@ -88,13 +98,17 @@ fn check_model(key: &str) {
             })
             .collect();
         assert!(methods.len() >= 8, "{key}/{layer}: only {} methods in the fixtures", methods.len());
-        let options = CamOptions { token_grid: grid.clone(), batch_size: batch, progress: None };
+        let options = CamOptions { token_grid: grid, batch_size: batch, progress: None };
         let list: Vec<Method> = methods.iter().map(|(_, m)| *m).collect();
         let explanations = explain(&mut model, x.view(), &[layer.as_str()], &list, &target, &options)
             .unwrap_or_else(|e| panic!("{key}/{layer}: {e}"));
-        for ((name, _), exp) in methods.iter().zip(&explanations) {
+        for ((name, method), exp) in methods.iter().zip(&explanations) {
             let expected = npy(format!("{dir}/cam_{name}.npy"));
-            assert_abs(&format!("{key}/{layer}: cam_{name}"), exp.maps.view(), expected.view(), 1e-4);
+            // A gradient with a threshold tie moves the gradient methods' maps slightly (up
+            // to 1.7e-3 for Lite0's blocks.6 HiResCAM, whose map multiplies the gradient
+            // pixel by pixel); everything else must match to 1e-4.
+            let tol = if ties > 0 && method.needs_gradients() { 5e-3 } else { 1e-4 };
+            assert_abs(&format!("{key}/{layer}: cam_{name}"), exp.maps.view(), expected.view(), tol);
         }
     }
 }
@@ -114,7 +128,8 @@ fn lite0_matches_pytorch_and_grad_cam() {
     check_model("lite0");
 }
 
-/// The shipped pretrained Lite0 on chelsea: class 285 (Egyptian cat), p ≈ 0.80, as PyTorch.
+/// The shipped pretrained Lite0 on chelsea: class 285 (Egyptian cat) with PyTorch's probability
+/// (0.772 with the fixtures' non-antialiased resize; 0.80 with PIL's, see assets/README.md).
 #[test]
 fn pretrained_lite0_sees_an_egyptian_cat() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -122,12 +137,13 @@ fn pretrained_lite0_sees_an_egyptian_cat() {
     let mut model = CandleModel::from_safetensors(&path, "tf_efficientnet_lite0").unwrap();
     let x = input();
     let chelsea = x.index_axis(Axis(0), 0).insert_axis(Axis(0)).to_owned();
-    let logits = model.forward(chelsea.view()).unwrap();
-    let probs = gradcam_core::softmax_rows(logits.view());
-    let class = gradcam_core::argmax(probs.row(0).iter().copied());
-    assert_eq!(class, 285);
+    let probs = gradcam_core::softmax_rows(model.forward(chelsea.view()).unwrap().view());
+    assert_eq!(gradcam_core::argmax(probs.row(0).iter().copied()), 285);
     let p = probs[[0, 285]];
-    assert!((p - 0.80).abs() < 0.01, "p(285) = {p}");
+    assert!((0.75..0.85).contains(&p), "p(285) = {p}");
+    let torch = npy("lite0/bn2/logits.npy").into_dimensionality::<ndarray::Ix2>().unwrap();
+    let p_torch = gradcam_core::softmax_rows(torch.view())[[0, 285]];
+    assert!((p - p_torch).abs() < 1e-4, "p(285) = {p}, PyTorch {p_torch}");
 }
 
 /// AblationCAM's path: replacing a layer's output by itself changes nothing, whether the layer is
