@@ -15,6 +15,14 @@ use tests::{
 
 const TOLERANCE: f32 = 1e-4;
 
+/// Layers where one pre-activation of the fixture input sits within float noise (3e-6) of a
+/// ReLU6 threshold, so a mask flips between stacks and the gradient of one cell differs (see
+/// backend-candle's and backend-ort's fixture tests). Gradient methods there may differ by up to
+/// [`TIE_TOLERANCE`] (HiResCAM, which multiplies gradients pixel by pixel, moves most: 1.7e-3);
+/// everything else, gradient-free methods on these layers included, must meet [`TOLERANCE`].
+const THRESHOLD_TIES: &[(&str, &str)] = &[("lite0", "blocks.6")];
+const TIE_TOLERANCE: f32 = 5e-3;
+
 fn read<T: ndarray_npy::ReadableElement, D: ndarray::Dimension>(
     path: std::path::PathBuf,
 ) -> ndarray::Array<T, D> {
@@ -27,7 +35,11 @@ fn check(model: FixtureModel) {
     let input: Array4<f32> = read(dir.join("input.npy"));
     let mut opened = open_all(model);
     assert!(!opened.is_empty(), "no backend compiled in: enable the candle, tch or ort feature");
-    let options = CamOptions::default();
+    // AblationCAM's values depend on its batch size, as grad-cam's do: use the fixtures' one.
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(require(dir.join("manifest.json"))).unwrap()).unwrap();
+    let batch_size = manifest["ablation_batch_size"].as_u64().map_or(32, |b| b as usize);
+    let options = CamOptions { batch_size, ..CamOptions::default() };
     let mut failures = Vec::new();
     let mut compared = 0;
     for (index, &layer) in model.layers.iter().enumerate() {
@@ -59,12 +71,14 @@ fn check(model: FixtureModel) {
             }
         }
 
+        let tied = THRESHOLD_TIES.contains(&(model.key, layer));
+        let tolerance = |m: Method| if tied && m.needs_gradients() { TIE_TOLERANCE } else { TOLERANCE };
         for (label, method, got) in &maps {
             let reference: Array3<f32> = read(layer_dir.join(format!("cam_{}.npy", fixture_name(*method))));
             let reference = reference.slice(s![0..got.dim().0, .., ..]).to_owned();
             let diff = max_abs_diff(got, &reference);
             compared += 1;
-            if diff > TOLERANCE {
+            if diff > tolerance(*method) {
                 failures.push(format!(
                     "{} {layer} {method}: {label} vs pytorch-grad-cam differ by {diff:.2e}",
                     model.key
@@ -75,7 +89,7 @@ fn check(model: FixtureModel) {
             for (label_b, _, b) in maps[i + 1..].iter().filter(|(_, m, _)| m == method) {
                 let diff = max_abs_diff(a, b);
                 compared += 1;
-                if diff > TOLERANCE {
+                if diff > tolerance(*method) {
                     failures.push(format!(
                         "{} {layer} {method}: {label_a} vs {label_b} differ by {diff:.2e}",
                         model.key
