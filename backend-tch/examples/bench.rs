@@ -86,7 +86,7 @@ fn input(batch: usize) -> Array4<f32> {
     Array4::from_shape_simple_fn((batch, 3, 224, 224), || (0..4).map(|_| uniform()).sum::<f32>() - 2.0)
 }
 
-fn main() {
+pub fn main() {
     let args = parse_args();
     if let Some(n) = args.threads {
         tch::set_num_threads(n);
