@@ -286,18 +286,28 @@ impl ForwardPasses<'_> {
                     }
                 }
                 let logits = model.forward(chunk.view())?;
-                if logits.nrows() != n {
-                    return Err(CamError::Shape(format!(
-                        "forward returned {} rows for {n} inputs",
-                        logits.nrows()
-                    )));
-                }
-                let chunk_scores = target.scores(logits.view(), &vec![class; n]);
-                scores.slice_mut(s![b, start..end]).assign(&ndarray::aview1(&chunk_scores));
-                self.report(n);
+                self.record(logits, target, class, scores.slice_mut(s![b, start..end]))?;
             }
         }
         Ok(scores)
+    }
+
+    /// Stores the target score of each row of one extra forward pass's `logits` into `out`
+    /// (one slot per row) and reports the progress.
+    fn record(
+        &mut self,
+        logits: Array2<f32>,
+        target: &Target,
+        class: usize,
+        mut out: ndarray::ArrayViewMut1<f32>,
+    ) -> Result<(), CamError> {
+        let n = out.len();
+        if logits.nrows() != n {
+            return Err(CamError::Shape(format!("forward returned {} rows for {n} inputs", logits.nrows())));
+        }
+        out.assign(&ndarray::aview1(&target.scores(logits.view(), &vec![class; n])));
+        self.report(n);
+        Ok(())
     }
 
     /// AblationCAM: the target score with channel `k` ablated, for every image and channel, `(B, C)`.
@@ -347,15 +357,7 @@ impl ForwardPasses<'_> {
                     }
                 };
                 let logits = model.forward_with_activation(inputs, &layer.name, view)?;
-                if logits.nrows() != n {
-                    return Err(CamError::Shape(format!(
-                        "forward returned {} rows for {n} inputs",
-                        logits.nrows()
-                    )));
-                }
-                let chunk_scores = target.scores(logits.view(), &vec![class; n]);
-                scores.slice_mut(s![b, start..end]).assign(&ndarray::aview1(&chunk_scores));
-                self.report(n);
+                self.record(logits, target, class, scores.slice_mut(s![b, start..end]))?;
             }
         }
         Ok(scores)
