@@ -6,8 +6,10 @@
 //! ```
 //! Models come from `backend-tch/bench/make_bench_models.py`. For each model and batch it prints one
 //! JSON line: GradCAM `explain` time (input upload, forward, backward w.r.t. the layer, CAM math,
-//! upsampling to 224², maps on the host) and a plain no-grad forward, medians of `--runs` calls after
-//! one warm-up, and their ratio. Layers are those tools/bench_pytorch_gradcam.py uses, so the
+//! upsampling to 224², maps on the host), the no-grad forward optimized for inference (`forward_s`,
+//! the goal's baseline: the part of `explain` before the layer runs the same way) and the module's
+//! own `forward` as loaded (`script_forward_s`), medians of `--runs` calls after one warm-up, and
+//! the ratios. Layers are those tools/bench_pytorch_gradcam.py uses, so the
 //! numbers compare one to one (`bench/compare.sh`, `bench/gpu.sh`).
 
 use std::path::PathBuf;
@@ -113,6 +115,10 @@ pub fn main() {
                 let _ = model.forward_tensor(&x_t).unwrap();
                 sync();
             });
+            let script_forward_s = median_secs(args.runs, || {
+                let _ = model.script_forward_tensor(&x_t).unwrap();
+                sync();
+            });
             let options = CamOptions::default();
             let explain_s = median_secs(args.runs, || {
                 let e =
@@ -123,7 +129,7 @@ pub fn main() {
             println!(
                 "{{\"model\": \"{arch}\", \"layer\": \"{layer}\", \"batch\": {batch}, \"device\": \"{device:?}\", \
                  \"threads\": {}, \"explain_s\": {explain_s:.5}, \"forward_s\": {forward_s:.5}, \"ratio\": {:.3}, \
-                 \"explain_img_s\": {:.1}, \"forward_img_s\": {:.1}, \"runs\": {}}}",
+                 \"script_forward_s\": {script_forward_s:.5}, \"explain_img_s\": {:.1}, \"forward_img_s\": {:.1}, \"runs\": {}}}",
                 tch::get_num_threads(),
                 explain_s / forward_s,
                 batch as f64 / explain_s,

@@ -8,9 +8,13 @@
 //   probe   (self, x)         -> (logits, out_1, ..., out_n)   every layer's output, for shapes
 //   capture (self, x)         -> (logits, activation)          activation is a LEAF that requires grad
 //   replace (self, x, act)    -> logits                        the layer's output replaced by `act`
-// `capture` detaches the layer's output, marks it requires_grad, and feeds a clone of it to the rest
-// of the graph. As no parameter and no input requires grad, autograd records only the part after the
-// cut, so one forward gives what the backward needs, and the backward never goes below the layer.
+//   forward (self, x)         -> logits                        the whole model, for inference
+// `capture` is two graphs cut at the layer. The part before the cut never needs autograd, so it is
+// frozen and optimized for inference as torch.jit.optimize_for_inference does (weights as
+// constants, conv-BN folding, oneDNN on the CPU). The part after it starts from the layer's output
+// made a leaf that requires grad; as no parameter requires grad, autograd records only that part,
+// so one forward gives what the backward needs, and the backward never goes below the layer.
+// `replace` and `forward` never need autograd and are optimized whole.
 //
 // The C API passes tensors as `at::Tensor*` (tch's `C_tensor`); strings and errors are malloc'ed
 // and freed by gc_free_string. Every function returns NULL on success or an error message.
@@ -19,6 +23,10 @@
 #include <torch/csrc/jit/ir/ir.h>
 #include <torch/csrc/jit/passes/constant_propagation.h>
 #include <torch/csrc/jit/passes/dead_code_elimination.h>
+#include <torch/csrc/jit/passes/frozen_conv_add_relu_fusion.h>
+#include <torch/csrc/jit/passes/frozen_graph_optimizations.h>
+#include <torch/csrc/jit/passes/frozen_linear_transpose.h>
+#include <torch/csrc/jit/passes/frozen_ops_to_mkldnn.h>
 #include <torch/csrc/jit/serialization/import.h>
 #include <torch/script.h>
 
@@ -30,6 +38,7 @@
 #include <memory>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 using torch::jit::Graph;
@@ -242,6 +251,148 @@ void set_output(Graph &graph, const std::vector<Value *> &values) {
   graph.return_node()->replaceInput(0, tuple);
 }
 
+// Whether any node (in any block) writes a module attribute; such a graph cannot be frozen.
+bool writes_attributes(torch::jit::Block *block) {
+  for (Node *n : block->nodes()) {
+    if (n->kind() == c10::prim::SetAttr) return true;
+    for (torch::jit::Block *sub : n->blocks())
+      if (writes_attributes(sub)) return true;
+  }
+  return false;
+}
+
+// Replaces every read of a module attribute that is a tensor or a plain value (parameters, buffers,
+// flags) by a constant, as torch.jit.freeze does, starting from the graph's `self`.
+void freeze_attributes(torch::jit::Block *block, std::unordered_map<Value *, c10::IValue> &objects) {
+  for (Node *node : block->nodes()) {
+    if (node->kind() == c10::prim::GetAttr) {
+      auto parent = objects.find(node->input(0));
+      if (parent != objects.end() && parent->second.isObject()) {
+        c10::IValue v = parent->second.toObjectRef().getAttr(node->s(c10::attr::name));
+        if (v.isObject()) {
+          objects[node->output()] = v;
+        } else if (!v.isTensor() || !v.toTensor().requires_grad()) {
+          torch::jit::WithInsertPoint guard(node);
+          if (auto c = node->owningGraph()->insertConstant(v, std::nullopt, node->scope()); c) {
+            node->output()->replaceAllUsesWith(c);
+          }
+        }
+      }
+    }
+    for (torch::jit::Block *sub : node->blocks()) freeze_attributes(sub, objects);
+  }
+}
+
+// Freezes `graph` against `module` and runs the passes torch.jit.optimize_for_inference runs: the
+// graph must never need autograd afterwards (oneDNN tensors have none). Leaves a graph that writes
+// attributes as it is.
+void optimize_for_inference(std::shared_ptr<Graph> &graph, const torch::jit::Module &module, bool cpu) {
+  if (writes_attributes(graph->block())) return;
+  std::unordered_map<Value *, c10::IValue> objects{{graph->inputs()[0], module._ivalue()}};
+  freeze_attributes(graph->block(), objects);
+  torch::jit::EliminateDeadCode(graph);
+  torch::jit::ConstantPropagation(graph);
+  torch::jit::OptimizeFrozenGraph(graph, /*optimize_numerics=*/true);
+  if (cpu) {
+    torch::jit::FuseFrozenConvAddRelu(graph);
+    torch::jit::ConvertFrozenOpsToMKLDNN(graph);
+    torch::jit::FrozenLinearTranspose(graph);
+  }
+}
+
+// The top-level node of the graph that holds `node` (itself when it is top-level).
+Node *top_level(Node *node, torch::jit::Block *top) {
+  while (node->owningBlock() != top) node = node->owningBlock()->owningNode();
+  return node;
+}
+
+// `capture` cut in two at `act`, a top-level value of `g` (self, x) -> logits:
+//   before (self, x)              -> (v_1, ..., v_n)   every value computed up to the layer that the
+//                                                       rest of the graph reads, `act` among them
+//   after  (self, v_1, ..., v_n)  -> (logits, leaf)    `act` replaced by a leaf that requires grad
+struct Cut {
+  std::shared_ptr<Graph> before, after;
+};
+
+Cut cut_at(Graph &g, Value *act) {
+  // The head: the nodes up to and including the layer's. Copies keep node order, so the first
+  // `head_size` nodes of a copy are its head too.
+  std::unordered_set<Node *> head;
+  if (act->node()->kind() != c10::prim::Param) {
+    for (Node *n : g.nodes()) {
+      head.insert(n);
+      if (n == act->node()) break;
+    }
+  }
+  const size_t head_size = head.size();
+  auto read_later = [&](Value *v) {
+    return std::any_of(v->uses().begin(), v->uses().end(), [&](const torch::jit::Use &u) {
+      return !head.count(top_level(u.user, g.block()));
+    });
+  };
+  std::vector<Value *> crossing;
+  for (size_t i = 1; i < g.inputs().size(); ++i)
+    if (read_later(g.inputs()[i]) || g.inputs()[i] == act) crossing.push_back(g.inputs()[i]);
+  for (Node *n : g.nodes()) {
+    if (!head.count(n)) break;
+    for (Value *v : n->outputs())
+      if (read_later(v) || v == act) crossing.push_back(v);
+  }
+  // Copies find these values again by name.
+  std::vector<std::string> names;
+  for (size_t i = 0; i < crossing.size(); ++i) {
+    crossing[i]->setDebugName("gccut_" + std::to_string(i));
+    names.push_back(crossing[i]->debugName());
+  }
+  const size_t act_index = std::find(crossing.begin(), crossing.end(), act) - crossing.begin();
+  auto first_nodes = [](Graph &copy, size_t count, bool take) {
+    std::vector<Node *> nodes;
+    size_t i = 0;
+    for (Node *n : copy.nodes())
+      if ((i++ < count) == take) nodes.push_back(n);
+    return nodes;
+  };
+  Cut cut{g.copy(), g.copy()};
+
+  {  // before: returns the crossing values; every later node is dropped, last first.
+    Graph &b = *cut.before;
+    std::unordered_map<std::string, Value *> by_name;
+    collect_values(b.block(), by_name);
+    std::vector<Node *> tail = first_nodes(b, head_size, false);
+    std::vector<Value *> outs;
+    for (const std::string &name : names) outs.push_back(by_name.at(name));
+    set_output(b, outs);
+    for (auto it = tail.rbegin(); it != tail.rend(); ++it) (*it)->destroy();
+    torch::jit::EliminateDeadCode(cut.before);
+  }
+  {  // after: the crossing values are its inputs; every earlier node is dropped, last first.
+    Graph &a = *cut.after;
+    std::unordered_map<std::string, Value *> by_name;
+    collect_values(a.block(), by_name);
+    const size_t original_inputs = a.inputs().size();
+    std::vector<Value *> inputs;
+    for (const std::string &name : names) {
+      Value *old = by_name.at(name);
+      inputs.push_back(a.addInput()->setType(old->type()));
+      old->replaceAllUsesWith(inputs.back());
+    }
+    std::vector<Node *> earlier = first_nodes(a, head_size, true);
+    for (auto it = earlier.rbegin(); it != earlier.rend(); ++it) (*it)->destroy();
+    for (size_t i = original_inputs; i-- > 1;) a.eraseInput(i);  // x: read through `inputs` now
+    // leaf = detach(act).requires_grad_(); the rest reads clone(leaf), so that in-place ops after the
+    // layer (ReLU(inplace=True)) never touch the leaf.
+    Value *act_in = inputs[act_index];
+    torch::jit::WithInsertPoint guard(a.nodes().front());
+    Value *detached = a.insert(c10::aten::detach, {act_in});
+    Value *leaf = a.insert(c10::Symbol::fromQualString("aten::requires_grad_"), {detached, true});
+    Value *copy = a.insert(c10::aten::clone, {leaf});
+    act_in->replaceAllUsesWith(copy);
+    detached->node()->replaceInput(0, act_in);
+    set_output(a, {a.outputs()[0], leaf});
+  }
+  return cut;
+}
+
 }  // namespace
 
 struct gc_module {
@@ -250,9 +401,9 @@ struct gc_module {
 };
 
 struct gc_fn {
-  std::unique_ptr<GraphFunction> fn;
+  std::unique_ptr<GraphFunction> before;  // capture: (self, x) -> values the part after the cut reads
+  std::unique_ptr<GraphFunction> fn;      // (self, inputs...), after `before`'s values when it exists
   c10::IValue self;
-  size_t outputs;
 };
 
 extern "C" {
@@ -295,18 +446,21 @@ char *gc_forward(gc_module *m, const at::Tensor *x, at::Tensor **out) {
   })
 }
 
-// Builds a GraphFunction over the inlined graph.
+// Builds a function over the inlined graph.
 //   mode 0 (probe):   `paths_out` receives the exposed layer paths, one `path\tgroup` per line, in
 //                     forward order (outer modules first among those that share one output, which
 //                     have the same group number); `layer` is ignored.
 //   mode 1 (capture): returns (logits, leaf activation of `layer`).
 //   mode 2 (replace): takes an extra input, the replacement for `layer`'s output; returns logits.
+//   mode 3 (forward): returns logits; `layer` is ignored.
 // `found` is set to 0 when `layer` has no exposable output (never called, inside control flow, or
 // not a tensor); the function is then not built.
 char *gc_build(gc_module *m, const char *layer, int mode, gc_fn **out, char **paths_out, int *found) {
   GC_TRY({
     Inlined in = inline_and_fold(m->module);
     Graph &g = *in.graph;
+    const bool cpu = m->device.is_cpu();
+    std::shared_ptr<Graph> before;
     *found = 1;
     *out = nullptr;
     if (mode == 0) {
@@ -328,6 +482,8 @@ char *gc_build(gc_module *m, const char *layer, int mode, gc_fn **out, char **pa
       }
       set_output(g, outs);
       *paths_out = dup(names);
+    } else if (mode == 3) {
+      optimize_for_inference(in.graph, m->module, cpu);
     } else {
       auto rec = std::find_if(in.records.begin(), in.records.end(),
                               [&](const Record &r) { return r.path == layer; });
@@ -337,28 +493,31 @@ char *gc_build(gc_module *m, const char *layer, int mode, gc_fn **out, char **pa
       }
       Value *act = rec->value;
       if (mode == 1) {
-        // leaf = detach(act).requires_grad_(); the rest of the graph reads clone(leaf), so in-place
-        // ops after the layer (ReLU(inplace=True)) never touch the leaf.
-        Node *after = act->node()->kind() == c10::prim::Param ? g.nodes().front() : act->node()->next();
-        torch::jit::WithInsertPoint guard(after);
-        Value *detached = g.insert(c10::aten::detach, {act});
-        Value *leaf = g.insert(c10::Symbol::fromQualString("aten::requires_grad_"), {detached, true});
-        Value *copy = g.insert(c10::aten::clone, {leaf});
-        act->replaceAllUsesWith(copy);
-        detached->node()->replaceInput(0, act);
-        set_output(g, {g.outputs()[0], leaf});
+        Cut cut = cut_at(g, act);
+        before = cut.before;
+        optimize_for_inference(before, m->module, cpu);
+        in.graph = cut.after;
       } else {
         Value *replacement = g.addInput("activation")->setType(act->type());
         act->replaceAllUsesWith(replacement);
         torch::jit::EliminateDeadCode(in.graph);
+        optimize_for_inference(in.graph, m->module, cpu);
       }
     }
-    if (std::getenv("GRADCAM_TCH_DEBUG")) std::cerr << "built (mode " << mode << "):\n" << g << std::endl;
-    // SIMPLE: run the graph as written; the profiling executor would re-specialise it on the
+    if (std::getenv("GRADCAM_TCH_DEBUG")) {
+      if (before) std::cerr << "built (mode " << mode << ", before the cut):\n" << *before << std::endl;
+      std::cerr << "built (mode " << mode << "):\n" << *in.graph << std::endl;
+    }
+    // SIMPLE: run the graphs as written; the profiling executor would re-specialise them on the
     // requires_grad flags that `capture` flips mid-graph.
-    auto fn = std::make_unique<GraphFunction>("gradcam_" + std::to_string(mode), in.graph, nullptr,
-                                              torch::jit::ExecutorExecutionMode::SIMPLE);
-    *out = new gc_fn{std::move(fn), m->module._ivalue(), mode == 2 ? 1u : 2u};
+    auto function = [&](const std::shared_ptr<Graph> &graph, const std::string &name) {
+      return std::make_unique<GraphFunction>(name, graph, nullptr, torch::jit::ExecutorExecutionMode::SIMPLE);
+    };
+    auto fn = std::make_unique<gc_fn>();
+    fn->self = m->module._ivalue();
+    if (before) fn->before = function(before, "gradcam_before_cut");
+    fn->fn = function(in.graph, "gradcam_" + std::to_string(mode));
+    *out = fn.release();
   })
 }
 
@@ -370,7 +529,18 @@ char *gc_run(gc_fn *f, const at::Tensor *const *inputs, int n_inputs, at::Tensor
              int *n_outputs) {
   GC_TRY({
     torch::jit::Stack stack{f->self};
-    for (int i = 0; i < n_inputs; ++i) stack.emplace_back(*inputs[i]);
+    int i = 0;
+    if (f->before) {
+      if (n_inputs < 1) throw std::runtime_error("no input");
+      torch::jit::Stack head{f->self, *inputs[i++]};
+      f->before->run(head);
+      if (head.back().isTuple()) {
+        for (const c10::IValue &v : head.back().toTupleRef().elements()) stack.push_back(v);
+      } else {
+        stack.push_back(head.back());
+      }
+    }
+    for (; i < n_inputs; ++i) stack.emplace_back(*inputs[i]);
     f->fn->run(stack);
     c10::IValue result = stack.back();
     std::vector<c10::IValue> items;

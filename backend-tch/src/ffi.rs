@@ -86,6 +86,8 @@ pub enum Mode {
     Capture = 1,
     /// `(x, activation) -> logits`, the layer's output replaced.
     Replace = 2,
+    /// `(x) -> logits`, optimized for inference.
+    Forward = 3,
 }
 
 impl Module {
@@ -110,7 +112,7 @@ impl Module {
         Ok(lines(unsafe { take_string(out) }))
     }
 
-    /// The plain forward.
+    /// The module's own `forward` method, as loaded.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, String> {
         let mut out = ptr::null_mut();
         // SAFETY: `x` outlives the call; the returned tensor is a new heap at::Tensor.

@@ -84,9 +84,19 @@ impl TorchScriptModel {
         }
     }
 
-    /// The whole model on an input tensor already on [`Self::device`], without autograd: the
-    /// baseline a CAM's cost is compared with.
-    pub fn forward_tensor(&self, input: &Tensor) -> Result<Tensor, TchError> {
+    /// The whole model on an input tensor already on [`Self::device`], without autograd, frozen
+    /// and optimized for inference (as `torch.jit.optimize_for_inference`; the part of
+    /// [`CamModel::capture`] before the layer runs the same way): the baseline a CAM's cost is
+    /// compared with.
+    pub fn forward_tensor(&mut self, input: &Tensor) -> Result<Tensor, TchError> {
+        let function = self.function("", Mode::Forward).map_err(|e| TchError::Torch(e.to_string()))?;
+        let outputs = tch::no_grad(|| function.run(&[input], 1))?;
+        outputs.into_iter().next().ok_or_else(|| TchError::Torch("the forward returned nothing".into()))
+    }
+
+    /// The module's own `forward` method as loaded, without autograd: what `model(x)` costs in
+    /// libtorch without the inference optimizations.
+    pub fn script_forward_tensor(&self, input: &Tensor) -> Result<Tensor, TchError> {
         tch::no_grad(|| self.module.forward(input)).map_err(TchError::Torch)
     }
 
@@ -122,7 +132,7 @@ impl TorchScriptModel {
     fn function(&mut self, layer: &str, mode: Mode) -> Result<&Function, CamError> {
         let key = (layer.to_owned(), mode);
         if !self.functions.contains_key(&key) {
-            if !self.module_paths.iter().any(|p| p == layer) {
+            if mode != Mode::Forward && !self.module_paths.iter().any(|p| p == layer) {
                 let near = near_matches(layer, self.module_paths.iter().map(String::as_str));
                 return Err(CamError::UnknownLayer { name: layer.to_owned(), near });
             }

@@ -134,8 +134,12 @@ fn capture_without_target_has_no_gradient_and_the_same_activation() {
     assert!(without.gradient.is_none());
     assert_eq!(with.activation, without.activation);
     assert_eq!(with.classes, vec![3, 3]);
+    // `forward` is optimized whole (BN folded into the last convs too), `capture` only before the
+    // cut: equal up to float rounding.
     let logits = m.forward(x.view()).unwrap();
-    assert_eq!(logits, with.logits);
+    let scale = with.logits.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+    let diff = (&logits - &with.logits).iter().fold(0.0f32, |a, v| a.max(v.abs()));
+    assert!(diff <= 1e-5 * scale.max(1.0), "forward vs capture logits differ by {diff} (scale {scale})");
 }
 
 #[test]
