@@ -1,80 +1,117 @@
-//! Explain latency (Grad-CAM, default layer, top-1 target) against ONNX Runtime forward-only of
-//! the original model, at batch 1 and 16, for resnet50, EfficientNet-Lite0 and ViT-S/16.
-//! Goal: explain / forward <= 1.10.
+//! Explain latency of the ort backend vs ONNX Runtime forward-only of the original model.
 //!
-//! Models: `python backend-ort/bench/export_models.py` (writes `target/bench-models`, or set
-//! `GRADCAM_BENCH_MODELS`). Run: `cargo bench -p backend-ort --features ort --bench explain [-- FILTER]`.
+//! ```text
+//! cargo bench -p backend-ort --features ort --bench explain -- \
+//!     [--models-dir target/bench-models] [--batches 1,16] [--runs 5] [--threads 2] [--models resnet50,...]
+//! ```
+//! Models: `backend-ort/bench/export_models.py` (dynamo exporter, dynamic batch, external data).
+//! For each model and batch it prints one JSON line: GradCAM `explain` time (one ORT run for
+//! forward + generated backward, CAM math, upsampling to 224², maps on the host) and ORT's
+//! forward of the original model, medians of `--runs` calls after one warm-up, and their ratio
+//! (goal <= 1.10). Layers are those tools/bench_pytorch_gradcam.py uses, so the numbers compare
+//! one to one with pytorch-grad-cam (`scripts/bench-cpu` runs all of them and prints a table).
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use backend_ort::OnnxModel;
 use gradcam_core::{explain, CamModel, CamOptions, Method, Target};
 use ndarray::Array4;
 
-/// Median wall time of `reps` runs after one warm-up.
-fn median(reps: usize, mut f: impl FnMut()) -> Duration {
+const MODELS: [(&str, &str); 3] = [
+    ("resnet50", "layer4"),
+    ("tf_efficientnet_lite0", "blocks.6"),
+    ("vit_small_patch16_224", "blocks.11.norm1"),
+];
+
+struct Args {
+    models_dir: PathBuf,
+    batches: Vec<usize>,
+    runs: usize,
+    threads: usize,
+    only: Option<String>,
+}
+
+fn parse_args() -> Args {
+    let mut args = Args {
+        models_dir: std::env::var_os("GRADCAM_BENCH_MODELS")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-models")),
+        batches: vec![1, 16],
+        runs: 5,
+        threads: 0,
+        only: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        match flag.as_str() {
+            "--models-dir" => args.models_dir = value().into(),
+            "--batches" => {
+                args.batches = value().split(',').map(|b| b.parse().expect("batch size")).collect()
+            }
+            "--runs" => args.runs = value().parse().expect("--runs N"),
+            "--threads" => args.threads = value().parse().expect("--threads N"),
+            "--models" => args.only = Some(value()),
+            _ => {} // `cargo bench` passes --bench
+        }
+    }
+    args
+}
+
+/// Median wall time of `runs` calls after one warm-up call.
+fn median_secs(runs: usize, mut f: impl FnMut()) -> f64 {
     f();
-    let mut times: Vec<Duration> = (0..reps)
+    let mut times: Vec<f64> = (0..runs)
         .map(|_| {
-            let start = Instant::now();
+            let t = Instant::now();
             f();
-            start.elapsed()
+            t.elapsed().as_secs_f64()
         })
         .collect();
-    times.sort();
-    times[reps / 2]
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
 }
 
 fn main() {
-    let dir = std::env::var_os("GRADCAM_BENCH_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-models"));
-    let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
-    println!(
-        "| model | layer | batch | ORT forward | capture (fwd+bwd) | explain (GradCAM) | explain / forward |"
-    );
-    println!("|---|---|---|---|---|---|---|");
-    for name in ["resnet50", "tf_efficientnet_lite0", "vit_small_patch16_224"] {
-        if filter.as_ref().is_some_and(|f| !name.contains(f.as_str())) {
+    let args = parse_args();
+    for (arch, layer) in MODELS {
+        if args.only.as_deref().is_some_and(|only| !only.split(',').any(|m| m == arch)) {
             continue;
         }
-        let path = dir.join(format!("{name}.onnx"));
+        let path = args.models_dir.join(format!("{arch}.onnx"));
         if !path.exists() {
-            eprintln!("{} missing: run python backend-ort/bench/export_models.py", path.display());
+            eprintln!("{} missing: run backend-ort/bench/export_models.py", path.display());
             std::process::exit(1);
         }
-        let mut model = OnnxModel::load(&path).expect("load");
-        let layer = model.default_layer().expect("default layer");
-        for batch in [1usize, 16] {
+        let mut model = OnnxModel::load_with_threads(&path, args.threads).expect("load");
+        for &batch in &args.batches {
             let input = Array4::from_shape_fn((batch, 3, 224, 224), |(b, c, h, w)| {
                 ((b * 7 + c * 13 + h * 3 + w) % 17) as f32 / 17.0 - 0.5
             });
-            let reps = if batch == 1 { 15 } else { 5 };
-            let forward = median(reps, || {
+            let forward_s = median_secs(args.runs, || {
                 model.forward(input.view()).expect("forward");
             });
-            let capture = median(reps, || {
-                model.capture(input.view(), &layer, Some(&Target::top_one())).expect("capture");
-            });
             let options = CamOptions::default();
-            let cam = median(reps, || {
-                explain(
+            let explain_s = median_secs(args.runs, || {
+                let e = explain(
                     &mut model,
                     input.view(),
-                    &[&layer],
+                    &[layer],
                     &[Method::GradCam],
                     &Target::top_one(),
                     &options,
                 )
                 .expect("explain");
+                assert_eq!(e[0].maps.dim(), (batch, 224, 224));
             });
             println!(
-                "| {name} | {layer} | {batch} | {:.1} ms | {:.1} ms | {:.1} ms | {:.2} |",
-                forward.as_secs_f64() * 1e3,
-                capture.as_secs_f64() * 1e3,
-                cam.as_secs_f64() * 1e3,
-                cam.as_secs_f64() / forward.as_secs_f64()
+                "{{\"backend\": \"ort\", \"model\": \"{arch}\", \"layer\": \"{layer}\", \"batch\": {batch}, \
+                 \"threads\": {}, \"explain_s\": {explain_s:.5}, \"forward_s\": {forward_s:.5}, \"ratio\": {:.3}, \
+                 \"runs\": {}}}",
+                args.threads,
+                explain_s / forward_s,
+                args.runs
             );
         }
     }

@@ -164,3 +164,45 @@ fn default_layers_match_the_other_backends() {
         }
     }
 }
+
+/// Class-token pruning changes no number: for layers before, at and inside the pruned part of
+/// vit_tiny (`blocks.11.norm2` is read by the pruned MLP), captures with and without it agree,
+/// and it does fire (the generated model gathers token 0 before the last MLP); a CNN is left alone.
+#[test]
+fn token_pruning_changes_no_number() {
+    let dir = fixtures();
+    let input = npy_f32(dir.join("input.npy")).into_dimensionality::<Ix4>().expect("(B, 3, H, W)");
+    let (h, w) = (input.shape()[2], input.shape()[3]);
+    for exporter in ["legacy", "dynamo"] {
+        let path = dir.join(format!("vit_tiny.{exporter}.onnx"));
+        let mut pruned = OnnxModel::load(&path).expect("load");
+        let mut full = OnnxModel::load(&path).expect("load");
+        full.set_token_pruning(false);
+        for layer in ["blocks.10", "blocks.11.norm1", "blocks.11.norm2", "blocks.11"] {
+            let what = format!("vit_tiny.{exporter} {layer}");
+            let gathers = |m: &OnnxModel| {
+                let g = m.backward_graph(layer, h, w).expect("backward graph");
+                g.nodes().iter().filter(|n| n.name.contains("gradcam_token_")).count()
+            };
+            assert!(gathers(&pruned) > 0, "{what}: nothing pruned");
+            assert_eq!(gathers(&full), 0, "{what}: pruned while off");
+            let target = Target::top_one();
+            let a = pruned.capture(input.view(), layer, Some(&target)).expect("capture");
+            let b = full.capture(input.view(), layer, Some(&target)).expect("capture");
+            assert_eq!(a.classes, b.classes, "{what}: classes");
+            assert_close(&format!("{what} logits"), &a.logits.into_dyn(), &b.logits.into_dyn(), 1e-5);
+            assert_close(
+                &format!("{what} activations"),
+                &dyn_of(&a.activation),
+                &dyn_of(&b.activation),
+                1e-5,
+            );
+            let (ga, gb) = (a.gradient.expect("gradient"), b.gradient.expect("gradient"));
+            assert!(dyn_of(&gb).iter().any(|&v| v != 0.0), "{what}: zero gradient");
+            assert_close(&format!("{what} gradients"), &dyn_of(&ga), &dyn_of(&gb), 1e-5);
+        }
+    }
+    let resnet = OnnxModel::load(&dir.join("resnet18.dynamo.onnx")).expect("load");
+    let g = resnet.backward_graph("layer4", h, w).expect("backward graph");
+    assert!(!g.nodes().iter().any(|n| n.name.contains("gradcam_token_")), "resnet18 pruned");
+}

@@ -4,12 +4,14 @@
 //! both torch exporters ([`OnnxGraph::layers`]), cutting a graph at a layer
 //! ([`OnnxGraph::with_activation_input`]), adding outputs ([`OnnxGraph::with_outputs`]) and
 //! generating the backward graph from the logits to a layer ([`OnnxGraph::backward_model`],
-//! rules in [`rules`]).
+//! rules in [`rules`]) and running a ViT's last layers on the class token only
+//! ([`OnnxGraph::prune_tokens`]).
 
 mod backward;
 mod builder;
 mod layers;
 pub mod rules;
+mod tokens;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
