@@ -10,7 +10,7 @@
 //! the goal's baseline: the part of `explain` before the layer runs the same way) and the module's
 //! own `forward` as loaded (`script_forward_s`), medians of `--runs` calls after one warm-up, and
 //! the ratios. Layers are those tools/bench_pytorch_gradcam.py uses, so the
-//! numbers compare one to one (`bench/compare.sh`, `bench/gpu.sh`).
+//! numbers compare one to one (`scripts/bench-cpu`, `backend-tch/bench/gpu.sh`).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -127,7 +127,7 @@ pub fn main() {
                 assert_eq!(e[0].maps.dim(), (batch, 224, 224));
             });
             println!(
-                "{{\"model\": \"{arch}\", \"layer\": \"{layer}\", \"batch\": {batch}, \"device\": \"{device:?}\", \
+                "{{\"backend\": \"tch\", \"model\": \"{arch}\", \"layer\": \"{layer}\", \"batch\": {batch}, \"device\": \"{device:?}\", \
                  \"threads\": {}, \"explain_s\": {explain_s:.5}, \"forward_s\": {forward_s:.5}, \"ratio\": {:.3}, \
                  \"script_forward_s\": {script_forward_s:.5}, \"explain_img_s\": {:.1}, \"forward_img_s\": {:.1}, \"runs\": {}}}",
                 tch::get_num_threads(),
