@@ -11,74 +11,17 @@
 //! (goal <= 1.10). Layers are those tools/bench_pytorch_gradcam.py uses, so the numbers compare
 //! one to one with pytorch-grad-cam (`scripts/bench-cpu` runs all of them and prints a table).
 
-use std::path::PathBuf;
-use std::time::Instant;
-
 use backend_ort::OnnxModel;
 use gradcam_core::{explain, CamModel, CamOptions, Method, Target};
 use ndarray::Array4;
 
-const MODELS: [(&str, &str); 3] = [
-    ("resnet50", "layer4"),
-    ("tf_efficientnet_lite0", "blocks.6"),
-    ("vit_small_patch16_224", "blocks.11.norm1"),
-];
-
-struct Args {
-    models_dir: PathBuf,
-    batches: Vec<usize>,
-    runs: usize,
-    threads: usize,
-    only: Option<String>,
-}
-
-fn parse_args() -> Args {
-    let mut args = Args {
-        models_dir: std::env::var_os("GRADCAM_BENCH_MODELS")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-models")),
-        batches: vec![1, 16],
-        runs: 5,
-        threads: 0,
-        only: None,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
-        match flag.as_str() {
-            "--models-dir" => args.models_dir = value().into(),
-            "--batches" => {
-                args.batches = value().split(',').map(|b| b.parse().expect("batch size")).collect()
-            }
-            "--runs" => args.runs = value().parse().expect("--runs N"),
-            "--threads" => args.threads = value().parse().expect("--threads N"),
-            "--models" => args.only = Some(value()),
-            _ => {} // `cargo bench` passes --bench
-        }
-    }
-    args
-}
-
-/// Median wall time of `runs` calls after one warm-up call.
-fn median_secs(runs: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    let mut times: Vec<f64> = (0..runs)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64()
-        })
-        .collect();
-    times.sort_by(f64::total_cmp);
-    times[times.len() / 2]
-}
+#[path = "../../bench/common.rs"]
+mod common;
+use common::{median_secs, Args};
 
 fn main() {
-    let args = parse_args();
-    for (arch, layer) in MODELS {
-        if args.only.as_deref().is_some_and(|only| !only.split(',').any(|m| m == arch)) {
-            continue;
-        }
+    let args = Args::parse(0);
+    for (arch, layer) in args.models() {
         let path = args.models_dir.join(format!("{arch}.onnx"));
         if !path.exists() {
             eprintln!("{} missing: run backend-ort/bench/export_models.py", path.display());

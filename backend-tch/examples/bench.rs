@@ -12,69 +12,13 @@
 //! the ratios. Layers are those tools/bench_pytorch_gradcam.py uses, so the
 //! numbers compare one to one (`scripts/bench-cpu`, `backend-tch/bench/gpu.sh`).
 
-use std::path::PathBuf;
-use std::time::Instant;
-
 use backend_tch::{tch, DeviceChoice, TorchScriptModel};
 use gradcam_core::{explain, CamOptions, Method, Target};
 use ndarray::Array4;
 
-const MODELS: [(&str, &str); 3] = [
-    ("resnet50", "layer4"),
-    ("tf_efficientnet_lite0", "blocks.6"),
-    ("vit_small_patch16_224", "blocks.11.norm1"),
-];
-
-struct Args {
-    models_dir: PathBuf,
-    device: DeviceChoice,
-    batches: Vec<usize>,
-    runs: usize,
-    threads: Option<i32>,
-    only: Option<String>,
-}
-
-fn parse_args() -> Args {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let mut args = Args {
-        models_dir: root.join("target/bench-models"),
-        device: DeviceChoice::Cpu,
-        batches: vec![1, 16],
-        runs: 5,
-        threads: Some(2),
-        only: None,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
-        match flag.as_str() {
-            "--models-dir" => args.models_dir = value().into(),
-            "--device" => args.device = value().parse().expect("--device cpu|cuda|auto"),
-            "--batches" => {
-                args.batches = value().split(',').map(|b| b.parse().expect("batch size")).collect()
-            }
-            "--runs" => args.runs = value().parse().expect("--runs N"),
-            "--threads" => args.threads = Some(value().parse().expect("--threads N")).filter(|&n| n > 0),
-            "--models" => args.only = Some(value()),
-            _ => {} // `cargo bench` passes --bench
-        }
-    }
-    args
-}
-
-/// Median wall time of `runs` calls after one warm-up call.
-fn median_secs(runs: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    let mut times: Vec<f64> = (0..runs)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64()
-        })
-        .collect();
-    times.sort_by(f64::total_cmp);
-    times[times.len() / 2]
-}
+#[path = "../../bench/common.rs"]
+mod common;
+use common::{median_secs, Args};
 
 /// Deterministic N(0, 1)-ish input without a rand dependency (sum of uniforms).
 fn input(batch: usize) -> Array4<f32> {
@@ -89,16 +33,15 @@ fn input(batch: usize) -> Array4<f32> {
 }
 
 pub fn main() {
-    let args = parse_args();
-    if let Some(n) = args.threads {
-        tch::set_num_threads(n);
+    let args = Args::parse(2);
+    if args.threads > 0 {
+        tch::set_num_threads(args.threads as i32);
     }
-    for (arch, layer) in MODELS {
-        if args.only.as_deref().is_some_and(|only| !only.split(',').any(|m| m == arch)) {
-            continue;
-        }
+    let device: DeviceChoice =
+        args.device.as_deref().unwrap_or("cpu").parse().expect("--device cpu|cuda|auto");
+    for (arch, layer) in args.models() {
         let path = args.models_dir.join(format!("{arch}.traced.pt"));
-        let mut model = TorchScriptModel::load(&path, args.device)
+        let mut model = TorchScriptModel::load(&path, device)
             .unwrap_or_else(|e| panic!("{e} (run backend-tch/bench/make_bench_models.py first)"));
         let device = model.device();
         let sync = || {
