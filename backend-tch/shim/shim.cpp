@@ -27,6 +27,7 @@
 #include <torch/csrc/jit/passes/frozen_graph_optimizations.h>
 #include <torch/csrc/jit/passes/frozen_linear_transpose.h>
 #include <torch/csrc/jit/passes/frozen_ops_to_mkldnn.h>
+#include <torch/csrc/jit/passes/shape_analysis.h>
 #include <torch/csrc/jit/serialization/import.h>
 #include <torch/script.h>
 
@@ -35,6 +36,7 @@
 #include <cstring>
 #include <iostream>
 #include <map>
+#include <optional>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -309,9 +311,10 @@ Node *top_level(Node *node, torch::jit::Block *top) {
 // `capture` cut in two at `act`, a top-level value of `g` (self, x) -> logits:
 //   before (self, x)              -> (v_1, ..., v_n)   every value computed up to the layer that the
 //                                                       rest of the graph reads, `act` among them
-//   after  (self, v_1, ..., v_n)  -> (logits, leaf)    `act` replaced by a leaf that requires grad
+//   after  (self, v_1, ..., v_n)  -> logits            (constants are copied, not passed)
 struct Cut {
   std::shared_ptr<Graph> before, after;
+  Value *activation;  // the input of `after` that holds `act`
 };
 
 Cut cut_at(Graph &g, Value *act) {
@@ -335,6 +338,7 @@ Cut cut_at(Graph &g, Value *act) {
     if (read_later(g.inputs()[i]) || g.inputs()[i] == act) crossing.push_back(g.inputs()[i]);
   for (Node *n : g.nodes()) {
     if (!head.count(n)) break;
+    if (n->kind() == c10::prim::Constant && n->output() != act) continue;  // `after` keeps its own copy
     for (Value *v : n->outputs())
       if (read_later(v) || v == act) crossing.push_back(v);
   }
@@ -365,10 +369,11 @@ Cut cut_at(Graph &g, Value *act) {
     for (auto it = tail.rbegin(); it != tail.rend(); ++it) (*it)->destroy();
     torch::jit::EliminateDeadCode(cut.before);
   }
-  {  // after: the crossing values are its inputs; every earlier node is dropped, last first.
+  {  // after: the crossing values are its inputs; every earlier node but constants is dropped.
     Graph &a = *cut.after;
     std::unordered_map<std::string, Value *> by_name;
     collect_values(a.block(), by_name);
+    std::vector<Node *> earlier = first_nodes(a, head_size, true);
     const size_t original_inputs = a.inputs().size();
     std::vector<Value *> inputs;
     for (const std::string &name : names) {
@@ -376,21 +381,209 @@ Cut cut_at(Graph &g, Value *act) {
       inputs.push_back(a.addInput()->setType(old->type()));
       old->replaceAllUsesWith(inputs.back());
     }
-    std::vector<Node *> earlier = first_nodes(a, head_size, true);
-    for (auto it = earlier.rbegin(); it != earlier.rend(); ++it) (*it)->destroy();
+    for (auto it = earlier.rbegin(); it != earlier.rend(); ++it)
+      if ((*it)->kind() != c10::prim::Constant) (*it)->destroy();
     for (size_t i = original_inputs; i-- > 1;) a.eraseInput(i);  // x: read through `inputs` now
-    // leaf = detach(act).requires_grad_(); the rest reads clone(leaf), so that in-place ops after the
-    // layer (ReLU(inplace=True)) never touch the leaf.
-    Value *act_in = inputs[act_index];
-    torch::jit::WithInsertPoint guard(a.nodes().front());
-    Value *detached = a.insert(c10::aten::detach, {act_in});
-    Value *leaf = a.insert(c10::Symbol::fromQualString("aten::requires_grad_"), {detached, true});
-    Value *copy = a.insert(c10::aten::clone, {leaf});
-    act_in->replaceAllUsesWith(copy);
-    detached->node()->replaceInput(0, act_in);
-    set_output(a, {a.outputs()[0], leaf});
+    torch::jit::EliminateDeadCode(cut.after);
+    cut.activation = inputs[act_index];
   }
   return cut;
+}
+
+// Makes `act` (an input of `after`) a leaf that requires grad and returns (logits, leaf):
+// leaf = detach(act).requires_grad_(); the rest reads clone(leaf), so that in-place ops after the
+// layer (ReLU(inplace=True)) never touch the leaf.
+void make_leaf(Graph &a, Value *act) {
+  torch::jit::WithInsertPoint guard(a.nodes().front());
+  Value *detached = a.insert(c10::aten::detach, {act});
+  Value *leaf = a.insert(c10::Symbol::fromQualString("aten::requires_grad_"), {detached, true});
+  Value *copy = a.insert(c10::aten::clone, {leaf});
+  act->replaceAllUsesWith(copy);
+  detached->node()->replaceInput(0, act);
+  set_output(a, {a.outputs()[0], leaf});
+}
+
+// Class-token pruning, as backend-ort's `prune_tokens` does on ONNX graphs: a ViT's head reads one
+// token (`x[:, k]`, aten::select on dim 1), yet the layers after the last attention run on every
+// token. Those layers treat tokens independently, so the select can move up in front of them; they
+// then run on one token in the forward and the backward pass, and nothing else changes. Needs the
+// graph's shapes (from PropagateInputShapes); values of unknown shape are left alone.
+
+std::optional<int64_t> const_int(Value *v) {
+  auto iv = torch::jit::toIValue(v);
+  if (iv && iv->isInt()) return iv->toInt();
+  return std::nullopt;
+}
+
+// (rank, size of dim 1 or -1) of a tensor value with a known rank.
+std::optional<std::pair<size_t, int64_t>> rank_and_tokens(Value *v) {
+  auto t = v->type()->cast<c10::TensorType>();
+  if (!t || !t->dim()) return std::nullopt;
+  int64_t n = -1;
+  if (*t->dim() >= 2 && t->sizes()[1]) n = *t->sizes()[1];
+  return std::make_pair(*t->dim(), n);
+}
+
+bool is_tokens(Value *v, int64_t n) {
+  auto s = rank_and_tokens(v);
+  return s && s->first == 3 && s->second == n;
+}
+
+// Not a tensor (an int, a flag, None), or a tensor of rank <= 1 (a bias, a scale): broadcasting it
+// never reaches the token axis.
+bool is_small(Value *v) {
+  if (!v->type()->isSubtypeOf(*c10::TensorType::get())) return true;
+  auto s = rank_and_tokens(v);
+  return s && s->first <= 1;
+}
+
+// For a node that treats tokens independently, which inputs carry the `(B, n, D)` tokens.
+std::optional<std::vector<bool>> token_inputs(Node *node, int64_t n) {
+  if (node->outputs().size() != 1 || !is_tokens(node->output(), n)) return std::nullopt;
+  const std::string op = node->kind().toQualString();
+  std::vector<bool> tokens(node->inputs().size(), false);
+  auto rest_small = [&](size_t from) {
+    for (size_t i = from; i < node->inputs().size(); ++i)
+      if (!is_small(node->input(i))) return false;
+    return true;
+  };
+  static const std::unordered_set<std::string> unary{
+      "aten::gelu", "aten::relu", "aten::sigmoid", "aten::tanh", "aten::dropout", "aten::contiguous",
+      "aten::clone", "aten::silu", "aten::erf", "aten::hardswish", "aten::hardsigmoid", "aten::neg",
+      "aten::sqrt", "aten::abs", "aten::exp"};
+  static const std::unordered_set<std::string> binary{"aten::add", "aten::sub", "aten::mul", "aten::div"};
+  if (op == "aten::linear" || op == "aten::matmul") {
+    auto w = rank_and_tokens(node->input(1));
+    if (!is_tokens(node->input(0), n) || !w || w->first != 2 || !rest_small(2)) return std::nullopt;
+    tokens[0] = true;
+  } else if (op == "aten::layer_norm") {
+    auto shape = torch::jit::toIValue(node->input(1));
+    if (!shape || !shape->isIntList() || shape->toIntList().size() != 1) return std::nullopt;
+    if (!is_tokens(node->input(0), n) || !rest_small(2)) return std::nullopt;
+    tokens[0] = true;
+  } else if (unary.count(op) || (op == "aten::slice" && const_int(node->input(1)) == 0)) {
+    if (!is_tokens(node->input(0), n) || !rest_small(1)) return std::nullopt;
+    tokens[0] = true;
+  } else if (binary.count(op)) {
+    for (size_t i = 0; i < node->inputs().size(); ++i) {
+      if (i < 2 && is_tokens(node->input(i), n)) {
+        tokens[i] = true;
+      } else if (!is_small(node->input(i))) {
+        return std::nullopt;
+      }
+    }
+  } else {
+    return std::nullopt;
+  }
+  if (std::none_of(tokens.begin(), tokens.end(), [](bool t) { return t; })) return std::nullopt;
+  return tokens;
+}
+
+// Moves the head's token select up in `a` (shapes propagated); `keep` is never pruned (its readers
+// get a selected copy). Returns the number of nodes that now run on one token.
+size_t prune_tokens(Graph &a, Value *keep) {
+  auto picks = [](Node *n, int64_t *k, int64_t *tokens) {
+    if (n->kind() != c10::aten::select || const_int(n->input(1)) != 1 || !const_int(n->input(2))) return false;
+    auto s = rank_and_tokens(n->input(0));
+    if (!s || s->first != 3 || s->second < 0) return false;
+    *k = *const_int(n->input(2));
+    *tokens = s->second;
+    return true;
+  };
+  int64_t k = 0, n = 0;
+  if (std::none_of(a.nodes().begin(), a.nodes().end(), [&](Node *node) { return picks(node, &k, &n); }))
+    return 0;
+  auto is_target = [&](Node *node) {
+    int64_t k2, n2;
+    return picks(node, &k2, &n2) && k2 == k && n2 == n;
+  };
+  // Consumers first: a value may hold token k only when every reader is a target select or a pruned
+  // node reading it as tokens.
+  std::vector<Node *> order(a.nodes().begin(), a.nodes().end());
+  std::unordered_set<Value *> one_token;
+  std::vector<Node *> pruned;
+  std::unordered_map<Node *, std::vector<bool>> tokens_of;
+  std::vector<Node *> targets;
+  for (auto it = order.rbegin(); it != order.rend(); ++it) {
+    Node *node = *it;
+    auto tokens = token_inputs(node, n);
+    Value *out = node->outputs().size() == 1 ? node->output() : nullptr;
+    if (!tokens || out == keep || !out->hasUses()) continue;
+    bool fine = std::all_of(out->uses().begin(), out->uses().end(), [&](const torch::jit::Use &u) {
+      if (u.user->owningBlock() != a.block()) return false;
+      if (is_target(u.user)) return u.offset == 0;
+      auto t = tokens_of.find(u.user);
+      return t != tokens_of.end() && t->second[u.offset];
+    });
+    if (!fine) continue;
+    for (const torch::jit::Use &u : out->uses())
+      if (is_target(u.user)) targets.push_back(u.user);
+    one_token.insert(out);
+    pruned.push_back(node);
+    tokens_of[node] = *tokens;
+  }
+  std::reverse(pruned.begin(), pruned.end());
+  std::unordered_map<Value *, Value *> selected;
+  for (Node *node : pruned) {
+    for (size_t i = 0; i < node->inputs().size(); ++i) {
+      Value *in = node->input(i);
+      if (!tokens_of[node][i] || one_token.count(in)) continue;
+      Value *&sel = selected[in];
+      if (!sel) {
+        torch::jit::WithInsertPoint guard(node);
+        sel = a.insert(c10::aten::select, {in, 1, k});
+      }
+      node->replaceInput(i, sel);
+    }
+  }
+  for (Node *node : pruned) node->output()->setType(c10::TensorType::get());
+  for (Node *target : targets) {
+    target->output()->replaceAllUsesWith(target->input(0));
+    target->destroy();
+  }
+  return pruned.size();
+}
+
+// The shapes of `after`'s values, from one run of `before` on zeros (batch 2, 3 x h x w) and of
+// a copy of `after` that returns every top-level tensor; then its class-token pruning. Returns the
+// number of pruned nodes (0 when the runs fail).
+size_t prune_tokens_after_cut(const std::shared_ptr<Graph> &after, Value *keep, GraphFunction &before,
+                              const c10::IValue &self, c10::Device device, int64_t h, int64_t w) {
+  try {
+    torch::NoGradGuard no_grad;
+    torch::jit::Stack stack{self, at::zeros({2, 3, h, w}, at::TensorOptions().device(device))};
+    before.run(stack);
+    auto values = stack.back().toTupleRef().elements();
+    if (values.size() + 1 != after->inputs().size()) return 0;
+    // Copies find values again by name.
+    std::vector<Value *> tensors;
+    for (Value *v : after->inputs())
+      if (v->type()->isSubtypeOf(*c10::TensorType::get())) tensors.push_back(v);
+    for (Node *n : after->nodes())
+      for (Value *v : n->outputs())
+        if (v->type()->isSubtypeOf(*c10::TensorType::get())) tensors.push_back(v);
+    for (size_t i = 0; i < tensors.size(); ++i) tensors[i]->setDebugName("gcshape_" + std::to_string(i));
+    std::shared_ptr<Graph> probe = after->copy();
+    std::unordered_map<std::string, Value *> by_name;
+    collect_values(probe->block(), by_name);
+    std::vector<Value *> outs;
+    for (Value *v : tensors) outs.push_back(by_name.at(v->debugName()));
+    set_output(*probe, outs);
+    GraphFunction run("gradcam_shapes", probe, nullptr, torch::jit::ExecutorExecutionMode::SIMPLE);
+    torch::jit::Stack probe_stack{self};
+    for (const c10::IValue &v : values) probe_stack.push_back(v);
+    run.run(probe_stack);
+    auto results = probe_stack.back().toTupleRef().elements();
+    for (size_t i = 0; i < tensors.size(); ++i)
+      if (results[i].isTensor()) tensors[i]->setType(c10::TensorType::create(results[i].toTensor()));
+  } catch (const std::exception &e) {
+    if (std::getenv("GRADCAM_TCH_DEBUG")) std::cerr << "no shapes after the cut: " << e.what() << std::endl;
+    torch::jit::EraseShapeInformation(after);
+    return 0;
+  }
+  size_t pruned = prune_tokens(*after, keep);
+  torch::jit::EraseShapeInformation(after);
+  return pruned;
 }
 
 }  // namespace
@@ -454,14 +647,24 @@ char *gc_forward(gc_module *m, const at::Tensor *x, at::Tensor **out) {
 //   mode 2 (replace): takes an extra input, the replacement for `layer`'s output; returns logits.
 //   mode 3 (forward): returns logits; `layer` is ignored.
 // `found` is set to 0 when `layer` has no exposable output (never called, inside control flow, or
-// not a tensor); the function is then not built.
-char *gc_build(gc_module *m, const char *layer, int mode, gc_fn **out, char **paths_out, int *found) {
+// not a tensor); the function is then not built. For capture, `prune` asks for class-token pruning,
+// with shapes probed at `height` x `width`; `pruned` receives the number of pruned nodes.
+char *gc_build(gc_module *m, const char *layer, int mode, int height, int width, int prune, gc_fn **out,
+               char **paths_out, int *found, int *pruned) {
   GC_TRY({
     Inlined in = inline_and_fold(m->module);
     Graph &g = *in.graph;
     const bool cpu = m->device.is_cpu();
+    // SIMPLE: run the graphs as written; the profiling executor would re-specialise them on the
+    // requires_grad flags that `capture` flips mid-graph.
+    auto function = [&](const std::shared_ptr<Graph> &graph, const std::string &name) {
+      return std::make_unique<GraphFunction>(name, graph, nullptr, torch::jit::ExecutorExecutionMode::SIMPLE);
+    };
+    auto fn = std::make_unique<gc_fn>();
+    fn->self = m->module._ivalue();
     std::shared_ptr<Graph> before;
     *found = 1;
+    *pruned = 0;
     *out = nullptr;
     if (mode == 0) {
       auto pos = positions(g);
@@ -496,6 +699,11 @@ char *gc_build(gc_module *m, const char *layer, int mode, gc_fn **out, char **pa
         Cut cut = cut_at(g, act);
         before = cut.before;
         optimize_for_inference(before, m->module, cpu);
+        fn->before = function(before, "gradcam_before_cut");
+        if (prune)
+          *pruned = static_cast<int>(prune_tokens_after_cut(cut.after, cut.activation, *fn->before, fn->self,
+                                                            m->device, height, width));
+        make_leaf(*cut.after, cut.activation);
         in.graph = cut.after;
       } else {
         Value *replacement = g.addInput("activation")->setType(act->type());
@@ -508,14 +716,6 @@ char *gc_build(gc_module *m, const char *layer, int mode, gc_fn **out, char **pa
       if (before) std::cerr << "built (mode " << mode << ", before the cut):\n" << *before << std::endl;
       std::cerr << "built (mode " << mode << "):\n" << *in.graph << std::endl;
     }
-    // SIMPLE: run the graphs as written; the profiling executor would re-specialise them on the
-    // requires_grad flags that `capture` flips mid-graph.
-    auto function = [&](const std::shared_ptr<Graph> &graph, const std::string &name) {
-      return std::make_unique<GraphFunction>(name, graph, nullptr, torch::jit::ExecutorExecutionMode::SIMPLE);
-    };
-    auto fn = std::make_unique<gc_fn>();
-    fn->self = m->module._ivalue();
-    if (before) fn->before = function(before, "gradcam_before_cut");
     fn->fn = function(in.graph, "gradcam_" + std::to_string(mode));
     *out = fn.release();
   })

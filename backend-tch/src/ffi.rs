@@ -29,9 +29,13 @@ extern "C" {
         m: *mut GcModule,
         layer: *const c_char,
         mode: c_int,
+        height: c_int,
+        width: c_int,
+        prune: c_int,
         out: *mut *mut GcFn,
         paths_out: *mut *mut c_char,
         found: *mut c_int,
+        pruned: *mut c_int,
     ) -> *mut c_char;
     fn gc_fn_free(f: *mut GcFn);
     fn gc_run(
@@ -121,21 +125,49 @@ impl Module {
     }
 
     /// Builds a function for `layer`. `Ok(None)` when the layer has no exposable output.
-    /// For [`Mode::Probe`] the second value lists the exposed layers as `(path, group)`, where
-    /// paths of one group share one output tensor (`layer4`, `layer4.1`, `layer4.1.act2`).
-    pub fn build(&self, layer: &str, mode: Mode) -> Result<Option<(Function, Vec<String>)>, String> {
+    /// For [`Mode::Probe`], [`Built::names`] lists the exposed layers as `(path, group)`, where
+    /// paths of one group share one output tensor (`layer4`, `layer4.1`, `layer4.1.act2`). For
+    /// [`Mode::Capture`], `prune` asks for class-token pruning, with shapes probed at `probe_hw`.
+    pub fn build(
+        &self,
+        layer: &str,
+        mode: Mode,
+        probe_hw: (usize, usize),
+        prune: bool,
+    ) -> Result<Option<Built>, String> {
         let layer = cstring(layer)?;
-        let (mut out, mut paths, mut found) = (ptr::null_mut(), ptr::null_mut(), 0);
+        let (mut out, mut paths, mut found, mut pruned) = (ptr::null_mut(), ptr::null_mut(), 0, 0);
         // SAFETY: valid pointers; on success `out` (if found) and `paths` (probe) are ours.
         check(unsafe {
-            gc_build(self.0.as_ptr(), layer.as_ptr(), mode as c_int, &mut out, &mut paths, &mut found)
+            gc_build(
+                self.0.as_ptr(),
+                layer.as_ptr(),
+                mode as c_int,
+                probe_hw.0 as c_int,
+                probe_hw.1 as c_int,
+                prune as c_int,
+                &mut out,
+                &mut paths,
+                &mut found,
+                &mut pruned,
+            )
         })?;
         let names = if paths.is_null() { Vec::new() } else { lines(unsafe { take_string(paths) }) };
         if found == 0 {
             return Ok(None);
         }
-        Ok(Some((Function(NonNull::new(out).expect("gc_build returned no function")), names)))
+        let function = Function(NonNull::new(out).expect("gc_build returned no function"));
+        Ok(Some(Built { function, names, pruned: pruned as usize }))
     }
+}
+
+/// What [`Module::build`] made.
+pub struct Built {
+    pub function: Function,
+    /// [`Mode::Probe`]: `path\tgroup` per exposed layer.
+    pub names: Vec<String>,
+    /// [`Mode::Capture`]: how many nodes after the cut run on the class token only.
+    pub pruned: usize,
 }
 
 fn lines(s: String) -> Vec<String> {

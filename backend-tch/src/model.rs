@@ -7,7 +7,7 @@ use gradcam_core::{near_matches, CamError, CamModel, Capture, LayerInfo, LayerTe
 use ndarray::{Array2, ArrayView4};
 use tch::{Device, Kind, Tensor};
 
-use crate::ffi::{Function, Mode, Module};
+use crate::ffi::{Built, Function, Mode, Module};
 use crate::{DeviceChoice, TchError};
 
 /// A layer found by probing the model once: its info, and which output tensor it shares with
@@ -32,6 +32,9 @@ pub struct TorchScriptModel {
     probe_hw: (usize, usize),
     probed: Option<Vec<Probed>>,
     functions: HashMap<(String, Mode), Function>,
+    token_pruning: bool,
+    /// Pruned nodes of each layer's capture function.
+    pruned: HashMap<String, usize>,
 }
 
 impl std::fmt::Debug for TorchScriptModel {
@@ -62,6 +65,8 @@ impl TorchScriptModel {
             probe_hw: (224, 224),
             probed: None,
             functions: HashMap::new(),
+            token_pruning: true,
+            pruned: HashMap::new(),
         })
     }
 
@@ -103,9 +108,9 @@ impl TorchScriptModel {
     /// Runs the model once on zeros and records every exposable layer's output shape.
     fn probe(&mut self) -> Result<&[Probed], TchError> {
         if self.probed.is_none() {
-            let (function, names) = self
+            let Built { function, names, .. } = self
                 .module
-                .build("", Mode::Probe)
+                .build("", Mode::Probe, self.probe_hw, false)
                 .map_err(TchError::Torch)?
                 .ok_or_else(|| TchError::Torch("the shim found no forward to probe".into()))?;
             let (h, w) = self.probe_hw;
@@ -128,6 +133,25 @@ impl TorchScriptModel {
         Ok(self.probed.as_deref().unwrap_or_default())
     }
 
+    /// Whether the part after the cut runs the layers that feed only the head's class token on
+    /// that token alone (on by default). A ViT's head reads `x[:, 0]`, yet the layers after its
+    /// last attention run on every token; pruned, they run on one. Logits, activations and
+    /// gradients are the same either way. Needs shapes, so only traced modules (and scripted
+    /// ones whose shapes libtorch's shape analysis follows) are pruned.
+    pub fn set_token_pruning(&mut self, on: bool) {
+        if self.token_pruning != on {
+            self.token_pruning = on;
+            self.functions.retain(|(_, mode), _| *mode != Mode::Capture);
+        }
+    }
+
+    /// How many nodes after the cut at `layer` run on the class token only (see
+    /// [`TorchScriptModel::set_token_pruning`]); builds the capture function if needed.
+    pub fn pruned_nodes(&mut self, layer: &str) -> Result<usize, CamError> {
+        self.function(layer, Mode::Capture)?;
+        Ok(self.pruned.get(layer).copied().unwrap_or(0))
+    }
+
     /// The shim function for `layer`, built on first use.
     fn function(&mut self, layer: &str, mode: Mode) -> Result<&Function, CamError> {
         let key = (layer.to_owned(), mode);
@@ -136,8 +160,11 @@ impl TorchScriptModel {
                 let near = near_matches(layer, self.module_paths.iter().map(String::as_str));
                 return Err(CamError::UnknownLayer { name: layer.to_owned(), near });
             }
-            let built = self.module.build(layer, mode).map_err(|e| CamError::backend(TchError::Torch(e)))?;
-            let (function, _) = built.ok_or_else(|| {
+            let built = self
+                .module
+                .build(layer, mode, self.probe_hw, self.token_pruning)
+                .map_err(|e| CamError::backend(TchError::Torch(e)))?;
+            let Built { function, pruned, .. } = built.ok_or_else(|| {
                 CamError::backend(TchError::Layer {
                     layer: layer.to_owned(),
                     reason: "its output is not a tensor computed by `forward` outside control flow (the \
@@ -146,6 +173,9 @@ impl TorchScriptModel {
                         .into(),
                 })
             })?;
+            if mode == Mode::Capture {
+                self.pruned.insert(layer.to_owned(), pruned);
+            }
             self.functions.insert(key.clone(), function);
         }
         Ok(&self.functions[&key])

@@ -214,3 +214,43 @@ fn device_choice_parses_and_cpu_resolves() {
     assert_eq!(DeviceChoice::Auto.resolve().unwrap().is_cuda(), cuda);
     assert_eq!(DeviceChoice::Cuda.resolve().is_ok(), cuda);
 }
+
+/// Class-token pruning changes no number: for layers before, at and inside the pruned part of
+/// vit_tiny (`blocks.11.norm2` is read by the pruned MLP), captures with and without it agree; it
+/// fires on the traced export (the scripted one pools in a function call the shim does not
+/// inline, so its head's select is out of sight and nothing is pruned); a CNN is left alone.
+#[test]
+fn token_pruning_changes_no_number() {
+    let x = input(2);
+    let max_abs = |a: &LayerTensor| a.to_vec().iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let max_diff = |a: &LayerTensor, b: &LayerTensor| {
+        a.to_vec().iter().zip(b.to_vec()).fold(0.0f32, |m, (p, q)| m.max((p - q).abs()))
+    };
+    for file in exports("vit_tiny") {
+        let mut pruned = load(&file);
+        let mut full = load(&file);
+        full.set_token_pruning(false);
+        for layer in ["blocks.10", "blocks.11.norm1", "blocks.11.norm2", "blocks.11"] {
+            let what = format!("{file} {layer}");
+            if file.contains("traced") {
+                assert!(pruned.pruned_nodes(layer).unwrap() > 0, "{what}: nothing pruned");
+            }
+            assert_eq!(full.pruned_nodes(layer).unwrap(), 0, "{what}: pruned while off");
+            let target = Target::top_one();
+            let a = pruned.capture(x.view(), layer, Some(&target)).unwrap();
+            let b = full.capture(x.view(), layer, Some(&target)).unwrap();
+            assert_eq!(a.classes, b.classes, "{what}: classes");
+            let scale = b.logits.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let diff = (&a.logits - &b.logits).iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            assert!(diff <= 1e-5 * scale, "{what}: logits differ by {diff}");
+            assert_eq!(a.activation, b.activation, "{what}: activations");
+            let (ga, gb) = (a.gradient.unwrap(), b.gradient.unwrap());
+            assert!(max_abs(&gb) > 0.0, "{what}: zero gradient");
+            let diff = max_diff(&ga, &gb);
+            assert!(diff <= 1e-5 * max_abs(&gb), "{what}: gradients differ by {diff}");
+        }
+    }
+    for file in exports("resnet18") {
+        assert_eq!(load(&file).pruned_nodes("layer4").unwrap(), 0, "{file}: a CNN pruned");
+    }
+}
