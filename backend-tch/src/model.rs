@@ -46,6 +46,11 @@ impl std::fmt::Debug for TorchScriptModel {
 impl TorchScriptModel {
     /// Loads a TorchScript file onto a device, in eval mode.
     ///
+    /// Unless the environment already sets it, this sets `THP_MEM_ALLOC_ENABLE=1`, which libtorch
+    /// reads at its first CPU allocation: large blocks then come from transparent huge pages
+    /// instead of being page-faulted in afresh at every forward (half of a CNN's forward time on
+    /// a VM). Load the model before creating other tensors for it to take effect.
+    ///
     /// Fails with [`TchError::Io`] when the file cannot be read, [`TchError::NotTorchScript`]
     /// when libtorch rejects it, [`TchError::CudaUnavailable`] for [`DeviceChoice::Cuda`] on a
     /// machine without CUDA.
