@@ -608,8 +608,10 @@ void gc_free_string(char *s) { std::free(s); }
 char *gc_load(const char *path, int device, gc_module **out) {
   // libtorch reads this once, at its first CPU allocation: blocks of 2 MB and more then come from
   // transparent huge pages. Without it every forward page-faults its activations in afresh, which
-  // measured half of a CNN's forward time on a VM. A value the user set is kept.
-  setenv("THP_MEM_ALLOC_ENABLE", "1", /*overwrite=*/0);
+  // measured half of a CNN's forward time on a VM. A value the user set is kept. Once per process:
+  // environ is only written by the first load.
+  static const bool thp_set = setenv("THP_MEM_ALLOC_ENABLE", "1", /*overwrite=*/0) == 0;
+  (void)thp_set;
   GC_TRY({
     c10::Device dev = device < 0 ? c10::Device(c10::kCPU) : c10::Device(c10::kCUDA, device);
     auto module = torch::jit::load(path, dev);
