@@ -11,8 +11,8 @@ use std::hint::black_box;
 use std::path::Path;
 use std::time::Duration;
 
-use criterion::measurement::{Measurement, ValueFormatter, WallTime};
-use criterion::{criterion_main, Criterion, Throughput};
+use criterion::measurement::Measurement;
+use criterion::Criterion;
 use gradcam_core::{
     explain, layer_map, scale_maps, upsample_maps, CamError, CamModel, CamOptions, Capture, LayerInfo,
     LayerTensor, LayerView, Method, Target,
@@ -21,18 +21,10 @@ use gradcam_viz::{load_image, origin_view, overlay, Colormap, Preprocess};
 use image::RgbImage;
 use ndarray::{Array2, Array4, ArrayView4};
 
-/// Deterministic pseudo-random values in [lo, hi) (xorshift).
-fn filled(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            lo + (hi - lo) * ((s >> 40) as f32 / (1u64 << 24) as f32)
-        })
-        .collect()
-}
+#[macro_use]
+#[path = "../../bench/micro.rs"]
+mod micro;
+use micro::filled;
 
 /// A "model" whose capture is already done: hands out a recorded capture, so `explain` runs its
 /// whole pipeline with no network in the way.
@@ -148,79 +140,9 @@ fn bench<M: Measurement>(c: &mut Criterion<M>) {
     group.finish();
 }
 
-/// CPU time of the calling thread (`CLOCK_THREAD_CPUTIME_ID`): time this code ran, not time
-/// it waited for a core.
-struct ThreadCpuTime;
-
-fn thread_cpu_now() -> Duration {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `ts` is a valid, writable timespec and the clock id a libc constant.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID) failed");
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
-
-impl Measurement for ThreadCpuTime {
-    type Intermediate = Duration;
-    type Value = Duration;
-    fn start(&self) -> Duration {
-        thread_cpu_now()
-    }
-    fn end(&self, start: Duration) -> Duration {
-        thread_cpu_now() - start
-    }
-    fn add(&self, a: &Duration, b: &Duration) -> Duration {
-        *a + *b
-    }
-    fn zero(&self) -> Duration {
-        Duration::ZERO
-    }
-    fn to_f64(&self, value: &Duration) -> f64 {
-        value.as_nanos() as f64
-    }
-    fn formatter(&self) -> &dyn ValueFormatter {
-        &CpuNanos
-    }
-}
-
-/// Formats nanoseconds of CPU time like criterion's wall-time formatter, marked "cpu".
-struct CpuNanos;
-
-impl ValueFormatter for CpuNanos {
-    fn scale_values(&self, typical: f64, values: &mut [f64]) -> &'static str {
-        let (factor, unit) = match typical {
-            t if t < 1e3 => (1.0, "ns cpu"),
-            t if t < 1e6 => (1e-3, "µs cpu"),
-            t if t < 1e9 => (1e-6, "ms cpu"),
-            _ => (1e-9, "s cpu"),
-        };
-        values.iter_mut().for_each(|v| *v *= factor);
-        unit
-    }
-    fn scale_throughputs(&self, _: f64, throughput: &Throughput, values: &mut [f64]) -> &'static str {
-        let per = match throughput {
-            Throughput::Elements(n) | Throughput::Bytes(n) | Throughput::BytesDecimal(n) => *n as f64,
-            _ => 1.0,
-        };
-        values.iter_mut().for_each(|v| *v = per * 1e9 / *v);
-        "/s"
-    }
-    fn scale_for_machines(&self, _: &mut [f64]) -> &'static str {
-        "ns"
-    }
-}
-
 fn config<M: Measurement>(c: Criterion<M>) -> Criterion<M> {
     // Short runs: the machine is shared, and these timings settle well within this.
     c.sample_size(30).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3))
 }
 
-fn benches() {
-    if std::env::var_os("GRADCAM_BENCH_WALL").is_some() {
-        bench(&mut config(Criterion::default().with_measurement(WallTime)).configure_from_args());
-    } else {
-        bench(&mut config(Criterion::default().with_measurement(ThreadCpuTime)).configure_from_args());
-    }
-}
-
-criterion_main!(benches);
+thread_cpu_time_main!(bench, config);
