@@ -549,6 +549,11 @@ size_t prune_tokens(Graph &a, Value *keep) {
 // number of pruned nodes (0 when the runs fail).
 size_t prune_tokens_after_cut(const std::shared_ptr<Graph> &after, Value *keep, GraphFunction &before,
                               const c10::IValue &self, c10::Device device, int64_t h, int64_t w) {
+  // No token select on dim 1 (every CNN): nothing to prune, so no probe runs.
+  auto selects_a_token = [](Node *n) {
+    return n->kind() == c10::aten::select && const_int(n->input(1)) == 1 && const_int(n->input(2));
+  };
+  if (std::none_of(after->nodes().begin(), after->nodes().end(), selects_a_token)) return 0;
   try {
     torch::NoGradGuard no_grad;
     torch::jit::Stack stack{self, at::zeros({2, 3, h, w}, at::TensorOptions().device(device))};
