@@ -1,7 +1,8 @@
 //! Device selection, and loading libtorch's CUDA half at run time.
 
+use std::ffi::CStr;
 use std::str::FromStr;
-use std::sync::Once;
+use std::sync::OnceLock;
 
 use crate::TchError;
 
@@ -38,11 +39,15 @@ impl DeviceChoice {
             DeviceChoice::Cpu => Ok(tch::Device::Cpu),
             DeviceChoice::Auto => Ok(if cuda_available() { tch::Device::Cuda(0) } else { tch::Device::Cpu }),
             DeviceChoice::Cuda if cuda_available() => Ok(tch::Device::Cuda(0)),
-            DeviceChoice::Cuda => Err(TchError::CudaUnavailable(
-                "libtorch_cuda.so was not found or found no GPU (put a CUDA build of torch's lib/ on \
-                 LD_LIBRARY_PATH)"
-                    .into(),
-            )),
+            DeviceChoice::Cuda => Err(TchError::CudaUnavailable(match load_cuda() {
+                Err(reason) => format!(
+                    "libtorch_cuda.so could not be loaded ({reason}); put the lib/ folder of a CUDA build \
+                     of torch 2.11.0, the libtorch tch 0.24 links, on LD_LIBRARY_PATH"
+                ),
+                Ok(()) => {
+                    "libtorch_cuda.so is loaded but finds no CUDA device (no GPU, or no NVIDIA driver)".into()
+                }
+            })),
         }
     }
 }
@@ -53,16 +58,27 @@ impl DeviceChoice {
 /// so the CUDA kernels are registered by loading `libtorch_cuda.so` explicitly. That fails
 /// quietly on machines without the CUDA build of torch; the same binary then runs on the CPU.
 pub fn cuda_available() -> bool {
-    load_cuda();
-    tch::Cuda::is_available()
+    load_cuda().is_ok() && tch::Cuda::is_available()
 }
 
-fn load_cuda() {
-    static LOAD: Once = Once::new();
-    LOAD.call_once(|| {
-        // SAFETY: dlopen with a valid C string; the handle is kept for the process' lifetime.
-        unsafe {
-            libc::dlopen(c"libtorch_cuda.so".as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL);
-        }
-    });
+/// Loads `libtorch_cuda.so` once per process; the error is the loader's reason.
+fn load_cuda() -> Result<(), String> {
+    static LOADED: OnceLock<Result<(), String>> = OnceLock::new();
+    LOADED
+        .get_or_init(|| {
+            // SAFETY: dlopen with a valid C string; the handle is kept for the process' lifetime.
+            // dlerror's message is copied out at once, on the thread that made the call.
+            unsafe {
+                if libc::dlopen(c"libtorch_cuda.so".as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL).is_null() {
+                    let message = libc::dlerror();
+                    return Err(if message.is_null() {
+                        "unknown reason".into()
+                    } else {
+                        CStr::from_ptr(message).to_string_lossy().into_owned()
+                    });
+                }
+            }
+            Ok(())
+        })
+        .clone()
 }

@@ -213,6 +213,16 @@ fn device_choice_parses_and_cpu_resolves() {
     let cuda = backend_tch::cuda_available();
     assert_eq!(DeviceChoice::Auto.resolve().unwrap().is_cuda(), cuda);
     assert_eq!(DeviceChoice::Cuda.resolve().is_ok(), cuda);
+    if !cuda {
+        // The reason says which half failed: loading libtorch_cuda.so, or finding a device.
+        let err = DeviceChoice::Cuda.resolve().unwrap_err();
+        let message = err.to_string();
+        assert!(matches!(err, TchError::CudaUnavailable(_)), "{message}");
+        assert!(
+            message.contains("could not be loaded (") || message.contains("finds no CUDA device"),
+            "{message}"
+        );
+    }
 }
 
 /// Class-token pruning changes no number: for layers before, at and inside the pruned part of
