@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# GPU benchmark: GradCAM images/s of the tch backend vs pytorch-grad-cam on the same card, batch 1 and 64,
-# for resnet50, tf_efficientnet_lite0 and vit_small_patch16_224 (goal: >= 2.5x grad-cam's img/s at batch 64).
-# Nothing is built on the GPU machine:
-#   here:   backend-tch/bench/gpu.sh prepare    builds the bench binary (release, CPU libtorch) into
-#                                               target/gpu-bench/ (small: libtorch is linked dynamically)
-#   there:  backend-tch/bench/gpu.sh run        (carry target/gpu-bench) makes the TorchScript models with
-#                                               that machine's torch + timm, runs both sides, prints a table
-# env (run): GPU_PYTHON (default /opt/torch/.venv/bin/python; needs torch with CUDA, timm, grad-cam),
-#            TORCH_LIB (default: that python's torch/lib; the binary loads libtorch and libtorch_cuda from it),
-#            BATCHES (1,64), RUNS (10). One run takes about 2-3 minutes.
+# The GPU check of the tch backend, one run on a CUDA machine with nothing to build there:
+#   1. correctness: the `gradcam` binary built here (no GPU) explains there, on the GPU, with that machine's
+#      torch libraries, every method, and matches pytorch-grad-cam on the same card (tools/gpu_check_cams.py);
+#   2. speed: GradCAM images/s of the tch backend vs pytorch-grad-cam on the same card, batch 1 and 64, for
+#      resnet50, tf_efficientnet_lite0 and vit_small_patch16_224 (goal: >= 2.5x grad-cam's img/s at batch 64).
+#   here:   backend-tch/bench/gpu.sh prepare    builds the bench example and the CLI (release, tch feature,
+#                                               libtorch linked dynamically) into target/gpu-bench/, with a copy
+#                                               of the pure-Python grad-cam 1.5.7 and ttach the GPU image lacks
+#   there:  backend-tch/bench/gpu.sh run        (carry target/gpu-bench) makes the models with that machine's
+#                                               torch + timm, runs both parts, prints two tables
+# env (run): GPU_PYTHON (default /opt/torch/.venv/bin/python; needs torch with CUDA and timm),
+#            TORCH_LIB (default: that python's torch/lib; the binaries load libtorch and libtorch_cuda from it),
+#            DEVICE (cuda; `cpu` rehearses the whole run on a machine without a GPU), BATCHES (1,64), RUNS (10),
+#            CHECK_METHODS (all, or grad-cam fixture names: gradcam,scorecam,...).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
@@ -17,27 +21,52 @@ out="$root/target/gpu-bench"
 case "${1:-}" in
 prepare)
   eval "$(scripts/setup-native)"
+  scripts/make-fixtures --venv-only # the grad-cam and ttach copied below
   target=${CARGO_TARGET_DIR:-$root/target}
   CARGO_TARGET_DIR="$target" cargo build --release --quiet -p backend-tch --features tch --example bench
-  mkdir -p "$out"
-  cp "$target/release/examples/bench" "$out/bench"
-  strip "$out/bench" 2>/dev/null || true
-  ls -la "$out/bench"
+  CARGO_TARGET_DIR="$target" cargo build --release --quiet --bin gradcam --features tch
+  rm -rf "$out/site"
+  mkdir -p "$out/site"
+  cp "$target/release/examples/bench" "$target/release/gradcam" "$out/"
+  strip "$out/bench" "$out/gradcam" 2>/dev/null || true
+  site=$(.venv-fixtures/bin/python -c 'import os, pytorch_grad_cam as m; print(os.path.dirname(os.path.dirname(m.__file__)))')
+  cp -r "$site/pytorch_grad_cam" "$site/ttach" "$out/site/"
+  find "$out/site" -name __pycache__ -prune -exec rm -rf {} +
+  du -sh "$out"/*
   ;;
 run)
   GPU_PYTHON=${GPU_PYTHON:-/opt/torch/.venv/bin/python}
-  BATCHES=${BATCHES:-1,64} RUNS=${RUNS:-10}
-  [ -x "$out/bench" ] || { echo "gpu.sh: $out/bench missing: run 'gpu.sh prepare' where Rust is, carry target/gpu-bench" >&2; exit 1; }
+  DEVICE=${DEVICE:-cuda} BATCHES=${BATCHES:-1,64} RUNS=${RUNS:-10} CHECK_METHODS=${CHECK_METHODS:-all}
+  for f in bench gradcam site; do
+    [ -e "$out/$f" ] || { echo "gpu.sh: $out/$f missing: run 'gpu.sh prepare' where Rust is, carry target/gpu-bench" >&2; exit 1; }
+  done
+  # The copies only where the image lacks them: on PYTHONPATH they would shadow an installed version.
+  if ! "$GPU_PYTHON" -c 'import pytorch_grad_cam, ttach' 2>/dev/null; then
+    export PYTHONPATH="$out/site${PYTHONPATH:+:$PYTHONPATH}"
+  fi
+  export PYTHONUNBUFFERED=1
   TORCH_LIB=${TORCH_LIB:-$("$GPU_PYTHON" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')}
-  "$GPU_PYTHON" -c 'import torch, timm, pytorch_grad_cam; assert torch.cuda.is_available(); print("card:", torch.cuda.get_device_name(0), "torch", torch.__version__)'
-  "$GPU_PYTHON" backend-tch/bench/make_bench_models.py "$out/models"
+  export TORCH_LIB
+  "$GPU_PYTHON" - "$DEVICE" <<'PY'
+import sys, torch, timm, pytorch_grad_cam
+cuda = sys.argv[1] == "cuda"
+assert torch.cuda.is_available() or not cuda, "torch finds no CUDA device"
+print("card:", torch.cuda.get_device_name(0) if cuda else "cpu", "| torch", torch.__version__, "| timm",
+      timm.__version__, "| grad-cam from", pytorch_grad_cam.__file__)
+PY
   tmp=$(mktemp -d)
   trap 'rm -rf "$tmp"' EXIT
-  echo "== tch backend (Rust, CUDA)" >&2
-  LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" "$out/bench" --device cuda \
+  echo "== correctness: gradcam (Rust) on $DEVICE vs pytorch-grad-cam on $DEVICE, and vs itself on the CPU"
+  check_rc=0
+  "$GPU_PYTHON" tools/gpu_check_cams.py --cli "$out/gradcam" --out "$tmp/check" --device "$DEVICE" \
+    --methods "$CHECK_METHODS" || check_rc=$?
+  "$GPU_PYTHON" backend-tch/bench/make_bench_models.py "$out/models"
+  echo "== speed: tch backend (Rust, $DEVICE)"
+  LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" "$out/bench" --device "$DEVICE" \
     --models-dir "$out/models" --batches "$BATCHES" --runs "$RUNS" --threads 0 | tee "$tmp/rust.jsonl"
-  echo "== pytorch-grad-cam (Python, CUDA)" >&2
-  "$GPU_PYTHON" tools/gpu_bench_pytorch_gradcam.py --batches "$BATCHES" --runs "$RUNS" | tee "$tmp/python.jsonl"
+  echo "== speed: pytorch-grad-cam (Python, $DEVICE)"
+  "$GPU_PYTHON" tools/gpu_bench_pytorch_gradcam.py --device "$DEVICE" --batches "$BATCHES" --runs "$RUNS" |
+    tee "$tmp/python.jsonl"
   "$GPU_PYTHON" - "$tmp/rust.jsonl" "$tmp/python.jsonl" <<'PY'
 import json, sys
 rust = {(r["model"], r["batch"]): r for r in map(json.loads, open(sys.argv[1]))}
@@ -51,6 +80,7 @@ for key in sorted(rust):
     print(line)
 print("goal: >= 2.5x pytorch-grad-cam's img/s at batch 64")
 PY
+  [ "$check_rc" = 0 ] || { echo "gpu.sh: the correctness check failed (see its table)" >&2; exit "$check_rc"; }
   ;;
 *)
   echo "usage: $0 prepare|run" >&2
