@@ -4,7 +4,9 @@
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
-use gradcam_core::{near_matches, CamError, CamModel, Capture, LayerInfo, LayerTensor, LayerView, Target};
+use gradcam_core::{
+    default_layer_among, near_matches, CamError, CamModel, Capture, LayerInfo, LayerTensor, LayerView, Target,
+};
 use ndarray::{Array2, ArrayView4};
 
 use crate::taps::TapRecord;
@@ -61,8 +63,8 @@ pub trait CandleCamNet: Send + Sync {
         (224, 224)
     }
 
-    /// The layer explained when the user names none. When `None`: the last 4-D output (the last
-    /// feature map before global pooling), or for token models the last `*.norm1`.
+    /// The layer explained when the user names none. When `None`, the rule every backend shares:
+    /// [`gradcam_core::default_layer_among`] the tapped outputs.
     fn default_layer(&self) -> Option<String> {
         None
     }
@@ -321,15 +323,7 @@ impl CamModel for CandleModel {
         if let Some(layer) = self.net.default_layer() {
             return Ok(layer);
         }
-        let records = self.records()?;
-        let tokens = records.last().is_some_and(|r| r.shape.len() == 3);
-        let pick = if tokens {
-            records.iter().rev().find(|r| r.name.ends_with("norm1")).or(records.last())
-        } else {
-            records.iter().rev().find(|r| r.shape.len() == 4)
-        };
-        pick.map(|r| r.name.clone())
-            .ok_or_else(|| CamError::Unsupported("the model taps no 3-D or 4-D output".into()))
+        default_layer_among(&self.layers()?)
     }
 
     fn capture(

@@ -413,15 +413,6 @@ impl CamModel for OnnxModel {
             .collect())
     }
 
-    fn default_layer(&mut self) -> Result<String, CamError> {
-        let layers: Vec<Layer> = self.explainable()?.into_iter().map(|(l, _)| l).collect();
-        self.layer_shapes()?;
-        let shapes = self.shapes.as_ref().expect("probed");
-        self.graph
-            .default_layer(&layers, shapes)
-            .ok_or_else(|| CamError::Unsupported("the model has no 4-D or 3-D layer to explain".into()))
-    }
-
     fn capture(
         &mut self,
         input: ArrayView4<f32>,

@@ -651,9 +651,8 @@ char *gc_forward(gc_module *m, const at::Tensor *x, at::Tensor **out) {
 }
 
 // Builds a function over the inlined graph.
-//   mode 0 (probe):   `paths_out` receives the exposed layer paths, one `path\tgroup` per line, in
-//                     forward order (outer modules first among those that share one output, which
-//                     have the same group number); `layer` is ignored.
+//   mode 0 (probe):   `paths_out` receives the exposed layer paths, one per line, in forward order
+//                     (outer modules first among those that share one output); `layer` is ignored.
 //   mode 1 (capture): returns (logits, leaf activation of `layer`).
 //   mode 2 (replace): takes an extra input, the replacement for `layer`'s output; returns logits.
 //   mode 3 (forward): returns logits; `layer` is ignored.
@@ -688,11 +687,9 @@ char *gc_build(gc_module *m, const char *layer, int mode, int height, int width,
       });
       std::vector<Value *> outs{g.outputs()[0]};
       std::string names;
-      size_t group = 0;  // paths of one group share one output (layer4, layer4.1, layer4.1.act2)
-      for (size_t i = 0; i < keep.size(); ++i) {
-        if (i > 0 && keep[i].value != keep[i - 1].value) ++group;
-        outs.push_back(keep[i].value);
-        names += keep[i].path + '\t' + std::to_string(group) + '\n';
+      for (const Record &r : keep) {
+        outs.push_back(r.value);
+        names += r.path + '\n';
       }
       set_output(g, outs);
       *paths_out = dup(names);

@@ -125,8 +125,8 @@ impl Module {
     }
 
     /// Builds a function for `layer`. `Ok(None)` when the layer has no exposable output.
-    /// For [`Mode::Probe`], [`Built::names`] lists the exposed layers as `(path, group)`, where
-    /// paths of one group share one output tensor (`layer4`, `layer4.1`, `layer4.1.act2`). For
+    /// For [`Mode::Probe`], [`Built::names`] lists the exposed layers' paths in forward order
+    /// (outer modules first among those that share one output: `layer4`, `layer4.1`). For
     /// [`Mode::Capture`], `prune` asks for class-token pruning, with shapes probed at `probe_hw`.
     pub fn build(
         &self,
@@ -164,7 +164,7 @@ impl Module {
 /// What [`Module::build`] made.
 pub struct Built {
     pub function: Function,
-    /// [`Mode::Probe`]: `path\tgroup` per exposed layer.
+    /// [`Mode::Probe`]: the path of each exposed layer.
     pub names: Vec<String>,
     /// [`Mode::Capture`]: how many nodes after the cut run on the class token only.
     pub pruned: usize,

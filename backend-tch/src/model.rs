@@ -10,14 +10,6 @@ use tch::{Device, Kind, Tensor};
 use crate::ffi::{Built, Function, Mode, Module};
 use crate::{DeviceChoice, TchError};
 
-/// A layer found by probing the model once: its info, and which output tensor it shares with
-/// other paths (`layer4`, `layer4.1` and `layer4.1.act2` are one tensor in a ResNet).
-#[derive(Clone, Debug)]
-struct Probed {
-    info: LayerInfo,
-    group: usize,
-}
-
 /// A TorchScript module (from `torch.jit.trace` or `torch.jit.script`) that can be cut at any
 /// module path. Runs on the CPU or a CUDA device.
 ///
@@ -30,7 +22,7 @@ pub struct TorchScriptModel {
     path: PathBuf,
     module_paths: Vec<String>,
     probe_hw: (usize, usize),
-    probed: Option<Vec<Probed>>,
+    probed: Option<Vec<LayerInfo>>,
     functions: HashMap<(String, Mode), Function>,
     token_pruning: bool,
     /// Pruned nodes of each layer's capture function.
@@ -111,7 +103,7 @@ impl TorchScriptModel {
     }
 
     /// Runs the model once on zeros and records every exposable layer's output shape.
-    fn probe(&mut self) -> Result<&[Probed], TchError> {
+    fn probe(&mut self) -> Result<&[LayerInfo], TchError> {
         if self.probed.is_none() {
             let Built { function, names, .. } = self
                 .module
@@ -122,15 +114,11 @@ impl TorchScriptModel {
             let x = Tensor::zeros([1, 3, h as i64, w as i64], (Kind::Float, self.device));
             let outputs = tch::no_grad(|| function.run(&[&x], names.len() + 1)).map_err(TchError::Torch)?;
             let mut probed = Vec::new();
-            for (line, tensor) in names.iter().zip(&outputs[1..]) {
-                let (name, group) = line.split_once('\t').unwrap_or((line, "0"));
+            for (name, tensor) in names.iter().zip(&outputs[1..]) {
                 let shape: Vec<usize> = tensor.size().iter().map(|&d| d as usize).collect();
                 // Only (B, C, H, W) and (B, N, D) outputs can be explained.
                 if matches!(shape.len(), 3 | 4) {
-                    probed.push(Probed {
-                        info: LayerInfo { name: name.to_owned(), shape },
-                        group: group.parse().unwrap_or(0),
-                    });
+                    probed.push(LayerInfo { name: name.clone(), shape });
                 }
             }
             self.probed = Some(probed);
@@ -241,26 +229,7 @@ impl From<String> for TchError {
 
 impl CamModel for TorchScriptModel {
     fn layers(&mut self) -> Result<Vec<LayerInfo>, CamError> {
-        Ok(self.probe().map_err(CamError::backend)?.iter().map(|p| p.info.clone()).collect())
-    }
-
-    /// ViTs: the last `blocks.N.norm1`. CNNs: the last spatial feature map (`H * W > 1`) in forward
-    /// order, named by the outermost module that outputs it (`layer4` rather than `layer4.1.act2`).
-    fn default_layer(&mut self) -> Result<String, CamError> {
-        let probed = self.probe().map_err(CamError::backend)?;
-        let is_norm1 = |name: &str| {
-            let parts: Vec<&str> = name.rsplitn(3, '.').collect();
-            parts.len() == 3 && parts[0] == "norm1" && parts[1].parse::<usize>().is_ok()
-        };
-        if let Some(p) = probed.iter().rev().find(|p| is_norm1(&p.info.name)) {
-            return Ok(p.info.name.clone());
-        }
-        let spatial = |p: &&Probed| p.info.shape.len() == 4 && p.info.shape[2] * p.info.shape[3] > 1;
-        let last = probed.iter().rev().find(spatial).ok_or_else(|| {
-            CamError::Unsupported("the model has no (B, C, H, W) layer to use by default; name one".into())
-        })?;
-        let first_of_group = probed.iter().find(|p| p.group == last.group).unwrap_or(last);
-        Ok(first_of_group.info.name.clone())
+        Ok(self.probe().map_err(CamError::backend)?.to_vec())
     }
 
     fn capture(

@@ -98,7 +98,7 @@ pub use error::CamError;
 pub use explain::{ablation_value, explain, scorecam_mask, CamOptions, Explanation, LayerCam, Progress};
 pub use layer::{near_matches, Activations, Gradients, LayerTensor, LayerView};
 pub use method::Method;
-pub use model::{CamModel, Capture, LayerInfo};
+pub use model::{default_layer_among, CamModel, Capture, LayerInfo};
 pub use resize::{resize_bilinear, resize_bilinear_into, upsample_align_corners};
 pub use target::{argmax, softmax_rows, Classes, Target, TargetScore};
 pub use tokens::{grid_to_tokens, tokens_to_grid, TokenGrid, MAX_PREFIX_TOKENS};

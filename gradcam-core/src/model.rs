@@ -49,9 +49,12 @@ pub trait CamModel {
     /// Every layer that can be explained, in forward order.
     fn layers(&mut self) -> Result<Vec<LayerInfo>, CamError>;
 
-    /// The layer chosen when the user names none: the last spatial feature map before global
-    /// pooling for CNNs, the last block's `norm1` for ViTs.
-    fn default_layer(&mut self) -> Result<String, CamError>;
+    /// The layer chosen when the user names none: [`default_layer_among`] the model's
+    /// [`CamModel::layers`] (the last block's `norm1` for ViTs, the last spatial feature map for
+    /// CNNs). Override it only for a model that knows better.
+    fn default_layer(&mut self) -> Result<String, CamError> {
+        default_layer_among(&self.layers()?)
+    }
 
     /// Runs `input` `(B, 3, H, W)` forward, capturing the output of `layer`. With a target, also
     /// back-propagates the target's score to that output, and only to it: no parameter
@@ -77,4 +80,104 @@ pub trait CamModel {
         layer: &str,
         activation: LayerView<'_>,
     ) -> Result<Array2<f32>, CamError>;
+}
+
+/// The layer to explain when the user names none, among `layers` in forward order (as
+/// [`CamModel::layers`] lists them), one rule for every backend:
+/// 1. ViTs: the last token layer (3-D) named `….<N>.norm1`, the input of the last attention,
+///    which pytorch-grad-cam's documentation recommends (`blocks.11.norm1`);
+/// 2. CNNs: the last feature map with more than one pixel, the one global pooling reads, named by
+///    its outermost listed module (`layer4` rather than `layer4.1` or `layer4.1.act3`, which
+///    output the same tensor: a module's output comes no earlier than its children's, so a listed
+///    ancestor of the last feature map with the same shape outputs that very map);
+/// 3. else the last 4-D layer, else the last 3-D one.
+///
+/// ```
+/// use gradcam_core::{default_layer_among, LayerInfo};
+/// let layer = |name: &str, shape: &[usize]| LayerInfo { name: name.into(), shape: shape.to_vec() };
+/// let resnet = [
+///     layer("layer3", &[1, 256, 14, 14]),
+///     layer("layer4", &[1, 512, 7, 7]),
+///     layer("layer4.1", &[1, 512, 7, 7]),
+///     layer("layer4.1.act2", &[1, 512, 7, 7]),
+/// ];
+/// assert_eq!(default_layer_among(&resnet).unwrap(), "layer4");
+/// let vit = [layer("blocks.10.norm1", &[1, 197, 192]), layer("blocks.11.norm1", &[1, 197, 192]), layer("norm", &[1, 197, 192])];
+/// assert_eq!(default_layer_among(&vit).unwrap(), "blocks.11.norm1");
+/// ```
+pub fn default_layer_among(layers: &[LayerInfo]) -> Result<String, CamError> {
+    let is_norm1 = |name: &str| {
+        let mut parts = name.rsplit('.');
+        parts.next() == Some("norm1")
+            && parts.next().is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    };
+    if let Some(l) = layers.iter().rev().find(|l| l.shape.len() == 3 && is_norm1(&l.name)) {
+        return Ok(l.name.clone());
+    }
+    let spatial = |l: &&LayerInfo| l.shape.len() == 4 && l.shape[2] * l.shape[3] > 1;
+    if let Some(last) = layers.iter().rev().find(spatial) {
+        let is_ancestor = |name: &str| {
+            last.name.len() > name.len()
+                && last.name.starts_with(name)
+                && last.name.as_bytes()[name.len()] == b'.'
+        };
+        let outermost = layers
+            .iter()
+            .filter(|l| l.shape == last.shape && is_ancestor(&l.name))
+            .min_by_key(|l| l.name.len())
+            .unwrap_or(last);
+        return Ok(outermost.name.clone());
+    }
+    layers
+        .iter()
+        .rev()
+        .find(|l| l.shape.len() == 4)
+        .or_else(|| layers.iter().rev().find(|l| l.shape.len() == 3))
+        .map(|l| l.name.clone())
+        .ok_or_else(|| CamError::Unsupported("the model has no 4-D or 3-D layer to explain; name one".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(name: &str, shape: &[usize]) -> LayerInfo {
+        LayerInfo { name: name.into(), shape: shape.to_vec() }
+    }
+
+    #[test]
+    fn cnn_default_is_the_last_map_with_pixels_under_its_outermost_name() {
+        // Lite0: conv_head and bn2 are 7x7; a 1x1 squeeze-excite map after them does not count.
+        let lite0 = [
+            layer("blocks.6", &[1, 320, 7, 7]),
+            layer("conv_head", &[1, 1280, 7, 7]),
+            layer("bn2", &[1, 1280, 7, 7]),
+            layer("bn2.act", &[1, 1280, 7, 7]),
+            layer("head.se", &[1, 1280, 1, 1]),
+        ];
+        assert_eq!(default_layer_among(&lite0).unwrap(), "bn2");
+        // A sibling with the same shape is not an ancestor (`layer4.1` vs `layer4.10`).
+        let siblings = [layer("layer4.1", &[1, 8, 3, 3]), layer("layer4.10", &[1, 8, 3, 3])];
+        assert_eq!(default_layer_among(&siblings).unwrap(), "layer4.10");
+        // An ancestor listed with another shape (it pools) is not the same output.
+        let pooled = [layer("features", &[1, 8, 1, 1]), layer("features.conv", &[1, 8, 3, 3])];
+        assert_eq!(default_layer_among(&pooled).unwrap(), "features.conv");
+    }
+
+    #[test]
+    fn vit_default_is_the_last_norm1_and_fallbacks_follow() {
+        let vit = [
+            layer("patch_embed", &[1, 192, 14, 14]),
+            layer("blocks.0.norm1", &[1, 197, 192]),
+            layer("blocks.11.norm1", &[1, 197, 192]),
+            layer("blocks.11.norm2", &[1, 197, 192]),
+            layer("norm", &[1, 197, 192]),
+        ];
+        assert_eq!(default_layer_among(&vit).unwrap(), "blocks.11.norm1");
+        // `norm1` outside a numbered block does not count; a 1x1 map is still better than none.
+        let other = [layer("norm1", &[1, 5, 4]), layer("x.norm1", &[1, 5, 4]), layer("pool", &[1, 4, 1, 1])];
+        assert_eq!(default_layer_among(&other).unwrap(), "pool");
+        assert_eq!(default_layer_among(&other[..2]).unwrap(), "x.norm1");
+        assert!(matches!(default_layer_among(&[layer("head", &[1, 10])]), Err(CamError::Unsupported(_))));
+    }
 }

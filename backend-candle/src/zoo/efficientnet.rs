@@ -134,8 +134,4 @@ impl CandleCamNet for EfficientNet {
     fn input_size(&self) -> (usize, usize) {
         (self.input, self.input)
     }
-
-    fn default_layer(&self) -> Option<String> {
-        Some("bn2".into())
-    }
 }

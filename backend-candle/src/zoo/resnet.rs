@@ -205,8 +205,4 @@ impl CandleCamNet for ResNet {
         }
         self.fc.forward(&x.mean((2, 3))?)
     }
-
-    fn default_layer(&self) -> Option<String> {
-        Some("layer4".into())
-    }
 }

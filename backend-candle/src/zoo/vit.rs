@@ -211,10 +211,6 @@ impl CandleCamNet for Vit {
         (self.grid.0 * self.patch_size, self.grid.1 * self.patch_size)
     }
 
-    fn default_layer(&self) -> Option<String> {
-        Some(format!("blocks.{}.norm1", self.blocks.len() - 1))
-    }
-
     fn prefix_tokens(&self) -> usize {
         if self.head_dist.is_some() {
             2

@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 
 use onnx_protobuf::NodeProto;
 
-use super::{GraphError, OnnxGraph, Shapes};
+use super::{GraphError, OnnxGraph};
 
 /// Node metadata key where the dynamo exporter records the module stack.
 const NAME_SCOPES: &str = "pkg.torch.onnx.name_scopes";
@@ -104,50 +104,6 @@ impl OnnxGraph {
         let near = gradcam_core::near_matches(name, layers.iter().map(|l| l.name.as_str()));
         Err(GraphError::UnknownLayer { name: name.into(), near })
     }
-
-    /// The layer to explain by default, among `layers` (with `shapes` of their tensors): the last
-    /// `blocks.N.norm1` for ViTs; for CNNs the (outermost) module whose output enters global
-    /// pooling; else the last 4-D, then 3-D, layer.
-    pub fn default_layer(&self, layers: &[Layer], shapes: &Shapes) -> Option<String> {
-        let rank = |l: &Layer| shapes.get(&l.tensor).map_or(0, |t| t.shape.len());
-        let vit = layers.iter().rfind(|l| l.name.ends_with(".norm1") && is_block(&l.name));
-        if let Some(l) = vit {
-            return Some(l.name.clone());
-        }
-        let pooled = self.nodes().iter().find(|n| self.is_global_pool(n, shapes)).map(|n| n.input[0].clone());
-        if let Some(t) = pooled {
-            let outer = layers.iter().filter(|l| l.tensor == t).min_by_key(|l| l.name.len());
-            if let Some(l) = outer {
-                return Some(l.name.clone());
-            }
-        }
-        let last_of = |r| layers.iter().rfind(|l| rank(l) == r);
-        last_of(4).or_else(|| last_of(3)).map(|l| l.name.clone())
-    }
-
-    fn is_global_pool(&self, node: &NodeProto, shapes: &Shapes) -> bool {
-        match node.op_type.as_str() {
-            "GlobalAveragePool" | "GlobalMaxPool" => true,
-            "ReduceMean" | "ReduceMax" => {
-                let rank = shapes.get(&node.input[0]).map_or(0, |t| t.shape.len() as i64);
-                let axes = super::builder::get_ints(node, "axes")
-                    .or_else(|| node.input.get(1).and_then(|a| self.const_ints(a)))
-                    .unwrap_or_default();
-                let mut axes: Vec<i64> = axes.iter().map(|&a| if a < 0 { a + rank } else { a }).collect();
-                axes.sort();
-                rank == 4 && axes == [2, 3]
-            }
-            _ => false,
-        }
-    }
-}
-
-/// `...blocks.<N>.norm1`.
-fn is_block(name: &str) -> bool {
-    let parts: Vec<&str> = name.split('.').collect();
-    parts.len() >= 3
-        && parts[parts.len() - 3] == "blocks"
-        && parts[parts.len() - 2].chars().all(|c| c.is_ascii_digit())
 }
 
 #[cfg(test)]
@@ -175,13 +131,5 @@ mod tests {
         p.value = "['', 'layer4', 'layer4.1', 'layer4.1.act2', 'relu_16']".into();
         node.metadata_props.push(p);
         assert_eq!(module_paths(&node), ["layer4", "layer4.1", "layer4.1.act2"]);
-    }
-
-    #[test]
-    fn blocks_pattern() {
-        assert!(is_block("blocks.11.norm1"));
-        assert!(is_block("encoder.blocks.3.norm1"));
-        assert!(!is_block("blocks.x.norm1"));
-        assert!(!is_block("norm1"));
     }
 }
