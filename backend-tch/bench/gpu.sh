@@ -16,7 +16,8 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
-out="$root/target/gpu-bench"
+out="$root/target/gpu-bench"        # what travels: keep it small (carry limit 64 MiB)
+models="$root/target/gpu-bench-models" # made where the run is, never carried
 
 case "${1:-}" in
 prepare)
@@ -25,7 +26,7 @@ prepare)
   target=${CARGO_TARGET_DIR:-$root/target}
   CARGO_TARGET_DIR="$target" cargo build --release --quiet -p backend-tch --features tch --example bench
   CARGO_TARGET_DIR="$target" cargo build --release --quiet --bin gradcam --features tch
-  rm -rf "$out/site"
+  rm -rf "$out"
   mkdir -p "$out/site"
   cp "$target/release/examples/bench" "$target/release/gradcam" "$out/"
   strip "$out/bench" "$out/gradcam" 2>/dev/null || true
@@ -60,10 +61,10 @@ PY
   check_rc=0
   "$GPU_PYTHON" tools/gpu_check_cams.py --cli "$out/gradcam" --out "$tmp/check" --device "$DEVICE" \
     --methods "$CHECK_METHODS" || check_rc=$?
-  "$GPU_PYTHON" backend-tch/bench/make_bench_models.py "$out/models"
+  "$GPU_PYTHON" backend-tch/bench/make_bench_models.py "$models"
   echo "== speed: tch backend (Rust, $DEVICE)"
   LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" "$out/bench" --device "$DEVICE" \
-    --models-dir "$out/models" --batches "$BATCHES" --runs "$RUNS" --threads 0 | tee "$tmp/rust.jsonl"
+    --models-dir "$models" --batches "$BATCHES" --runs "$RUNS" --threads 0 | tee "$tmp/rust.jsonl"
   echo "== speed: pytorch-grad-cam (Python, $DEVICE)"
   "$GPU_PYTHON" tools/gpu_bench_pytorch_gradcam.py --device "$DEVICE" --batches "$BATCHES" --runs "$RUNS" |
     tee "$tmp/python.jsonl"
