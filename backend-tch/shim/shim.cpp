@@ -415,6 +415,11 @@ std::optional<int64_t> const_int(Value *v) {
   return std::nullopt;
 }
 
+// `x[:, k]` with a constant k: aten::select on dim 1, the shape of a ViT head's token read.
+bool selects_token(Node *n) {
+  return n->kind() == c10::aten::select && const_int(n->input(1)) == 1 && const_int(n->input(2));
+}
+
 // (rank, size of dim 1 or -1) of a tensor value with a known rank.
 std::optional<std::pair<size_t, int64_t>> rank_and_tokens(Value *v) {
   auto t = v->type()->cast<c10::TensorType>();
@@ -483,7 +488,7 @@ std::optional<std::vector<bool>> token_inputs(Node *node, int64_t n) {
 // get a selected copy). Returns the number of nodes that now run on one token.
 size_t prune_tokens(Graph &a, Value *keep) {
   auto picks = [](Node *n, int64_t *k, int64_t *tokens) {
-    if (n->kind() != c10::aten::select || const_int(n->input(1)) != 1 || !const_int(n->input(2))) return false;
+    if (!selects_token(n)) return false;
     auto s = rank_and_tokens(n->input(0));
     if (!s || s->first != 3 || s->second < 0) return false;
     *k = *const_int(n->input(2));
@@ -549,11 +554,8 @@ size_t prune_tokens(Graph &a, Value *keep) {
 // number of pruned nodes (0 when the runs fail).
 size_t prune_tokens_after_cut(const std::shared_ptr<Graph> &after, Value *keep, GraphFunction &before,
                               const c10::IValue &self, c10::Device device, int64_t h, int64_t w) {
-  // No token select on dim 1 (every CNN): nothing to prune, so no probe runs.
-  auto selects_a_token = [](Node *n) {
-    return n->kind() == c10::aten::select && const_int(n->input(1)) == 1 && const_int(n->input(2));
-  };
-  if (std::none_of(after->nodes().begin(), after->nodes().end(), selects_a_token)) return 0;
+  // No token select (every CNN): nothing to prune, so no probe runs.
+  if (std::none_of(after->nodes().begin(), after->nodes().end(), selects_token)) return 0;
   try {
     torch::NoGradGuard no_grad;
     torch::jit::Stack stack{self, at::zeros({2, 3, h, w}, at::TensorOptions().device(device))};
