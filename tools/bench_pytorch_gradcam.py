@@ -17,12 +17,12 @@ import timm
 import torch
 from pytorch_grad_cam import GradCAM
 
+from gradcam_ref import token_reshape
+
 LAYERS = {"resnet50": "layer4", "tf_efficientnet_lite0": "blocks.6", "vit_small_patch16_224": "blocks.11.norm1"}
 
 
-def vit_reshape(t, h=14, w=14):
-    return t[:, 1:, :].reshape(t.size(0), h, w, t.size(2)).transpose(2, 3).transpose(1, 2)
-
+vit_reshape = token_reshape(1, 14, 14)  # vit_small_patch16_224
 
 def median_time(fn, runs, sync=lambda: None):
     fn()  # warm-up

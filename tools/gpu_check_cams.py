@@ -27,11 +27,11 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gradcam_ref import METHODS, run_methods  # noqa: E402
-from make_model_fixtures import ABLATION_BATCH, SCORECAM_BATCH, build, input_batch  # noqa: E402
+from gradcam_ref import METHODS, run_methods, token_reshape  # noqa: E402
+from make_model_fixtures import ABLATION_BATCH, MODELS, SCORECAM_BATCH, build, input_batch  # noqa: E402
 
-# (model key of make_model_fixtures.py, layer, ViT prefix tokens and grid or None)
-CHECKS = [("lite0", "blocks.6", None), ("resnet18", "layer4", None), ("vit_tiny", "blocks.11.norm1", (1, 14, 14))]
+# (model key of make_model_fixtures.py, layer)
+CHECKS = [("lite0", "blocks.6"), ("resnet18", "layer4"), ("vit_tiny", "blocks.11.norm1")]
 
 
 def cli_method(name):
@@ -81,23 +81,19 @@ def main():
     inputs = os.path.join(a.out, "input.npy")
     np.save(inputs, x.numpy())
     rows, worst = [], 0.0
-    for key, layer, vit in CHECKS:
+    for key, layer in CHECKS:
         if key not in a.models.split(","):
             continue
         model = build(key)
         path = os.path.join(a.out, f"{key}.traced.pt")
         with torch.no_grad():
             torch.jit.trace(model, x[:1], check_trace=False).save(path)
-        reshape = None
-        if vit:
-            prefix, h, w = vit
-
-            def reshape(t, h=h, w=w, prefix=prefix):
-                return t[:, prefix:, :].reshape(t.size(0), h, w, t.size(2)).transpose(2, 3).transpose(1, 2)
-
+        spec = MODELS[key]
+        vit = "grid" in spec
+        reshape = token_reshape(spec["prefix_tokens"], *spec["grid"]) if vit else None
         t0 = time.time()
         _, ref = run_methods(model.to(device), x.to(device), [model.get_submodule(layer)], methods=methods,
-                             reshape_transform=reshape, vit=vit is not None, scorecam_batch=SCORECAM_BATCH,
+                             reshape_transform=reshape, vit=vit, scorecam_batch=SCORECAM_BATCH,
                              ablation_batch=ABLATION_BATCH, log=lambda s: None)
         t_ref = time.time() - t0
         ours, t_ours, rust_device = run_cli(a.cli, path, layer, methods, a.device, inputs, a.out)

@@ -20,6 +20,16 @@ GRADIENT_METHODS = ["gradcam", "gradcampp", "xgradcam", "hirescam", "layercam", 
 METHODS = GRADIENT_METHODS[:6] + ["eigencam", "eigengradcam", "scorecam", "ablationcam"]
 
 
+def token_reshape(prefix, h, w):
+    """grad-cam's ViT reshape_transform recipe: drop the `prefix` tokens (class, distillation), fold the rest
+    row-major into a (B, D, h, w) map."""
+
+    def reshape_transform(t):
+        return t[:, prefix:, :].reshape(t.size(0), h, w, t.size(2)).transpose(2, 3).transpose(1, 2)
+
+    return reshape_transform
+
+
 def sign_rule_flip(matrix_chw):
     """The documented eigen sign rule, for one image's (C, h, w) matrix that grad-cam decomposes.
 

@@ -21,22 +21,12 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import ROOT  # noqa: E402
-from gradcam_ref import METHODS, capture_native, run_methods, scorecam_masks  # noqa: E402
+from gradcam_ref import METHODS, capture_native, run_methods, scorecam_masks, token_reshape  # noqa: E402
 
 INPUT_HW = (96, 128)
 SCORECAM_BATCH = 16  # grad-cam's ScoreCAM default
 ABLATION_BATCH = 32  # grad-cam's AblationCAM default (matters for the ViT ablation value, see README)
 
-
-def vit_reshape(grid):
-    h, w = grid
-
-    def reshape_transform(tensor):
-        # the usual grad-cam recipe: drop the class token, fold tokens row-major into (B, D, h, w)
-        result = tensor[:, 1:, :].reshape(tensor.size(0), h, w, tensor.size(2))
-        return result.transpose(2, 3).transpose(1, 2)
-
-    return reshape_transform
 
 
 def get_module(model, path):
@@ -56,7 +46,7 @@ def write_case(out_root, case, model, x, layer_names, vit_grid=None):
             os.remove(os.path.join(d, f))
     model.eval()
     layers = [get_module(model, n) for n in layer_names]
-    reshape = vit_reshape(vit_grid) if vit_grid else None
+    reshape = token_reshape(1, *vit_grid) if vit_grid else None
     logits, classes, acts, grads = capture_native(model, x, layers)
     top1, results = run_methods(model, x, layers, reshape_transform=reshape, vit=vit_grid is not None,
                                 scorecam_batch=SCORECAM_BATCH, ablation_batch=ABLATION_BATCH,

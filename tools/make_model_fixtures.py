@@ -36,7 +36,7 @@ from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import ASSETS, preprocess  # noqa: E402
-from gradcam_ref import METHODS, capture_native, run_methods  # noqa: E402
+from gradcam_ref import METHODS, capture_native, run_methods, token_reshape  # noqa: E402
 
 LITE0_WEIGHTS = os.path.join(ASSETS, "models", "tf_efficientnet_lite0.safetensors")
 MODELS = {
@@ -178,13 +178,7 @@ def main():
         for k in ("prefix_tokens", "grid"):
             if k in spec:
                 entry[k] = spec[k]
-        reshape = None
-        if "grid" in spec:
-            h, w = spec["grid"]
-            p = spec["prefix_tokens"]
-
-            def reshape(t, h=h, w=w, p=p):
-                return t[:, p:, :].reshape(t.size(0), h, w, t.size(2)).transpose(2, 3).transpose(1, 2)
+        reshape = token_reshape(spec["prefix_tokens"], *spec["grid"]) if "grid" in spec else None
 
         for name in spec["layers"]:
             t1 = time.time()
