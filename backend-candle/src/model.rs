@@ -5,7 +5,7 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use gradcam_core::{
-    default_layer_among, near_matches, CamError, CamModel, Capture, LayerInfo, LayerTensor, LayerView, Target,
+    default_layer_among, near_matches, CamError, CamModel, Capture, LayerInfo, LayerTensor, LayerView, Seed,
 };
 use ndarray::{Array2, ArrayView4};
 
@@ -330,7 +330,7 @@ impl CamModel for CandleModel {
         &mut self,
         input: ArrayView4<f32>,
         layer: &str,
-        target: Option<&Target>,
+        seed: Option<&dyn Seed>,
     ) -> Result<Capture, CamError> {
         let x = to_tensor(input)?;
         let mut taps = Taps::cut(layer);
@@ -339,13 +339,11 @@ impl CamModel for CandleModel {
             return Err(self.unknown_layer(layer));
         };
         let logits = to_logits(&logits_t)?;
-        let top_one = Target::top_one();
-        let classes = target.unwrap_or(&top_one).resolve(logits.view())?;
         let activation = to_layer(leaf.as_tensor())?;
-        let gradient = match target {
+        let gradient = match seed {
             None => None,
-            Some(target) => {
-                let seed = target.seed(logits.view(), &classes);
+            Some(seed) => {
+                let seed = seed.seed(logits.view())?;
                 let seed = Tensor::from_slice(seed.as_slice().unwrap_or_default(), seed.dim(), &Device::Cpu)
                     .map_err(CandleError::from)?;
                 let grad = (|| -> candle_core::Result<Tensor> {
@@ -360,7 +358,7 @@ impl CamModel for CandleModel {
                 Some(to_layer(&grad)?)
             }
         };
-        Ok(Capture { logits, classes, activation, gradient })
+        Ok(Capture { logits, activation, gradient })
     }
 
     fn forward(&mut self, input: ArrayView4<f32>) -> Result<Array2<f32>, CamError> {

@@ -4,9 +4,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use gradcam_core::{
-    CamError, CamModel, Capture, Classes, LayerInfo, LayerTensor, LayerView, Target, TargetScore,
-};
+use gradcam_core::{CamError, CamModel, Capture, LayerInfo, LayerTensor, LayerView};
 use ndarray::{Array2, ArrayView4};
 use ort::environment::Environment;
 use ort::session::{Session, SessionOutputs};
@@ -61,6 +59,8 @@ pub struct OnnxModel {
     shapes: Option<Shapes>,
     /// Generated forward + backward sessions by `layer@HxW`.
     captures: HashMap<String, Session>,
+    /// The original model with a layer's output as an extra output (its tensor name), by layer.
+    activations: HashMap<String, (Session, String)>,
     /// Models cut at a layer (activation as input), by layer.
     cuts: HashMap<String, Session>,
     /// Whether generated models run a ViT's last layers on the class token only.
@@ -105,6 +105,7 @@ impl OnnxModel {
             forward,
             shapes: None,
             captures: HashMap::new(),
+            activations: HashMap::new(),
             cuts: HashMap::new(),
             token_pruning: true,
             threads: intra_op_threads,
@@ -162,7 +163,7 @@ impl OnnxModel {
             false => (self.graph.clone(), 0),
         };
         let shapes = if pruned > 0 { self.probe(&graph, &names(&graph)?, hw)? } else { shapes };
-        Ok(graph.backward_model(&layer.tensor, Seed::Classes, &shapes)?)
+        Ok(graph.backward_model(&layer.tensor, Seed::Tensor, &shapes)?)
     }
 
     /// Runs the model once on zeros (of height and width `hw`, else the model's or 224²) with
@@ -235,75 +236,60 @@ impl OnnxModel {
             .collect())
     }
 
-    fn num_classes(&mut self) -> Result<usize, OrtBackendError> {
-        let logits = self.graph.output_names().remove(0);
-        let shape = self.layer_shapes()?.get(&logits).map(|t| t.shape.clone()).unwrap_or_default();
-        match shape.as_slice() {
-            [_, k] => Ok(*k as usize),
-            other => Err(OrtBackendError::Signature(format!("expected logits (B, K), got shape {other:?}"))),
-        }
-    }
-
     fn input_tensor(input: ArrayView4<f32>) -> Result<Tensor<f32>, OrtBackendError> {
         let shape: Vec<i64> = input.shape().iter().map(|&d| d as i64).collect();
         Tensor::from_array((shape, input.iter().copied().collect::<Vec<f32>>()))
             .map_err(OrtBackendError::ort("make the input tensor"))
     }
 
+    /// The logits and the layer's output; with a seed, also the gradient of
+    /// `Σ seed(logits) · logits` w.r.t. that output. The seed is core's (from this run's logits),
+    /// so the generated model takes it as an input ([`Seed::Tensor`]).
     fn capture_inner(
         &mut self,
         input: ArrayView4<f32>,
         layer: &str,
-        target: Option<&Target>,
-    ) -> Result<Capture, OrtBackendError> {
-        let batch = input.shape()[0];
-        let default_target = Target::top_one();
-        let t = target.unwrap_or(&default_target);
-        let classes: Vec<i64> = match &t.classes {
-            Classes::TopOne => vec![-1; batch],
-            Classes::Same(c) => vec![*c as i64; batch],
-            Classes::PerImage(v) if v.len() == batch => v.iter().map(|&c| c as i64).collect(),
-            Classes::PerImage(v) => {
-                return Err(OrtBackendError::Signature(format!(
-                    "{} classes given for a batch of {batch}",
-                    v.len()
-                )))
-            }
-        };
-        let num_classes = self.num_classes()?;
-        if let Some(&c) = classes.iter().find(|&&c| c >= num_classes as i64) {
-            return Err(OrtBackendError::Signature(format!(
-                "class {c} is out of range: the model has {num_classes} classes"
-            )));
-        }
+        seed: Option<&dyn gradcam_core::Seed>,
+    ) -> Result<Capture, CamError> {
         let (h, w) = (input.shape()[2] as i64, input.shape()[3] as i64);
+        let Some(seed) = seed else {
+            // No backward graph: the original model with the layer's output as an extra output.
+            let key = layer.to_string();
+            if !self.activations.contains_key(&key) {
+                let found = self.graph.find_layer(layer).map_err(OrtBackendError::from)?;
+                let graph = self.graph.with_outputs(std::slice::from_ref(&found.tensor));
+                self.activations.insert(key.clone(), (commit(&graph, self.threads)?, found.tensor));
+            }
+            let (session, tensor) = self.activations.get_mut(&key).expect("inserted above");
+            let outputs = session
+                .run(ort::inputs![self.input.as_str() => Self::input_tensor(input)?])
+                .map_err(OrtBackendError::ort(format!("run the model to `{layer}`")))?;
+            let logits = logits_of(&outputs, 0)?;
+            let activation = layer_tensor(&outputs, tensor.as_str())?;
+            return Ok(Capture { logits, activation, gradient: None });
+        };
+        // The seed needs this input's logits before the backward run.
+        let seed = seed.seed(self.forward(input)?.view())?;
         let key = format!("{layer}@{h}x{w}");
         if !self.captures.contains_key(&key) {
-            let found = self.graph.find_layer(layer)?;
+            let found = self.graph.find_layer(layer).map_err(OrtBackendError::from)?;
             let session = commit(&self.backward_for(&found, Some((h, w)))?, self.threads)?;
             self.captures.insert(key.clone(), session);
         }
         let session = self.captures.get_mut(&key).expect("inserted above");
-        let class = Tensor::from_array((vec![batch as i64], classes))
-            .map_err(OrtBackendError::ort("make classes"))?;
-        let softmax =
-            Tensor::from_array((Vec::<i64>::new(), vec![t.score == TargetScore::SoftmaxProbability]))
-                .map_err(OrtBackendError::ort("make the softmax flag"))?;
+        let seed_shape: Vec<i64> = seed.shape().iter().map(|&d| d as i64).collect();
+        let seed = Tensor::from_array((seed_shape, seed.iter().copied().collect::<Vec<f32>>()))
+            .map_err(OrtBackendError::ort("make the seed"))?;
         let outputs = session
             .run(ort::inputs![
                 self.input.as_str() => Self::input_tensor(input)?,
-                onnx_graph::CLASS => class,
-                onnx_graph::SOFTMAX => softmax,
+                onnx_graph::SEED => seed,
             ])
             .map_err(OrtBackendError::ort(format!("run the backward model of `{layer}`")))?;
         let logits = logits_of(&outputs, onnx_graph::LOGITS)?;
         let activation = layer_tensor(&outputs, onnx_graph::ACTIVATION)?;
-        let gradient = target.map(|_| layer_tensor(&outputs, onnx_graph::GRADIENT)).transpose()?;
-        let (_, classes) = outputs[onnx_graph::CLASSES]
-            .try_extract_tensor::<i64>()
-            .map_err(OrtBackendError::ort("read the classes"))?;
-        let classes = classes.iter().map(|&c| c as usize).collect();
-        Ok(Capture { logits, classes, activation, gradient })
+        let gradient = Some(layer_tensor(&outputs, onnx_graph::GRADIENT)?);
+        Ok(Capture { logits, activation, gradient })
     }
 
     fn forward_with_activation_inner(
@@ -313,7 +299,7 @@ impl OnnxModel {
         activation: LayerView<'_>,
     ) -> Result<Array2<f32>, OrtBackendError> {
         if !self.cuts.contains_key(layer) {
-            let found = self.graph.find_layer(layer)?;
+            let found = self.graph.find_layer(layer).map_err(OrtBackendError::from)?;
             let cut = self.graph.with_activation_input(&found.tensor, activation.shape().len());
             self.cuts.insert(layer.to_string(), commit(&cut, self.threads)?);
         }
@@ -417,9 +403,9 @@ impl CamModel for OnnxModel {
         &mut self,
         input: ArrayView4<f32>,
         layer: &str,
-        target: Option<&Target>,
+        seed: Option<&dyn gradcam_core::Seed>,
     ) -> Result<Capture, CamError> {
-        Ok(self.capture_inner(input, layer, target)?)
+        self.capture_inner(input, layer, seed)
     }
 
     fn forward(&mut self, input: ArrayView4<f32>) -> Result<Array2<f32>, CamError> {

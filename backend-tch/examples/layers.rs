@@ -27,7 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             capture.activation.shape(),
             norm(capture.activation.to_vec()),
             norm(gradient.to_vec()),
-            capture.classes
+            Target::top_one().resolve(capture.logits.view())?
         );
     }
     Ok(())

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use gradcam_core::{near_matches, CamError, CamModel, Capture, LayerInfo, LayerTensor, LayerView, Target};
+use gradcam_core::{near_matches, CamError, CamModel, Capture, LayerInfo, LayerTensor, LayerView, Seed};
 use ndarray::{Array2, ArrayView4};
 use tch::{Device, Kind, Tensor};
 
@@ -236,14 +236,14 @@ impl CamModel for TorchScriptModel {
         &mut self,
         input: ArrayView4<f32>,
         layer: &str,
-        target: Option<&Target>,
+        seed: Option<&dyn Seed>,
     ) -> Result<Capture, CamError> {
         let x = self.input_tensor(input);
         let device = self.device;
         let function = self.function(layer, Mode::Capture)?;
-        // With a target, autograd records the graph after the cut (the activation is a leaf that
+        // With a seed, autograd records the graph after the cut (the activation is a leaf that
         // requires grad; nothing else does). Without one, nothing is recorded at all.
-        let outputs = match target {
+        let outputs = match seed {
             Some(_) => tch::with_grad(|| function.run(&[&x], 2)),
             None => tch::no_grad(|| function.run(&[&x], 2)),
         }
@@ -252,11 +252,9 @@ impl CamModel for TorchScriptModel {
             .try_into()
             .map_err(|_| torch_err(TchError::Torch("expected (logits, activation)".into())))?;
         let logits = logits_array(&logits_t).map_err(CamError::backend)?;
-        let target = target.cloned();
-        let classes = target.clone().unwrap_or_default().resolve(logits.view())?;
-        let gradient = match target {
-            Some(target) => {
-                let seed = target.seed(logits.view(), &classes);
+        let gradient = match seed {
+            Some(seed) => {
+                let seed = seed.seed(logits.view())?;
                 let seed = tensor_from(&[seed.nrows(), seed.ncols()], seed.as_slice(), || {
                     seed.iter().copied().collect()
                 })
@@ -268,7 +266,7 @@ impl CamModel for TorchScriptModel {
             }
             None => None,
         };
-        Ok(Capture { logits, classes, activation: layer_tensor(&act_t.detach())?, gradient })
+        Ok(Capture { logits, activation: layer_tensor(&act_t.detach())?, gradient })
     }
 
     fn forward(&mut self, input: ArrayView4<f32>) -> Result<Array2<f32>, CamError> {

@@ -12,6 +12,12 @@ pub enum CamError {
     /// A class index past the model's number of outputs.
     #[error("class {class} is out of range: the model has {num_classes} classes")]
     ClassOutOfRange { class: usize, num_classes: usize },
+    /// A class rank past the model's number of outputs (`--top` larger than the class count).
+    #[error("class rank {rank} is out of range: the model has {num_classes} classes")]
+    RankOutOfRange { rank: usize, num_classes: usize },
+    /// The model's outputs for an image hold NaN or infinity: nothing can be explained.
+    #[error("the model's outputs for image {image} of the batch are NaN or infinite: check the input's values and the model's weights")]
+    NonFiniteLogits { image: usize },
     /// Arrays whose shapes do not fit together.
     #[error("shape mismatch: {0}")]
     Shape(String),

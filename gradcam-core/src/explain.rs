@@ -11,7 +11,7 @@ use crate::cam::{
 };
 use crate::resize::upsample_align_corners;
 use crate::tokens::fold_tokens;
-use crate::{CamError, CamModel, LayerTensor, LayerView, Method, Target, TokenGrid};
+use crate::{CamError, CamModel, LayerTensor, LayerView, Method, Seed, Target, TokenGrid};
 
 /// Progress callback: `(done, total)` forward passes of ScoreCAM / AblationCAM.
 pub type Progress = Arc<dyn Fn(usize, usize) + Send + Sync>;
@@ -157,7 +157,7 @@ pub fn explain(
     let mut classes = Vec::new();
     let mut captured = Vec::with_capacity(layers.len());
     for &layer in &layers {
-        let capture = model.capture(input, layer, need_gradients.then_some(target))?;
+        let capture = model.capture(input, layer, need_gradients.then_some(target as &dyn Seed))?;
         if capture.activation.batch() != batch {
             return Err(CamError::Shape(format!(
                 "layer `{layer}` returned a batch of {} for {batch} images",
@@ -171,11 +171,7 @@ pub fn explain(
             )));
         }
         if logits.is_none() {
-            classes = if capture.classes.len() == batch {
-                capture.classes.clone()
-            } else {
-                target.resolve(capture.logits.view())?
-            };
+            classes = target.resolve(capture.logits.view())?;
             logits = Some(capture.logits.clone());
         }
         let (grid, token_grid) = to_grid(&capture.activation, (in_h, in_w), options.token_grid)?;

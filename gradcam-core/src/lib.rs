@@ -13,7 +13,7 @@
 //! ([`combine_layers`]). It depends on no ML framework.
 //!
 //! ```
-//! use gradcam_core::{explain, CamError, CamModel, CamOptions, Capture, LayerInfo, LayerTensor, LayerView, Method, Target};
+//! use gradcam_core::{explain, CamError, CamModel, CamOptions, Capture, LayerInfo, LayerTensor, LayerView, Method, Seed, Target};
 //! use ndarray::{Array2, Array4, ArrayView4, Axis};
 //!
 //! /// A toy "network": the layer `features` is the input itself (3 channels), the head averages
@@ -35,21 +35,20 @@
 //!     fn default_layer(&mut self) -> Result<String, CamError> {
 //!         Ok("features".into())
 //!     }
-//!     fn capture(&mut self, input: ArrayView4<f32>, _layer: &str, target: Option<&Target>)
+//!     fn capture(&mut self, input: ArrayView4<f32>, _layer: &str, seed: Option<&dyn Seed>)
 //!         -> Result<Capture, CamError> {
 //!         let logits = self.logits(input);
-//!         let target = target.cloned().unwrap_or_default();
-//!         let classes = target.resolve(logits.view())?;
-//!         // d score / d features[b, c, y, x] = Σ_k seed[b, k] head[k, c] / (h w)
-//!         let per_channel = target.seed(logits.view(), &classes).dot(&self.head);
 //!         let (b, c, h, w) = input.dim();
-//!         let gradient = Array4::from_shape_fn((b, c, h, w), |(b, c, _, _)| per_channel[[b, c]] / (h * w) as f32);
-//!         Ok(Capture {
-//!             logits,
-//!             classes,
-//!             activation: LayerTensor::Spatial(input.to_owned()),
-//!             gradient: Some(LayerTensor::Spatial(gradient)),
-//!         })
+//!         // d score / d features[b, c, y, x] = Σ_k seed[b, k] head[k, c] / (h w)
+//!         let gradient = match seed {
+//!             Some(seed) => {
+//!                 let per_channel = seed.seed(logits.view())?.dot(&self.head);
+//!                 let g = Array4::from_shape_fn((b, c, h, w), |(b, c, _, _)| per_channel[[b, c]] / (h * w) as f32);
+//!                 Some(LayerTensor::Spatial(g))
+//!             }
+//!             None => None,
+//!         };
+//!         Ok(Capture { logits, activation: LayerTensor::Spatial(input.to_owned()), gradient })
 //!     }
 //!     fn forward(&mut self, input: ArrayView4<f32>) -> Result<Array2<f32>, CamError> {
 //!         Ok(self.logits(input))
@@ -100,5 +99,5 @@ pub use layer::{near_matches, Activations, Gradients, LayerTensor, LayerView};
 pub use method::Method;
 pub use model::{default_layer_among, CamModel, Capture, LayerInfo};
 pub use resize::{resize_bilinear, resize_bilinear_into, upsample_align_corners};
-pub use target::{argmax, softmax_rows, Classes, Target, TargetScore};
+pub use target::{argmax, softmax_rows, Classes, Seed, Target, TargetScore};
 pub use tokens::{grid_to_tokens, tokens_to_grid, TokenGrid, MAX_PREFIX_TOKENS};

@@ -2,7 +2,7 @@
 
 use ndarray::{Array2, ArrayView4};
 
-use crate::{Activations, CamError, Gradients, LayerTensor, LayerView, Target};
+use crate::{Activations, CamError, Gradients, LayerTensor, LayerView, Seed};
 
 /// A layer a model offers, with the shape of its output for one image.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -18,11 +18,9 @@ pub struct LayerInfo {
 pub struct Capture {
     /// Model outputs `(B, num_classes)`.
     pub logits: Array2<f32>,
-    /// The class explained for each image (resolved from the [`Target`]).
-    pub classes: Vec<usize>,
     /// The layer's output.
     pub activation: LayerTensor,
-    /// `d target / d activation`, when a target was given.
+    /// `d score / d activation`, when a seed was given.
     pub gradient: Option<LayerTensor>,
 }
 
@@ -56,14 +54,16 @@ pub trait CamModel {
         default_layer_among(&self.layers()?)
     }
 
-    /// Runs `input` `(B, 3, H, W)` forward, capturing the output of `layer`. With a target, also
-    /// back-propagates the target's score to that output, and only to it: no parameter
-    /// gradients, nothing below the cut.
+    /// Runs `input` `(B, 3, H, W)` forward, capturing the output of `layer`. With a seed, also
+    /// back-propagates `Σ seed(logits) · logits` to that output, and only to it: no parameter
+    /// gradients, nothing below the cut. The backend calls [`Seed::seed`] on the logits of this
+    /// very forward pass and passes its error on: which class and which score is core's choice
+    /// ([`crate::Target`] implements [`Seed`]).
     fn capture(
         &mut self,
         input: ArrayView4<f32>,
         layer: &str,
-        target: Option<&Target>,
+        seed: Option<&dyn Seed>,
     ) -> Result<Capture, CamError>;
 
     /// The whole model on a batch of inputs, returning logits (ScoreCAM's masked inputs).

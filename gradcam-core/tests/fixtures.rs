@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use std::rc::Rc;
 
 use gradcam_core::{
-    explain, CamError, CamModel, CamOptions, Capture, LayerInfo, LayerTensor, LayerView, Method, Target,
-    TokenGrid,
+    explain, CamError, CamModel, CamOptions, Capture, LayerInfo, LayerTensor, LayerView, Method, Seed,
+    Target, TokenGrid,
 };
 use ndarray::{s, Array1, Array2, Array3, Array4, ArrayD, ArrayView4, Axis, Dimension};
 use ndarray_npy::read_npy;
@@ -157,15 +157,14 @@ impl CamModel for Replay {
         &mut self,
         input: ArrayView4<f32>,
         layer: &str,
-        target: Option<&Target>,
+        seed: Option<&dyn Seed>,
     ) -> Result<Capture, CamError> {
         assert_eq!(input, self.input.view(), "explain passed a different input");
         let i = self.layer_index(layer)?;
         Ok(Capture {
             logits: self.logits.clone(),
-            classes: self.classes.clone(),
             activation: self.activations[i].clone(),
-            gradient: target.map(|_| self.gradients[i].clone()),
+            gradient: seed.map(|_| self.gradients[i].clone()),
         })
     }
 

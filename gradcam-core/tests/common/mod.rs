@@ -1,7 +1,7 @@
 //! A toy `CamModel` shared by the property tests: one feature layer and a linear head.
 #![allow(dead_code)]
 
-use gradcam_core::{CamError, CamModel, Capture, LayerInfo, LayerTensor, LayerView, Target};
+use gradcam_core::{CamError, CamModel, Capture, LayerInfo, LayerTensor, LayerView, Seed};
 use ndarray::{Array2, Array4, ArrayView4, Axis};
 
 /// `features = relu(mix · input + bias)` per pixel (`C` channels), `logits = head · mean_px(features)`.
@@ -47,27 +47,25 @@ impl CamModel for Toy {
         &mut self,
         input: ArrayView4<f32>,
         layer: &str,
-        target: Option<&Target>,
+        seed: Option<&dyn Seed>,
     ) -> Result<Capture, CamError> {
         if layer != "features" {
             return Err(CamError::UnknownLayer { name: layer.into(), near: vec!["features".into()] });
         }
         let features = self.features(input);
         let logits = self.head(features.view());
-        let target = target.cloned().unwrap_or_default();
-        let classes = target.resolve(logits.view())?;
-        let seed = target.seed(logits.view(), &classes);
         let (b, c, h, w) = features.dim();
-        // d score / d features = Σ_k seed[b, k] head[k, c] / (h w)
-        let per_channel = seed.dot(&self.head);
-        let gradient =
-            Array4::from_shape_fn((b, c, h, w), |(b, c, _, _)| per_channel[[b, c]] / (h * w) as f32);
-        Ok(Capture {
-            logits,
-            classes,
-            activation: LayerTensor::Spatial(features),
-            gradient: Some(LayerTensor::Spatial(gradient)),
-        })
+        let gradient = match seed {
+            Some(seed) => {
+                // d score / d features = Σ_k seed[b, k] head[k, c] / (h w)
+                let per_channel = seed.seed(logits.view())?.dot(&self.head);
+                let g =
+                    Array4::from_shape_fn((b, c, h, w), |(b, c, _, _)| per_channel[[b, c]] / (h * w) as f32);
+                Some(LayerTensor::Spatial(g))
+            }
+            None => None,
+        };
+        Ok(Capture { logits, activation: LayerTensor::Spatial(features), gradient })
     }
 
     fn forward(&mut self, input: ArrayView4<f32>) -> Result<Array2<f32>, CamError> {
