@@ -15,6 +15,8 @@ tf_efficientnet_lite0 with assets/models/tf_efficientnet_lite0.safetensors) it w
   <key>/<layer>/classes.npy         (2,) int64 top-1
   <key>/<layer>/activations.npy     native layout: (2, C, h, w) for CNNs, (2, N, D) for ViT tokens
   <key>/<layer>/gradients.npy       d logits[b, top1_b] / d activation, same layout (PyTorch autograd)
+  <key>/<layer>/ties.npy            bool, same layout: gradient elements that depend on a unit within float
+                                    noise of a ReLU/ReLU6/... kink after the layer (tools/ties.py)
   <key>/<layer>/cam_<m>.npy         (2, 224, 224) grad-cam 1.5.7's output for method m, top-1 targets
                                     (eigen methods with the sign rule of tools/gradcam_ref.py)
 and input.npy (2, 3, 224, 224): chelsea and coffee, preprocessed as in tools/common.py, plus manifest.json.
@@ -37,6 +39,7 @@ from safetensors.torch import load_file, save_file
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import ASSETS, preprocess  # noqa: E402
 from gradcam_ref import METHODS, capture_native, run_methods, token_reshape  # noqa: E402
+from ties import TIE_EPS, tie_mask  # noqa: E402
 
 LITE0_WEIGHTS = os.path.join(ASSETS, "models", "tf_efficientnet_lite0.safetensors")
 MODELS = {
@@ -164,6 +167,7 @@ def main():
         "methods": METHODS,
         "scorecam_batch_size": SCORECAM_BATCH,
         "ablation_batch_size": ABLATION_BATCH,
+        "tie_eps": TIE_EPS,
         "eigen_sign_rule": "v . mean_row(uncentred matrix) >= 0, ties: largest-|v| component positive",
         "models": {},
     }
@@ -190,6 +194,8 @@ def main():
             np.save(os.path.join(d, "classes.npy"), classes)
             np.save(os.path.join(d, "activations.npy"), act[0])
             np.save(os.path.join(d, "gradients.npy"), grad[0])
+            ties, tie_units = tie_mask(model, x, layer)
+            np.save(os.path.join(d, "ties.npy"), ties)
             gradient_free_here = full or name in GRADIENT_FREE_LAYERS.get(key, [])
             methods = [m for m in METHODS if gradient_free_here or m not in GRADIENT_FREE]
             top1, results = run_methods(model, x, [layer], methods=methods, reshape_transform=reshape,
@@ -211,6 +217,8 @@ def main():
                 "skipped": {m: "gradient-free method on a layer outside GRADIENT_FREE_LAYERS (CI time budget); "
                                "set GRADCAM_FIXTURES_FULL=1 to generate it"
                             for m in METHODS if m not in methods},
+                "tie_units": tie_units,
+                "tie_elements": int(ties.sum()),
                 "eigen_sign_flipped": {m: results[m]["flipped"][0] for m in ("eigencam", "eigengradcam")},
             }
             entry["layers"][name] = layer_entry

@@ -1,131 +1,40 @@
-//! candle against PyTorch and pytorch-grad-cam on the generated model fixtures: logits,
-//! activations and gradients to 1e-4 relative, every method's CAM to 1e-4.
+//! candle against PyTorch and pytorch-grad-cam on the generated model fixtures
+//! ([`tests::check_model`]: logits, activations and gradients to 1e-4 relative, every method's
+//! CAM to 1e-4), plus what only candle's own forward shows.
 #![cfg(feature = "candle")]
 
-mod common;
-
 use backend_candle::CandleModel;
-use common::{assert_abs, assert_close, assert_close_but_ties, fixtures, manifest, npy, npy_i64};
-use gradcam_core::{explain, CamModel, CamOptions, LayerTensor, Method, Target, TokenGrid};
-use ndarray::{Array4, Axis, Ix4};
+use gradcam_core::{CamModel, LayerTensor};
+use ndarray::Axis;
+use tests::{assert_close, check_model, input, manifest, npy, require};
 
-/// The fixtures' file names of the methods (`cam_<name>.npy`).
-const METHODS: &[(&str, Method)] = &[
-    ("gradcam", Method::GradCam),
-    ("gradcampp", Method::GradCamPlusPlus),
-    ("xgradcam", Method::XGradCam),
-    ("hirescam", Method::HiResCam),
-    ("layercam", Method::LayerCam),
-    ("gradcam_elementwise", Method::GradCamElementWise),
-    ("eigencam", Method::EigenCam),
-    ("eigengradcam", Method::EigenGradCam),
-    ("scorecam", Method::ScoreCam),
-    ("ablationcam", Method::AblationCam),
-];
-
-fn input() -> Array4<f32> {
-    npy("input.npy").into_dimensionality::<Ix4>().expect("input (B, 3, H, W)")
+fn load(key: &str) -> CandleModel {
+    let arch = manifest()["models"][key]["arch"].as_str().expect("arch").to_string();
+    CandleModel::from_safetensors(&require(format!("{key}.safetensors")), &arch)
+        .unwrap_or_else(|e| panic!("{key}: {e}"))
 }
 
-fn load(key: &str) -> (CandleModel, serde_json::Value) {
-    let m = manifest();
-    let entry = m["models"][key].clone();
-    let arch = entry["arch"].as_str().expect("arch");
-    let model = CandleModel::from_safetensors(&fixtures().join(format!("{key}.safetensors")), arch)
-        .unwrap_or_else(|e| panic!("{key}: {e}"));
-    (model, entry)
-}
-
-fn native(t: &LayerTensor) -> ndarray::ArrayViewD<'_, f32> {
-    match t {
-        LayerTensor::Spatial(a) => a.view().into_dyn(),
-        LayerTensor::Tokens(a) => a.view().into_dyn(),
+fn check(key: &str) {
+    let mut model = load(key);
+    if let Some(prefix) = manifest()["models"][key]["prefix_tokens"].as_u64() {
+        assert_eq!(model.prefix_tokens(), prefix as usize, "{key}: prefix tokens");
     }
-}
-
-/// Every layer of the fixture model `key`: capture matches PyTorch, every method's CAM matches
-/// pytorch-grad-cam.
-fn check_model(key: &str) {
-    let (mut model, entry) = load(key);
-    let x = input();
-    let grid = entry.get("grid").map(|g| TokenGrid {
-        prefix_tokens: entry["prefix_tokens"].as_u64().expect("prefix_tokens") as usize,
-        height: g[0].as_u64().expect("grid") as usize,
-        width: g[1].as_u64().expect("grid") as usize,
-    });
-    if let Some(grid) = &grid {
-        assert_eq!(model.prefix_tokens(), grid.prefix_tokens);
-    }
-    let batch = manifest()["ablation_batch_size"].as_u64().unwrap_or(32) as usize;
-    let layers = entry["layers"].as_object().expect("layers");
-    assert!(!layers.is_empty());
-    for (layer, info) in layers {
-        let dir = info["dir"].as_str().expect("dir");
-        let target = Target::top_one();
-        let capture = model.capture(x.view(), layer, Some(&target)).unwrap();
-        let expected_classes: Vec<usize> =
-            npy_i64(format!("{dir}/classes.npy")).iter().map(|&c| c as usize).collect();
-        assert_eq!(capture.classes, expected_classes, "{key}/{layer}: classes");
-        assert_close(
-            &format!("{key}/{layer}: logits"),
-            capture.logits.view(),
-            npy(format!("{dir}/logits.npy")).view(),
-            1e-4,
-        );
-        let act = npy(format!("{dir}/activations.npy"));
-        assert_close(&format!("{key}/{layer}: activations"), native(&capture.activation), act.view(), 1e-4);
-        let grad = npy(format!("{dir}/gradients.npy"));
-        let got = capture.gradient.as_ref().expect("gradient");
-        // One pixel of the 2 x 7 x 7 (all its channels: 1% of the elements) may sit behind a
-        // ReLU6 threshold tie in Lite0 (a pre-activation 3e-6 from 0); everything else matches
-        // to 1e-4.
-        let ties = assert_close_but_ties(
-            &format!("{key}/{layer}: gradients"),
-            native(got),
-            grad.view(),
-            1e-4,
-            0.011,
-            2e-2,
-        );
-
-        let methods: Vec<(&str, Method)> = info["methods"]
-            .as_array()
-            .expect("methods")
-            .iter()
-            .map(|m| {
-                let name = m.as_str().expect("method name");
-                *METHODS.iter().find(|(n, _)| *n == name).unwrap_or_else(|| panic!("unknown method {name}"))
-            })
-            .collect();
-        assert!(methods.len() >= 8, "{key}/{layer}: only {} methods in the fixtures", methods.len());
-        let options = CamOptions { token_grid: grid, batch_size: batch, progress: None };
-        let list: Vec<Method> = methods.iter().map(|(_, m)| *m).collect();
-        let explanations = explain(&mut model, x.view(), &[layer.as_str()], &list, &target, &options)
-            .unwrap_or_else(|e| panic!("{key}/{layer}: {e}"));
-        for ((name, method), exp) in methods.iter().zip(&explanations) {
-            let expected = npy(format!("{dir}/cam_{name}.npy"));
-            // A gradient with a threshold tie moves the gradient methods' maps slightly (up
-            // to 1.7e-3 for Lite0's blocks.6 HiResCAM, whose map multiplies the gradient
-            // pixel by pixel); everything else must match to 1e-4.
-            let tol = if ties > 0 && method.needs_gradients() { 5e-3 } else { 1e-4 };
-            assert_abs(&format!("{key}/{layer}: cam_{name}"), exp.maps.view(), expected.view(), tol);
-        }
-    }
+    check_model("candle", &mut model, key, |_| true);
 }
 
 #[test]
 fn resnet18_matches_pytorch_and_grad_cam() {
-    check_model("resnet18");
+    check("resnet18");
 }
 
 #[test]
 fn vit_tiny_matches_pytorch_and_grad_cam() {
-    check_model("vit_tiny");
+    check("vit_tiny");
 }
 
 #[test]
 fn lite0_matches_pytorch_and_grad_cam() {
-    check_model("lite0");
+    check("lite0");
 }
 
 /// The shipped pretrained Lite0 on chelsea: class 285 (Egyptian cat) with PyTorch's probability
@@ -141,7 +50,7 @@ fn pretrained_lite0_sees_an_egyptian_cat() {
     assert_eq!(gradcam_core::argmax(probs.row(0).iter().copied()), 285);
     let p = probs[[0, 285]];
     assert!((0.75..0.85).contains(&p), "p(285) = {p}");
-    let torch = npy("lite0/bn2/logits.npy").into_dimensionality::<ndarray::Ix2>().unwrap();
+    let torch = npy::<f32>("lite0/bn2/logits.npy").into_dimensionality::<ndarray::Ix2>().unwrap();
     let p_torch = gradcam_core::softmax_rows(torch.view())[[0, 285]];
     assert!((p - p_torch).abs() < 1e-4, "p(285) = {p}, PyTorch {p_torch}");
 }
@@ -155,7 +64,7 @@ fn forward_with_unchanged_activation_is_the_forward() {
         ("resnet18", &["layer4", "layer4.1.conv2", "layer3.0.downsample"][..]),
         ("vit_tiny", &["blocks.11.norm1", "blocks.5"][..]),
     ] {
-        let (mut model, _) = load(key);
+        let mut model = load(key);
         let x = input();
         let logits = model.forward(x.view()).unwrap();
         for layer in layers {
@@ -180,7 +89,7 @@ fn forward_with_unchanged_activation_is_the_forward() {
 /// Replacing a layer's output really changes what comes after it.
 #[test]
 fn forward_with_zeroed_activation_changes_the_logits() {
-    let (mut model, _) = load("resnet18");
+    let mut model = load("resnet18");
     let x = input();
     let capture = model.capture(x.view(), "layer4.0", None).unwrap();
     let zeros =

@@ -1,14 +1,12 @@
 //! Loading checkpoints (strict, with named errors) and listing layers.
 #![cfg(feature = "candle")]
 
-mod common;
-
 use std::collections::HashMap;
 
 use backend_candle::{CandleError, CandleModel, ARCHITECTURES};
 use candle_core::{DType, Device, Tensor};
-use common::fixtures;
 use gradcam_core::{CamError, CamModel};
+use tests::fixtures_dir as fixtures;
 
 fn resnet18_tensors() -> HashMap<String, Tensor> {
     candle_core::safetensors::load(fixtures().join("resnet18.safetensors"), &Device::Cpu).unwrap()

@@ -1,102 +1,304 @@
-//! Cross-backend and end-to-end tests for gradcam-rs.
+//! Dev-only helpers every test suite of gradcam-rs shares: where the generated model fixtures are,
+//! how a reference is read, and the one definition of "close". Backend crates take it as a
+//! dev-dependency; it depends on no backend, only on [`gradcam_core`]'s trait.
 //!
-//! This crate holds what no single crate can test alone: the same model, exported to each
-//! backend's format, gives the same CAMs in every backend (`tests/cross_backend.rs`). The CLI's
-//! end-to-end tests live next to it in `tests/cli/`, but belong to the root package (see there).
-//!
-//! The library part finds the generated model fixtures and opens each fixture model in every
-//! backend compiled in.
+//! The fixtures come from `tools/make_model_fixtures.py` (PyTorch autograd and pytorch-grad-cam
+//! 1.5.7); `scripts/test-all` generates them. [`check_model`] is the whole comparison of one model
+//! in one backend against them.
 
 use std::path::{Path, PathBuf};
 
-use gradcam_core::{CamModel, Method};
+use gradcam_core::{explain, CamModel, CamOptions, LayerTensor, Method, Target};
+use ndarray::{Array4, ArrayD, ArrayView, ArrayViewD, Axis, Dimension, Ix4};
+use serde_json::Value;
 
 /// What a test says when the generated model fixtures are missing.
 pub const MISSING_FIXTURES: &str = "run scripts/test-all (it generates the model fixtures)";
 
-/// The model fixtures folder: `$GRADCAM_FIXTURES`, else `<workspace>/target/fixtures`.
+/// The tolerance of every comparison with the reference, relative to the reference's largest
+/// magnitude: logits, activations, gradients, CAMs before and after upsampling.
+pub const TOL: f32 = 1e-4;
+
+/// The tolerance for a gradient method's CAM of an image whose gradient crossed a kink tie (see
+/// [`assert_close_except_ties`]): the flipped mask moves a few pixels of the map by up to ~2e-3
+/// (HiResCAM, which multiplies gradients pixel by pixel, moves most).
+pub const TIE_TOL: f32 = 5e-3;
+
+/// The model fixtures folder: `$GRADCAM_FIXTURES`, else `<workspace>/target/fixtures`. Panics
+/// (never skips) when they have not been generated.
 pub fn fixtures_dir() -> PathBuf {
-    match std::env::var_os("GRADCAM_FIXTURES") {
+    let dir = match std::env::var_os("GRADCAM_FIXTURES") {
         Some(dir) if !dir.is_empty() => PathBuf::from(dir),
         _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("target").join("fixtures"),
-    }
+    };
+    assert!(
+        dir.join("manifest.json").is_file(),
+        "model fixtures missing in {}: {MISSING_FIXTURES}",
+        dir.display()
+    );
+    dir
 }
 
-/// `path`, or a panic telling how to generate it.
-pub fn require(path: PathBuf) -> PathBuf {
+/// `path` (relative to the fixtures folder, or absolute), or a panic telling how to generate it.
+pub fn require(path: impl AsRef<Path>) -> PathBuf {
+    let path = fixtures_dir().join(path);
     assert!(path.exists(), "model fixture {} is missing: {MISSING_FIXTURES}", path.display());
     path
 }
 
-/// A fixture model: its key in the fixtures folder, its timm architecture and its layers.
-#[derive(Clone, Copy, Debug)]
-pub struct FixtureModel {
-    pub key: &'static str,
-    pub arch: &'static str,
-    pub layers: &'static [&'static str],
+/// The fixtures' `manifest.json`.
+pub fn manifest() -> Value {
+    let path = require("manifest.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-pub const RESNET18: FixtureModel =
-    FixtureModel { key: "resnet18", arch: "resnet18", layers: &["layer4", "layer4.1", "layer3"] };
-pub const VIT_TINY: FixtureModel =
-    FixtureModel { key: "vit_tiny", arch: "vit_tiny_patch16_224", layers: &["blocks.11.norm1"] };
-pub const LITE0: FixtureModel =
-    FixtureModel { key: "lite0", arch: "tf_efficientnet_lite0", layers: &["blocks.6", "bn2"] };
+/// A `.npy` fixture (relative to the fixtures folder, or absolute) of any element type.
+pub fn npy<T: ndarray_npy::ReadableElement>(path: impl AsRef<Path>) -> ArrayD<T> {
+    let path = require(path);
+    ndarray_npy::read_npy(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
 
-/// The fixture files' name for a method's expected CAM (`cam_<name>.npy`).
+/// The fixtures' input batch `(B, 3, H, W)`: chelsea and coffee, preprocessed.
+pub fn input() -> Array4<f32> {
+    npy::<f32>("input.npy").into_dimensionality::<Ix4>().expect("input.npy is (B, 3, H, W)")
+}
+
+/// The fixture files' name of a method (`cam_<name>.npy`: `gradcam++` → `gradcampp`).
 pub fn fixture_name(method: Method) -> String {
     method.name().replace("++", "pp").replace('-', "_")
 }
 
-/// One fixture model opened in one backend, e.g. `tch traced`.
-pub struct Opened {
-    pub label: String,
-    pub model: Box<dyn CamModel>,
+/// A layer tensor as a dynamic-rank view, whatever its layout.
+pub fn layer_view(t: &LayerTensor) -> ArrayViewD<'_, f32> {
+    match t {
+        LayerTensor::Spatial(a) => a.view().into_dyn(),
+        LayerTensor::Tokens(a) => a.view().into_dyn(),
+    }
 }
 
-/// The fixture model in every format each compiled-in backend reads: candle (safetensors),
-/// tch (traced and, where timm allows, scripted TorchScript), ort (legacy and dynamo ONNX).
-/// Panics with [`MISSING_FIXTURES`] when a file a compiled-in backend needs is absent.
-pub fn open_all(model: FixtureModel) -> Vec<Opened> {
-    let dir = fixtures_dir();
-    #[allow(unused_mut)]
-    let mut opened: Vec<Opened> = Vec::new();
-    #[cfg(feature = "candle")]
-    {
-        let path = require(dir.join(format!("{}.safetensors", model.key)));
-        let m = backend_candle::CandleModel::from_safetensors(&path, model.arch)
-            .unwrap_or_else(|e| panic!("candle cannot load {}: {e}", path.display()));
-        opened.push(Opened { label: "candle".into(), model: Box::new(m) });
+/// The reference's scale: its largest magnitude (at least the smallest positive f32).
+fn scale<D: Dimension>(want: &ArrayView<f32, D>) -> f32 {
+    want.iter().fold(0f32, |m, v| m.max(v.abs())).max(f32::MIN_POSITIVE)
+}
+
+/// The one definition of close: `|got - want| <= tol × max|want|` everywhere (NaN is never
+/// close). The error names the worst element.
+pub fn close<D: Dimension, E: Dimension>(
+    got: ArrayView<f32, D>,
+    want: ArrayView<f32, E>,
+    tol: f32,
+) -> Result<(), String> {
+    if got.shape() != want.shape() {
+        return Err(format!("shape {:?} != reference {:?}", got.shape(), want.shape()));
     }
-    #[cfg(feature = "tch")]
-    {
-        for kind in ["traced", "scripted"] {
-            let path = dir.join(format!("{}.{kind}.pt", model.key));
-            if kind == "scripted" && !path.exists() {
-                // timm cannot script every model; the fixture script then writes only the trace.
-                continue;
+    let scale = scale(&want);
+    let (worst, at) = got
+        .iter()
+        .zip(want.iter())
+        .enumerate()
+        .map(|(i, (a, b))| ((a - b).abs(), i))
+        .fold((0f32, 0), |best, cur| if cur.0 > best.0 || cur.0.is_nan() { cur } else { best });
+    if worst <= tol * scale {
+        Ok(())
+    } else {
+        Err(format!("max |diff| {worst:e} at flat index {at} > {tol:e} x max|reference| {scale:e}"))
+    }
+}
+
+/// [`close`], or a panic saying what differs.
+pub fn assert_close<D: Dimension, E: Dimension>(
+    what: &str,
+    got: ArrayView<f32, D>,
+    want: ArrayView<f32, E>,
+    tol: f32,
+) {
+    if let Err(e) = close(got, want, tol) {
+        panic!("{what}: {e}");
+    }
+}
+
+/// [`assert_close`] on every element the reference does not mark as a kink tie, and nothing on
+/// those: `ties` (from the fixtures' `ties.npy`, made by `tools/ties.py` from the reference model)
+/// marks the gradient elements that depend on a unit within float noise of a ReLU/ReLU6/… kink
+/// after the layer, which another implementation may legitimately put on the other side.
+/// Returns, per image (axis 0), whether any tied element did differ (a flipped mask).
+pub fn assert_close_except_ties(
+    what: &str,
+    got: ArrayViewD<f32>,
+    want: ArrayViewD<f32>,
+    ties: ArrayViewD<bool>,
+    tol: f32,
+) -> Vec<bool> {
+    assert_eq!(got.shape(), want.shape(), "{what}: shape");
+    assert_eq!(ties.shape(), want.shape(), "{what}: tie mask shape");
+    let limit = tol * scale(&want);
+    let mut flipped = vec![false; want.len_of(Axis(0))];
+    let mut worst = (0f32, Vec::new());
+    for (((index, &a), &b), &tie) in got.indexed_iter().zip(want.iter()).zip(ties.iter()) {
+        let diff = (a - b).abs();
+        if tie {
+            flipped[index[0]] |= !(diff <= limit);
+        } else if diff > worst.0 || diff.is_nan() {
+            worst = (diff, index.slice().to_vec());
+        }
+    }
+    let skipped = ties.iter().filter(|&&t| t).count();
+    assert!(
+        worst.0 <= limit,
+        "{what}: max |diff| {:e} at {:?} > {limit:e} ({tol:e} x max|reference|; {skipped} tied elements skipped)",
+        worst.0,
+        worst.1
+    );
+    flipped
+}
+
+/// One explained layer of a fixture model, as the manifest lists it.
+#[derive(Clone, Debug)]
+pub struct LayerReference {
+    /// The layer's module path.
+    pub layer: String,
+    /// Its folder, relative to the fixtures folder.
+    pub dir: PathBuf,
+    /// The methods grad-cam was run with there.
+    pub methods: Vec<Method>,
+}
+
+impl LayerReference {
+    fn file<T: ndarray_npy::ReadableElement>(&self, name: &str) -> ArrayD<T> {
+        npy(self.dir.join(name))
+    }
+
+    /// The class grad-cam explained per image (top-1).
+    pub fn classes(&self) -> Vec<usize> {
+        self.file::<i64>("classes.npy").iter().map(|&c| c as usize).collect()
+    }
+
+    /// The reference CAM of `method` `(B, H, W)`.
+    pub fn cam(&self, method: Method) -> ArrayD<f32> {
+        self.file(&format!("cam_{}.npy", fixture_name(method)))
+    }
+
+    /// The gradient elements tied to a kink ([`assert_close_except_ties`]).
+    pub fn ties(&self) -> ArrayD<bool> {
+        self.file("ties.npy")
+    }
+
+    /// Per image, whether the reference marks any gradient element as tied.
+    pub fn images_with_ties(&self) -> Vec<bool> {
+        self.ties().outer_iter().map(|t| t.iter().any(|&x| x)).collect()
+    }
+}
+
+/// Every explained layer of fixture model `key`, from the manifest.
+pub fn references(key: &str) -> Vec<LayerReference> {
+    let manifest = manifest();
+    let layers = manifest["models"][key]["layers"]
+        .as_object()
+        .unwrap_or_else(|| panic!("the manifest has no layers for `{key}`: {MISSING_FIXTURES}"));
+    layers
+        .iter()
+        .map(|(layer, spec)| LayerReference {
+            layer: layer.clone(),
+            dir: PathBuf::from(spec["dir"].as_str().expect("a layer's dir")),
+            methods: spec["methods"]
+                .as_array()
+                .expect("a layer's methods")
+                .iter()
+                .map(|m| m.as_str().expect("a method name"))
+                .map(|name| {
+                    Method::ALL
+                        .into_iter()
+                        .find(|m| fixture_name(*m) == name)
+                        .unwrap_or_else(|| panic!("unknown method `{name}` in the manifest"))
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+/// The explain options the references were made with (AblationCAM's batch size changes its
+/// values, as grad-cam's).
+pub fn reference_options() -> CamOptions {
+    let batch_size = manifest()["ablation_batch_size"].as_u64().map_or(32, |b| b as usize);
+    CamOptions { batch_size, ..CamOptions::default() }
+}
+
+/// The whole comparison of fixture model `key`, opened in one backend as `model` (`label` names
+/// it in messages), against PyTorch and pytorch-grad-cam, for every layer the fixtures hold:
+/// - the layer is listed by [`CamModel::layers`];
+/// - logits, the class core resolves, activations to [`TOL`]; gradients to [`TOL`] except the
+///   reference's kink ties; a capture without seed has the same activation and no gradient;
+/// - replacing the layer's output by itself gives the same logits (AblationCAM's pass);
+/// - every method grad-cam ran that `methods` keeps, in one `explain` call, to [`TOL`] (a gradient
+///   method on an image whose gradient crossed a tie: [`TIE_TOL`]).
+pub fn check_model(label: &str, model: &mut dyn CamModel, key: &str, methods: impl Fn(Method) -> bool) {
+    let input = input();
+    let listed: Vec<String> = model
+        .layers()
+        .unwrap_or_else(|e| panic!("{label} {key}: layers: {e}"))
+        .into_iter()
+        .map(|l| l.name)
+        .collect();
+    let references = references(key);
+    assert!(!references.is_empty(), "{label} {key}: no reference layers");
+    for reference in references {
+        let layer = reference.layer.as_str();
+        let what = format!("{label} {key} {layer}");
+        assert!(listed.iter().any(|n| n == layer), "{what}: not listed among {listed:?}");
+        let target = Target::top_one();
+        let capture =
+            model.capture(input.view(), layer, Some(&target)).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_close(
+            &format!("{what} logits"),
+            capture.logits.view(),
+            reference.file::<f32>("logits.npy").view(),
+            TOL,
+        );
+        assert_eq!(target.resolve(capture.logits.view()).unwrap(), reference.classes(), "{what}: classes");
+        let activations = reference.file::<f32>("activations.npy");
+        assert_close(
+            &format!("{what} activations"),
+            layer_view(&capture.activation),
+            activations.view(),
+            TOL,
+        );
+        let gradient = capture.gradient.as_ref().unwrap_or_else(|| panic!("{what}: no gradient"));
+        let flipped = assert_close_except_ties(
+            &format!("{what} gradients"),
+            layer_view(gradient),
+            reference.file::<f32>("gradients.npy").view(),
+            reference.ties().view(),
+            TOL,
+        );
+
+        let plain = model.capture(input.view(), layer, None).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(plain.gradient.is_none(), "{what}: a gradient without a seed");
+        assert_close(
+            &format!("{what} activations without seed"),
+            layer_view(&plain.activation),
+            activations.view(),
+            TOL,
+        );
+        let replaced = model
+            .forward_with_activation(input.view(), layer, capture.activation.view())
+            .unwrap_or_else(|e| panic!("{what}: forward_with_activation: {e}"));
+        assert_close(&format!("{what} forward_with_activation"), replaced.view(), capture.logits.view(), TOL);
+
+        let methods: Vec<Method> = reference.methods.iter().copied().filter(|m| methods(*m)).collect();
+        assert!(
+            methods.iter().filter(|m| m.needs_gradients()).count() >= 6,
+            "{what}: too few methods {methods:?}"
+        );
+        let explanations = explain(model, input.view(), &[layer], &methods, &target, &reference_options())
+            .unwrap_or_else(|e| panic!("{what}: explain: {e}"));
+        for e in explanations {
+            let want = reference.cam(e.method);
+            for (b, got) in e.maps.outer_iter().enumerate() {
+                let tol = if flipped[b] && e.method.needs_gradients() { TIE_TOL } else { TOL };
+                let name = format!("{what} {} image {b}", e.method);
+                assert_close(&name, got, want.index_axis(Axis(0), b), tol);
             }
-            let path = require(path);
-            let m = backend_tch::TorchScriptModel::load(&path, backend_tch::DeviceChoice::Cpu)
-                .unwrap_or_else(|e| panic!("tch cannot load {}: {e}", path.display()));
-            opened.push(Opened { label: format!("tch {kind}"), model: Box::new(m) });
         }
     }
-    #[cfg(feature = "ort")]
-    {
-        for kind in ["legacy", "dynamo"] {
-            let path = require(dir.join(format!("{}.{kind}.onnx", model.key)));
-            let m = backend_ort::OnnxModel::load(&path)
-                .unwrap_or_else(|e| panic!("ort cannot load {}: {e}", path.display()));
-            opened.push(Opened { label: format!("ort {kind}"), model: Box::new(m) });
-        }
-    }
-    let _ = (&dir, model);
-    opened
-}
-
-/// Largest absolute difference of two arrays of one shape.
-pub fn max_abs_diff<D: ndarray::Dimension>(a: &ndarray::Array<f32, D>, b: &ndarray::Array<f32, D>) -> f32 {
-    assert_eq!(a.shape(), b.shape(), "shapes differ");
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
