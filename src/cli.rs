@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use gradcam_core::Method;
+use gradcam_core::{Layout, Method};
 
 /// Grad-CAM and friends for candle, libtorch and ONNX Runtime models: see where a model looked.
 #[derive(Debug, Parser)]
@@ -115,6 +115,10 @@ pub struct ExplainArgs {
     /// eigencam, eigengradcam, scorecam, ablationcam; repeat or comma-separate for several.
     #[arg(long = "method", value_name = "NAME", default_value = "gradcam", value_delimiter = ',')]
     pub methods: Vec<Method>,
+    /// How the layers' outputs are laid out: nchw, nhwc (channels-last: Swin, ConvNeXt blocks)
+    /// or tokens (ViT) [default: detected per layer from its shape and the input size].
+    #[arg(long, value_name = "LAYOUT")]
+    pub layout: Option<Layout>,
     /// Explain this class for every image [default: each image's top-1 class].
     #[arg(long, value_name = "N", conflicts_with = "top")]
     pub class: Option<usize>,

@@ -126,7 +126,8 @@ fn compute(
     progress: &Progress,
 ) -> Result<Results, CliError> {
     let layer_refs: Vec<&str> = layers.iter().map(String::as_str).collect();
-    let options = CamOptions { progress: progress.passes_callback(), ..CamOptions::default() };
+    let options =
+        CamOptions { layout: args.layout, progress: progress.passes_callback(), ..CamOptions::default() };
     let mut predictions = Vec::with_capacity(inputs.len());
     let mut maps = Vec::new();
     let mut num_classes = 0;

@@ -9,9 +9,10 @@ use ndarray::{s, Array2, Array3, Array4, ArrayView2, ArrayView4, Axis};
 use crate::cam::{
     ablation_weights, combine_layers, layer_map, scale_maps, scorecam_weights, upsample_maps, weighted_sum,
 };
+use crate::layout::nhwc_to_nchw;
 use crate::resize::upsample_align_corners;
 use crate::tokens::fold_tokens;
-use crate::{CamError, CamModel, LayerTensor, LayerView, Method, Seed, Target, TokenGrid};
+use crate::{CamError, CamModel, LayerTensor, LayerView, Layout, Method, Seed, Target, TokenGrid};
 
 /// Progress callback: `(done, total)` forward passes of ScoreCAM / AblationCAM.
 pub type Progress = Arc<dyn Fn(usize, usize) + Send + Sync>;
@@ -19,6 +20,8 @@ pub type Progress = Arc<dyn Fn(usize, usize) + Send + Sync>;
 /// Options of [`explain`].
 #[derive(Clone)]
 pub struct CamOptions {
+    /// How every layer's output is laid out; `None` detects it per layer ([`Layout::detect`]).
+    pub layout: Option<Layout>,
     /// How ViT tokens fold into a grid; `None` infers it ([`TokenGrid::infer`]).
     pub token_grid: Option<TokenGrid>,
     /// Images per extra forward pass of ScoreCAM / AblationCAM (default 32). AblationCAM's
@@ -31,13 +34,14 @@ pub struct CamOptions {
 
 impl Default for CamOptions {
     fn default() -> Self {
-        CamOptions { token_grid: None, batch_size: 32, progress: None }
+        CamOptions { layout: None, token_grid: None, batch_size: 32, progress: None }
     }
 }
 
 impl fmt::Debug for CamOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CamOptions")
+            .field("layout", &self.layout)
             .field("token_grid", &self.token_grid)
             .field("batch_size", &self.batch_size)
             .field("progress", &self.progress.as_ref().map(|_| "Fn(done, total)"))
@@ -65,6 +69,8 @@ pub struct Explanation {
 pub struct LayerCam {
     /// The layer's name.
     pub layer: String,
+    /// How its output was read ([`Layout::detect`] unless [`CamOptions::layout`] said).
+    pub layout: Layout,
     /// The weighted sum before ReLU `(B, h, w)`: the raw, unnormalised map
     /// (pytorch-grad-cam's `get_cam_image`).
     pub raw: Array3<f32>,
@@ -72,19 +78,20 @@ pub struct LayerCam {
     pub scaled: Array3<f32>,
 }
 
-/// One layer's capture, folded to `(B, C, h, w)`.
+/// One layer's capture: the native output, and it and its gradient folded to `(B, C, h, w)`.
 struct LayerData {
     name: String,
+    layout: Layout,
     activation: LayerTensor,
-    /// Folded activations (borrowing nothing: tokens are folded into a new array).
-    grid: Option<Array4<f32>>,
+    /// The activations as `(B, C, h, w)` when that is not the native output (tokens, NHWC).
+    folded: Option<Array4<f32>>,
     gradient: Option<Array4<f32>>,
 }
 
 impl LayerData {
     fn activations(&self) -> ArrayView4<'_, f32> {
-        match (&self.grid, &self.activation) {
-            (Some(grid), _) => grid.view(),
+        match (&self.folded, &self.activation) {
+            (Some(folded), _) => folded.view(),
             (None, LayerTensor::Spatial(a)) => a.view(),
             (None, LayerTensor::Tokens(_)) => unreachable!("tokens are always folded"),
         }
@@ -95,29 +102,21 @@ impl LayerData {
     }
 }
 
-fn to_grid(
+/// A layer output (or its gradient) as `(B, C, h, w)`, or `None` when it already is one.
+/// `tokens` is the token grid, resolved once per layer from the activation.
+fn fold(
     tensor: &LayerTensor,
-    input_hw: (usize, usize),
-    grid: Option<TokenGrid>,
-) -> Result<(Option<Array4<f32>>, Option<TokenGrid>), CamError> {
-    match tensor {
-        LayerTensor::Spatial(_) => Ok((None, None)),
-        LayerTensor::Tokens(t) => {
-            let (batch, n, dim) = t.dim();
-            let layout = TokenGrid::resolve(grid, n, input_hw)?;
-            Ok((Some(fold_tokens(t.view(), layout, batch, dim)), Some(layout)))
-        }
-    }
-}
-
-fn fold_gradient(tensor: &LayerTensor, layout: Option<TokenGrid>) -> Option<Array4<f32>> {
-    match (tensor, layout) {
-        (LayerTensor::Tokens(t), Some(layout)) => {
+    layout: Layout,
+    tokens: Option<TokenGrid>,
+) -> Result<Option<Array4<f32>>, CamError> {
+    match (tensor, layout, tokens) {
+        (LayerTensor::Spatial(_), Layout::Nchw, _) => Ok(None),
+        (LayerTensor::Spatial(a), Layout::Nhwc, _) => Ok(Some(nhwc_to_nchw(a.view()))),
+        (LayerTensor::Tokens(t), Layout::Tokens, Some(grid)) => {
             let (batch, _, dim) = t.dim();
-            Some(fold_tokens(t.view(), layout, batch, dim))
+            Ok(Some(fold_tokens(t.view(), grid, batch, dim)))
         }
-        (LayerTensor::Spatial(g), _) => Some(g.clone()),
-        (LayerTensor::Tokens(_), None) => None,
+        _ => Err(CamError::Shape(format!("cannot read an output of shape {:?} as {layout}", tensor.shape()))),
     }
 }
 
@@ -174,9 +173,20 @@ pub fn explain(
             classes = target.resolve(capture.logits.view())?;
             logits = Some(capture.logits.clone());
         }
-        let (grid, token_grid) = to_grid(&capture.activation, (in_h, in_w), options.token_grid)?;
+        let shape = capture.activation.shape();
+        let layout = Layout::resolve(options.layout, shape, (in_h, in_w))?;
+        let tokens = match layout {
+            Layout::Tokens => Some(TokenGrid::resolve(options.token_grid, shape[1], (in_h, in_w))?),
+            _ => None,
+        };
+        let folded = fold(&capture.activation, layout, tokens)?;
         let gradient = match (need_gradients, &capture.gradient) {
-            (true, Some(g)) if g.shape() == capture.activation.shape() => fold_gradient(g, token_grid),
+            (true, Some(g)) if g.shape() == capture.activation.shape() => {
+                Some(fold(g, layout, tokens)?.unwrap_or_else(|| match g {
+                    LayerTensor::Spatial(g) => g.clone(),
+                    LayerTensor::Tokens(_) => unreachable!("tokens are always folded"),
+                }))
+            }
             (true, Some(g)) => {
                 return Err(CamError::Shape(format!(
                     "layer `{layer}`: gradient {:?} and activation {:?} differ",
@@ -189,7 +199,13 @@ pub fn explain(
             }
             (false, _) => None,
         };
-        captured.push(LayerData { name: layer.to_string(), activation: capture.activation, grid, gradient });
+        captured.push(LayerData {
+            name: layer.to_string(),
+            layout,
+            activation: capture.activation,
+            folded,
+            gradient,
+        });
     }
     let logits = logits.expect("at least one layer");
     let original_scores = target.scores(logits.view(), &classes);
@@ -220,7 +236,7 @@ pub fn explain(
             };
             let scaled = scale_maps(raw.view());
             upsampled.push(upsample_maps(scaled.view(), in_h, in_w));
-            layer_cams.push(LayerCam { layer: layer.name.clone(), raw, scaled });
+            layer_cams.push(LayerCam { layer: layer.name.clone(), layout: layer.layout, raw, scaled });
         }
         explanations.push(Explanation {
             method,
@@ -315,12 +331,13 @@ impl ForwardPasses<'_> {
         target: &Target,
         classes: &[usize],
     ) -> Result<Array2<f32>, CamError> {
-        // Spatial (B, C, H, W): channels on axis 1; tokens (B, N, D): on axis 2 (every token,
-        // prefix tokens included, as pytorch-grad-cam's `AblationLayerVit`).
-        let (native, channel_axis) = match &layer.activation {
-            LayerTensor::Spatial(a) => (a.view().into_dyn(), Axis(1)),
-            LayerTensor::Tokens(t) => (t.view().into_dyn(), Axis(2)),
+        // Ablate in the native layout: channels on axis 1 (NCHW), 3 (NHWC) or 2 (tokens: every
+        // token, prefix tokens included, as pytorch-grad-cam's `AblationLayerVit`).
+        let native = match &layer.activation {
+            LayerTensor::Spatial(a) => a.view().into_dyn(),
+            LayerTensor::Tokens(t) => t.view().into_dyn(),
         };
+        let channel_axis = Axis(layer.layout.channel_axis());
         let batch = native.len_of(Axis(0));
         let channels = native.len_of(channel_axis);
         let step = self.batch_size();

@@ -134,7 +134,7 @@ impl TokenGrid {
 
 /// Every grid an integer-stride patch embedding can produce from `height x width`, floor or
 /// ceil rounding, strides from 1 up to the larger side.
-fn stride_grids(height: usize, width: usize) -> impl Iterator<Item = (usize, usize)> {
+pub(crate) fn stride_grids(height: usize, width: usize) -> impl Iterator<Item = (usize, usize)> {
     (1..=height.max(width)).flat_map(move |s| {
         [(height / s, width / s), (height.div_ceil(s), width.div_ceil(s))]
             .into_iter()

@@ -3,10 +3,10 @@
 
 mod common;
 
-use common::Toy;
+use common::{ChannelsLast, Toy};
 use gradcam_core::{
     ablation_value, explain, grid_to_tokens, layer_map, principal_projection, resize_bilinear, scale_maps,
-    tokens_to_grid, upsample_align_corners, CamOptions, Method, Target, TokenGrid,
+    tokens_to_grid, upsample_align_corners, CamOptions, Layout, Method, Target, TokenGrid,
 };
 use nalgebra::DMatrix;
 use ndarray::{s, Array2, Array3, Array4, ArrayView4, Axis};
@@ -327,6 +327,36 @@ proptest! {
                 }
             }
         }
+    }
+
+    /// A channels-last layer `(B, H, W, C)` gives the same maps as the same layer read as NCHW,
+    /// for every method (AblationCAM ablates the channel on the last axis), whether the layout is
+    /// detected or given; read with the wrong layout, the maps change.
+    #[test]
+    fn channels_last_layers_give_the_same_maps((model, input) in toy(), bs in 1usize..=4) {
+        let (_, _, h, w) = input.dim();
+        let c = model.mix.nrows();
+        // Read as NCHW, (B, h, w, C) has the spatial axes (w, C): when a stride maps (h, w) onto
+        // them too, detection rightly keeps PyTorch's layout, and only the explicit one applies.
+        let ambiguous = (1..=h.max(w)).any(|s| (h / s == w && w / s == c) || (h.div_ceil(s) == w && w.div_ceil(s) == c));
+        let options = CamOptions { batch_size: bs, ..CamOptions::default() };
+        let want = explain(&mut model.clone(), input.view(), &["features"], &Method::ALL, &Target::top_one(), &options).unwrap();
+        let nhwc = CamOptions { layout: Some(Layout::Nhwc), ..options.clone() };
+        let runs = if ambiguous { vec![&nhwc] } else { vec![&options, &nhwc] };
+        for options in runs {
+            let got = explain(&mut ChannelsLast(model.clone()), input.view(), &["features"], &Method::ALL,
+                              &Target::top_one(), options).unwrap();
+            for (g, w) in got.iter().zip(&want) {
+                prop_assert_eq!(g.layers[0].layout, Layout::Nhwc);
+                prop_assert_eq!(w.layers[0].layout, Layout::Nchw);
+                let diff = g.maps.iter().zip(&w.maps).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                prop_assert!(diff <= 1e-5, "{}: {diff}", g.method);
+            }
+        }
+        // A layout that does not fit the rank is an error, not a guess.
+        let wrong = CamOptions { layout: Some(Layout::Tokens), ..options.clone() };
+        prop_assert!(explain(&mut ChannelsLast(model), input.view(), &["features"], &[Method::GradCam],
+                             &Target::top_one(), &wrong).is_err());
     }
 
     /// Every method through the whole pipeline (ScoreCAM and AblationCAM included) gives finite

@@ -85,3 +85,56 @@ impl CamModel for Toy {
         }
     }
 }
+
+/// The same toy, but its feature layer is channels-last `(B, H, W, C)`, as Swin's and ConvNeXt's
+/// inner layers are: the maps must not change.
+#[derive(Clone, Debug)]
+pub struct ChannelsLast(pub Toy);
+
+fn to_nhwc(t: LayerTensor) -> LayerTensor {
+    match t {
+        LayerTensor::Spatial(a) => {
+            LayerTensor::Spatial(a.permuted_axes([0, 2, 3, 1]).as_standard_layout().into_owned())
+        }
+        tokens => tokens,
+    }
+}
+
+impl CamModel for ChannelsLast {
+    fn layers(&mut self) -> Result<Vec<LayerInfo>, CamError> {
+        self.0.layers()
+    }
+
+    fn default_layer(&mut self) -> Result<String, CamError> {
+        self.0.default_layer()
+    }
+
+    fn capture(
+        &mut self,
+        input: ArrayView4<f32>,
+        layer: &str,
+        seed: Option<&dyn Seed>,
+    ) -> Result<Capture, CamError> {
+        let c = self.0.capture(input, layer, seed)?;
+        Ok(Capture { logits: c.logits, activation: to_nhwc(c.activation), gradient: c.gradient.map(to_nhwc) })
+    }
+
+    fn forward(&mut self, input: ArrayView4<f32>) -> Result<Array2<f32>, CamError> {
+        self.0.forward(input)
+    }
+
+    fn forward_with_activation(
+        &mut self,
+        input: ArrayView4<f32>,
+        layer: &str,
+        activation: LayerView<'_>,
+    ) -> Result<Array2<f32>, CamError> {
+        match activation {
+            LayerView::Spatial(a) => {
+                let nchw = a.permuted_axes([0, 3, 1, 2]).as_standard_layout().into_owned();
+                self.0.forward_with_activation(input, layer, LayerView::Spatial(nchw.view()))
+            }
+            tokens => self.0.forward_with_activation(input, layer, tokens),
+        }
+    }
+}
