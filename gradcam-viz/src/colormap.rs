@@ -86,10 +86,9 @@ impl Colormap {
     pub fn apply(self, map: ArrayView2<f32>) -> RgbImage {
         let (h, w) = map.dim();
         let lut = self.lut();
-        let map = map.as_standard_layout();
-        let values = map.as_slice().expect("standard layout");
         let mut out = RgbImage::new(w as u32, h as u32);
-        for (px, &v) in out.as_mut().chunks_exact_mut(3).zip(values) {
+        // `iter` walks the map in row-major order whatever its memory layout.
+        for (px, &v) in out.as_mut().chunks_exact_mut(3).zip(map.iter()) {
             let [r, g, b] = lut[level(v) as usize];
             px[0] = r;
             px[1] = g;

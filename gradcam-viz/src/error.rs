@@ -22,6 +22,21 @@ pub enum VizError {
         /// Why.
         source: image::ImageError,
     },
+    /// An image larger than the decoder's pixel limit, refused from its header.
+    #[error(
+        "image {} is {width}x{height} pixels ({:.1} MP), more than the limit of {:.1} MP: raise the limit (gradcam explain --max-pixels) if the file is trusted",
+        path.display(), *width as f64 * *height as f64 / 1e6, *max_pixels as f64 / 1e6
+    )]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Width its header declares.
+        width: u32,
+        /// Height its header declares.
+        height: u32,
+        /// The limit.
+        max_pixels: u64,
+    },
     /// A `.npy` file that is not an `(N, 3, H, W)` little-endian f32 array.
     #[error("cannot read tensor {}: {message}", path.display())]
     Npy {

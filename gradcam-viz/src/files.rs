@@ -1,16 +1,16 @@
 //! Reading images and tensors, writing pictures atomically.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Write};
+use std::io::{BufReader, Write};
 use std::path::Path;
 
 use image::codecs::jpeg::JpegEncoder;
-use image::codecs::png::PngEncoder;
+use image::codecs::png::{CompressionType, FilterType as PngFilter, PngEncoder};
 use image::metadata::Orientation;
-use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
-use ndarray::{Array4, ArrayD, Ix3, Ix4};
+use image::{DynamicImage, ImageDecoder, ImageReader, Limits, RgbImage};
+use ndarray::Array4;
 
-use crate::VizError;
+use crate::{NpyBatch, VizError};
 
 /// JPEG quality used by [`save_image`]: high enough that heatmap edges do not smear.
 pub const JPEG_QUALITY: u8 = 92;
@@ -19,20 +19,77 @@ pub const JPEG_QUALITY: u8 = 92;
 /// WebP), recognised by content rather than extension, as 8-bit RGB (alpha is dropped, 16-bit
 /// channels are scaled down), like PIL's `Image.open(path).convert("RGB")`. An EXIF orientation
 /// (phone photos) is applied, so the picture is upright as image viewers show it (PIL would need
-/// `ImageOps.exif_transpose` for that).
+/// `ImageOps.exif_transpose` for that). Images over [`DecodeOptions::default`]'s pixel limit are
+/// refused; see [`load_image_with`].
 ///
 /// ```
 /// let err = gradcam_viz::load_image("no/such/picture.png").unwrap_err();
 /// assert!(err.to_string().contains("no/such/picture.png"));
 /// ```
 pub fn load_image(path: impl AsRef<Path>) -> Result<RgbImage, VizError> {
+    load_image_with(path, &DecodeOptions::default())
+}
+
+/// Limits and shortcuts of [`load_image_with`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecodeOptions {
+    /// Largest width × height decoded; a larger image is an error raised from its header,
+    /// before any pixel buffer is allocated.
+    pub max_pixels: u64,
+    /// When set, a JPEG is decoded at 1/2, 1/4 or 1/8 of its size (in the DCT, as Pillow's
+    /// `draft` mode) when its longer side still is at least this many pixels: a 10 MP photo
+    /// explained at 224 × 224 need not be decoded whole.
+    pub reduce_to_long_side: Option<u32>,
+}
+
+/// Default [`DecodeOptions::max_pixels`]: 64 megapixels (8000 × 8000), above any camera's
+/// photo, far below what a forged header can claim.
+pub const DEFAULT_MAX_PIXELS: u64 = 64_000_000;
+
+impl Default for DecodeOptions {
+    /// [`DEFAULT_MAX_PIXELS`], full-size decoding.
+    fn default() -> Self {
+        DecodeOptions { max_pixels: DEFAULT_MAX_PIXELS, reduce_to_long_side: None }
+    }
+}
+
+/// [`load_image`] with explicit [`DecodeOptions`]. The image's size is read from its header and
+/// checked against `max_pixels` before decoding; the decoder's allocations are capped too
+/// (`image::Limits`), so a 70-byte file that claims 60000 × 60000 pixels costs nothing.
+///
+/// ```
+/// use gradcam_viz::{load_image_with, DecodeOptions, VizError};
+/// let dir = std::env::temp_dir().join(format!("gradcam-viz-limits-doc-{}", std::process::id()));
+/// std::fs::create_dir_all(&dir).unwrap();
+/// let path = dir.join("big.png");
+/// image::RgbImage::new(300, 200).save(&path).unwrap();
+/// let small = DecodeOptions { max_pixels: 10_000, ..DecodeOptions::default() };
+/// assert!(matches!(load_image_with(&path, &small), Err(VizError::TooLarge { width: 300, height: 200, .. })));
+/// assert_eq!(load_image_with(&path, &DecodeOptions::default()).unwrap().dimensions(), (300, 200));
+/// std::fs::remove_dir_all(&dir).unwrap();
+/// ```
+pub fn load_image_with(path: impl AsRef<Path>, options: &DecodeOptions) -> Result<RgbImage, VizError> {
     let path = path.as_ref();
     let open = |source| VizError::Open { path: path.to_path_buf(), source };
-    let reader = ImageReader::new(BufReader::new(File::open(path).map_err(open)?))
+    let mut reader = ImageReader::new(BufReader::new(File::open(path).map_err(open)?))
         .with_guessed_format()
         .map_err(open)?;
+    if reader.format() == Some(image::ImageFormat::Jpeg) {
+        if let Some(long_side) = options.reduce_to_long_side {
+            if let Some(picture) = crate::jpeg::decode_reduced(path, long_side, options.max_pixels)? {
+                return Ok(picture);
+            }
+        }
+    }
+    let mut limits = Limits::default();
+    // The largest decoder buffer: 16-bit RGBA (8 bytes a pixel), plus the RGB8 copy.
+    // (At least 256 MiB, so that a small limit is reported as such, from the header, below.)
+    limits.max_alloc = Some(options.max_pixels.saturating_mul(11).max(256 << 20));
+    reader.limits(limits);
     let decode_err = |source| VizError::Decode { path: path.to_path_buf(), source };
     let mut decoder = reader.into_decoder().map_err(decode_err)?;
+    let (width, height) = decoder.dimensions();
+    check_pixels(path, width, height, options.max_pixels)?;
     // A broken EXIF block is no reason to refuse the pixels: keep them as stored.
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
     let mut decoded = DynamicImage::from_decoder(decoder).map_err(decode_err)?;
@@ -40,26 +97,44 @@ pub fn load_image(path: impl AsRef<Path>) -> Result<RgbImage, VizError> {
     Ok(decoded.into_rgb8())
 }
 
+/// [`VizError::TooLarge`] when `width × height` exceeds `max_pixels`.
+pub(crate) fn check_pixels(path: &Path, width: u32, height: u32, max_pixels: u64) -> Result<(), VizError> {
+    if width as u64 * height as u64 > max_pixels {
+        return Err(VizError::TooLarge { path: path.to_path_buf(), width, height, max_pixels });
+    }
+    Ok(())
+}
+
+/// A picture encoded as PNG or JPEG bytes, for writing elsewhere ([`save_image`] writes one to
+/// a file). PNGs use fast compression: heatmaps are smooth, and encoding time matters when
+/// thousands of pictures are written.
+pub fn encode_picture(picture: &RgbImage, format: PictureFormat) -> Result<Vec<u8>, image::ImageError> {
+    let mut out = Vec::with_capacity(picture.as_raw().len() / 2 + 1024);
+    match format {
+        PictureFormat::Png => picture.write_with_encoder(PngEncoder::new_with_quality(
+            &mut out,
+            CompressionType::Fast,
+            PngFilter::Adaptive,
+        ))?,
+        PictureFormat::Jpeg => {
+            picture.write_with_encoder(JpegEncoder::new_with_quality(&mut out, JPEG_QUALITY))?
+        }
+    }
+    Ok(out)
+}
+
 /// Reads a `.npy` model input as it is (no resizing, no normalisation): a little-endian f32
-/// array of shape `(N, 3, H, W)`, or `(3, H, W)` read as a batch of one.
+/// array of shape `(N, 3, H, W)`, or `(3, H, W)` read as a batch of one. The header is checked
+/// against the file's length first ([`NpyBatch::open`]), so a corrupt header never allocates what
+/// it declares.
 pub fn load_npy_batch(path: impl AsRef<Path>) -> Result<Array4<f32>, VizError> {
-    let path = path.as_ref();
-    let bad = |message: String| VizError::Npy { path: path.to_path_buf(), message };
-    let file = File::open(path).map_err(|source| VizError::Open { path: path.to_path_buf(), source })?;
-    let array: ArrayD<f32> = ndarray_npy::ReadNpyExt::read_npy(BufReader::new(file))
-        .map_err(|e| bad(format!("{e} (expected a float32 array of shape (N, 3, H, W))")))?;
-    let shape = array.shape().to_vec();
-    let batch = match shape.len() {
-        3 => array.into_dimensionality::<Ix3>().map(|a| a.insert_axis(ndarray::Axis(0))),
-        4 => array.into_dimensionality::<Ix4>(),
-        _ => return Err(bad(format!("shape {shape:?} is not (N, 3, H, W) or (3, H, W)"))),
+    let batch = NpyBatch::open(path)?;
+    let (h, w) = batch.image_hw();
+    let mut out = Array4::zeros((batch.len(), 3, h, w));
+    for (i, mut slot) in out.outer_iter_mut().enumerate() {
+        slot.assign(&batch.read(i)?);
     }
-    .map_err(|e| bad(e.to_string()))?;
-    let (n, c, h, w) = batch.dim();
-    if n == 0 || c != 3 || h == 0 || w == 0 {
-        return Err(bad(format!("shape {shape:?} is not (N, 3, H, W) with N, H, W > 0")));
-    }
-    Ok(batch)
+    Ok(out)
 }
 
 /// The picture formats [`save_image`] writes, chosen by file extension.
@@ -113,17 +188,9 @@ pub fn save_image(path: impl AsRef<Path>, picture: &RgbImage) -> Result<(), VizE
         .suffix(".tmp")
         .tempfile_in(dir)
         .map_err(write_err)?;
-    {
-        let mut out = BufWriter::new(tmp.as_file());
-        let encoded = match format {
-            PictureFormat::Png => picture.write_with_encoder(PngEncoder::new(&mut out)),
-            PictureFormat::Jpeg => {
-                picture.write_with_encoder(JpegEncoder::new_with_quality(&mut out, JPEG_QUALITY))
-            }
-        };
-        encoded.map_err(|source| VizError::Encode { path: path.to_path_buf(), source })?;
-        out.flush().map_err(write_err)?;
-    }
+    let bytes = encode_picture(picture, format)
+        .map_err(|source| VizError::Encode { path: path.to_path_buf(), source })?;
+    tmp.as_file().write_all(&bytes).map_err(write_err)?;
     tmp.as_file().sync_all().map_err(write_err)?;
     // tempfile creates files 0600; a picture should get the usual permissions.
     #[cfg(unix)]

@@ -1,15 +1,13 @@
-//! Side-by-side comparison sheets: pictures in rows and columns, each under a text label.
+//! Side-by-side comparison sheets: pictures in rows and columns, each under a text label, with
+//! an optional colorbar that says what the colours mean.
 
-use font8x8::{UnicodeFonts, BASIC_FONTS, GREEK_FONTS, LATIN_FONTS};
 use image::RgbImage;
 
-use crate::VizError;
-
-/// Side of one glyph of the built-in 8 × 8 bitmap font, in pixels at scale 1.
-pub const GLYPH: u32 = 8;
+use crate::text::{draw_text, line_height, text_width, wrap};
+use crate::{Colormap, VizError};
 
 /// Layout of a [`grid_with`] sheet.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct GridOptions {
     /// Pictures per row (at least 1).
     pub columns: usize,
@@ -19,14 +17,23 @@ pub struct GridOptions {
     pub background: [u8; 3],
     /// Label colour (RGB).
     pub text: [u8; 3],
-    /// Label glyph magnification; `None` picks 1 for cells narrower than 320 pixels, else 2.
-    pub label_scale: Option<u32>,
+    /// Label font size in pixels; `None` scales it with the cell width (12 to 24 px).
+    pub label_size: Option<f32>,
+    /// A colorbar of this colormap under the cells, from 0 (low) to 1 (high).
+    pub colorbar: Option<Colormap>,
 }
 
 impl Default for GridOptions {
-    /// Four columns, 8 px padding, dark text on white.
+    /// Four columns, 8 px padding, dark text on white, no colorbar.
     fn default() -> Self {
-        GridOptions { columns: 4, padding: 8, background: [255; 3], text: [20; 3], label_scale: None }
+        GridOptions {
+            columns: 4,
+            padding: 8,
+            background: [255; 3],
+            text: [20; 3],
+            label_size: None,
+            colorbar: None,
+        }
     }
 }
 
@@ -46,8 +53,9 @@ pub fn grid<S: AsRef<str>>(cells: &[(S, RgbImage)], columns: usize) -> Result<Rg
 
 /// Lays `cells` (label, picture) out left to right, top to bottom. Every cell is as wide as
 /// the widest picture and as tall as the tallest; smaller pictures are centred. Labels are
-/// drawn with a built-in 8 × 8 bitmap font (ASCII, Latin-1 and Greek; other characters show
-/// as `?`), centred, wrapped at spaces to the cell width.
+/// drawn in an embedded anti-aliased font (DejaVu Sans: Latin, Greek, common punctuation),
+/// centred and wrapped at spaces to the cell width. With [`GridOptions::colorbar`], a labelled
+/// bar of the colormap runs under the cells.
 pub fn grid_with<S: AsRef<str>>(
     cells: &[(S, RgbImage)],
     options: &GridOptions,
@@ -58,122 +66,82 @@ pub fn grid_with<S: AsRef<str>>(
     if options.columns == 0 {
         return Err(VizError::Invalid("a grid needs at least one column".into()));
     }
-    let cell_w = cells.iter().map(|(_, p)| p.width()).max().unwrap_or(0).max(GLYPH);
+    let cell_w = cells.iter().map(|(_, p)| p.width()).max().unwrap_or(0).max(16);
     let pic_h = cells.iter().map(|(_, p)| p.height()).max().unwrap_or(0);
-    let scale = options.label_scale.unwrap_or(if cell_w < 320 { 1 } else { 2 }).max(1);
-    let max_chars = (cell_w / (GLYPH * scale)).max(1) as usize;
-    let labels: Vec<Vec<String>> = cells.iter().map(|(label, _)| wrap(label.as_ref(), max_chars)).collect();
-    let line_h = (GLYPH + 2) * scale;
+    let size = options.label_size.unwrap_or((cell_w as f32 / 20.0).clamp(12.0, 24.0)).max(1.0);
+    let labels: Vec<Vec<String>> =
+        cells.iter().map(|(label, _)| wrap(label.as_ref(), size, cell_w)).collect();
+    let line_h = line_height(size) + 2;
     let label_h = labels.iter().map(Vec::len).max().unwrap_or(0) as u32 * line_h;
-    let cell_h = label_h + if label_h > 0 { 2 * scale } else { 0 } + pic_h;
+    let gap = if label_h > 0 { 4 } else { 0 };
+    let cell_h = label_h + gap + pic_h;
 
     let columns = options.columns.min(cells.len());
     let rows = cells.len().div_ceil(columns);
     let pad = options.padding;
-    let width = pad + columns as u32 * (cell_w + pad);
-    let height = pad + rows as u32 * (cell_h + pad);
-    if (width as u64) * (height as u64) > (1 << 30) {
+    let width = pad as u64 + columns as u64 * (cell_w as u64 + pad as u64);
+    let bar = options.colorbar.map(|colormap| Colorbar::new(colormap, width as u32, pad, size));
+    let height = pad as u64
+        + rows as u64 * (cell_h as u64 + pad as u64)
+        + bar.as_ref().map_or(0, |b| b.height as u64 + pad as u64);
+    if width * height > (1 << 30) || width > u32::MAX as u64 || height > u32::MAX as u64 {
         return Err(VizError::Invalid(format!("a {width}x{height} grid is too large")));
     }
+    let (width, height) = (width as u32, height as u32);
     let mut sheet = RgbImage::from_pixel(width, height, image::Rgb(options.background));
     for (i, ((_, picture), lines)) in cells.iter().zip(&labels).enumerate() {
         let x0 = pad + (i % columns) as u32 * (cell_w + pad);
         let y0 = pad + (i / columns) as u32 * (cell_h + pad);
         for (k, line) in lines.iter().enumerate() {
-            let x = x0 + (cell_w - text_width(line, scale).min(cell_w)) / 2;
-            draw_text(&mut sheet, x as i64, (y0 + k as u32 * line_h) as i64, line, scale, options.text);
+            let x = x0 + (cell_w - text_width(line, size).min(cell_w)) / 2;
+            draw_text(&mut sheet, x as i64, (y0 + k as u32 * line_h) as i64, line, size, options.text);
         }
         let px = x0 + (cell_w - picture.width()) / 2;
         let py = y0 + cell_h - pic_h + (pic_h - picture.height()) / 2;
         image::imageops::replace(&mut sheet, picture, px as i64, py as i64);
     }
+    if let Some(bar) = bar {
+        let top = pad + rows as u32 * (cell_h + pad);
+        bar.draw(&mut sheet, top, options.text);
+    }
     Ok(sheet)
 }
 
-/// Width in pixels of `text` drawn by [`draw_text`] at `scale`.
-pub fn text_width(text: &str, scale: u32) -> u32 {
-    text.chars().count() as u32 * GLYPH * scale
+/// A horizontal colour scale with its ends and middle labelled.
+struct Colorbar {
+    colormap: Colormap,
+    x0: u32,
+    width: u32,
+    bar_h: u32,
+    size: f32,
+    height: u32,
 }
 
-/// Draws one line of text with the built-in 8 × 8 bitmap font, top-left corner at `(x, y)`,
-/// each font pixel as a `scale × scale` square; parts outside the canvas are clipped.
-///
-/// ```
-/// let mut canvas = image::RgbImage::new(40, 10);
-/// gradcam_viz::draw_text(&mut canvas, 0, 0, "Hi", 1, [255, 255, 255]);
-/// assert!(canvas.pixels().any(|p| p.0 == [255, 255, 255]));
-/// ```
-pub fn draw_text(canvas: &mut RgbImage, x: i64, y: i64, text: &str, scale: u32, color: [u8; 3]) {
-    let (cw, ch) = (canvas.width() as i64, canvas.height() as i64);
-    let s = scale.max(1) as i64;
-    for (n, c) in text.chars().enumerate() {
-        let bitmap = glyph(c);
-        let gx = x + n as i64 * GLYPH as i64 * s;
-        for (row, bits) in bitmap.iter().enumerate() {
-            for col in 0..GLYPH as i64 {
-                // font8x8 stores each row with its leftmost pixel in bit 0.
-                if bits >> col & 1 == 0 {
-                    continue;
-                }
-                for dy in 0..s {
-                    for dx in 0..s {
-                        let (px, py) = (gx + col * s + dx, y + row as i64 * s + dy);
-                        if (0..cw).contains(&px) && (0..ch).contains(&py) {
-                            canvas.put_pixel(px as u32, py as u32, image::Rgb(color));
-                        }
-                    }
-                }
-            }
-        }
+impl Colorbar {
+    fn new(colormap: Colormap, sheet_w: u32, pad: u32, size: f32) -> Self {
+        let inner = sheet_w.saturating_sub(2 * pad).max(1);
+        let width = inner.min(512).max(inner.min(128));
+        let bar_h = (size * 0.9).round().max(6.0) as u32;
+        let height = bar_h + 3 + line_height(size) + 2;
+        Colorbar { colormap, x0: pad + (inner - width) / 2, width, bar_h, size, height }
     }
-}
 
-fn glyph(c: char) -> [u8; 8] {
-    BASIC_FONTS
-        .get(c)
-        .or_else(|| LATIN_FONTS.get(c))
-        .or_else(|| GREEK_FONTS.get(c))
-        .or_else(|| BASIC_FONTS.get('?'))
-        .unwrap_or([0; 8])
-}
-
-/// Greedy word wrap to lines of at most `max_chars` characters; longer words are split.
-fn wrap(text: &str, max_chars: usize) -> Vec<String> {
-    let mut lines = Vec::new();
-    for paragraph in text.lines() {
-        let mut line = String::new();
-        for word in paragraph.split_whitespace() {
-            let mut word: Vec<char> = word.chars().collect();
-            let len = line.chars().count();
-            if len > 0 && len + 1 + word.len() <= max_chars {
-                line.push(' ');
-                line.extend(&word);
-                continue;
+    fn draw(&self, sheet: &mut RgbImage, top: u32, text: [u8; 3]) {
+        let lut = self.colormap.lut();
+        for dx in 0..self.width {
+            let level = (dx as u64 * 255 / (self.width.max(2) - 1) as u64).min(255) as usize;
+            for dy in 0..self.bar_h {
+                sheet.put_pixel(self.x0 + dx, top + dy, image::Rgb(lut[level]));
             }
-            if len > 0 {
-                lines.push(std::mem::take(&mut line));
-            }
-            while word.len() > max_chars {
-                lines.push(word.drain(..max_chars).collect());
-            }
-            line.extend(word);
         }
-        if !line.is_empty() {
-            lines.push(line);
+        let y = (top + self.bar_h + 3) as i64;
+        let labels = ["0 (low)", "0.5", "1 (high)"];
+        let widths = labels.map(|l| text_width(l, self.size));
+        let right = self.x0 + self.width;
+        let xs =
+            [self.x0, self.x0 + (self.width - widths[1].min(self.width)) / 2, right - widths[2].min(right)];
+        for (label, x) in labels.iter().zip(xs) {
+            draw_text(sheet, x as i64, y, label, self.size, text);
         }
-    }
-    lines
-}
-
-#[cfg(test)]
-mod tests {
-    use super::wrap;
-
-    #[test]
-    fn wrap_breaks_at_spaces_and_splits_long_words() {
-        assert_eq!(wrap("layer4 gradcam++ 285", 16), vec!["layer4 gradcam++", "285"]);
-        assert_eq!(wrap("abcdefghij", 4), vec!["abcd", "efgh", "ij"]);
-        assert_eq!(wrap("a\nb", 10), vec!["a", "b"]);
-        assert!(wrap("   ", 5).is_empty());
     }
 }

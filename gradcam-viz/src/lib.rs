@@ -28,18 +28,47 @@
 //! # Ok::<(), gradcam_viz::VizError>(())
 //! ```
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 mod antialias;
 mod colormap;
 mod colormap_tables;
 mod error;
 mod files;
 mod grid;
+mod jpeg;
+mod npy;
 mod overlay;
 mod preprocess;
+mod text;
 
 pub use colormap::{level, Colormap};
 pub use error::VizError;
-pub use files::{load_image, load_npy_batch, save_image, PictureFormat, JPEG_QUALITY};
-pub use grid::{draw_text, grid, grid_with, text_width, GridOptions, GLYPH};
+pub use files::{
+    encode_picture, load_image, load_image_with, load_npy_batch, save_image, DecodeOptions, PictureFormat,
+    DEFAULT_MAX_PIXELS, JPEG_QUALITY,
+};
+pub use grid::{grid, grid_with, GridOptions};
+pub use npy::NpyBatch;
+pub use text::{draw_text, line_height, text_width};
+
+/// `image` scaled down (never up) so that its longer side is at most `max_side`, with Pillow's
+/// antialiased bilinear filter; unchanged when it already fits.
+///
+/// ```
+/// let photo = image::RgbImage::new(4000, 3000);
+/// assert_eq!(gradcam_viz::fit_within(&photo, 2048).dimensions(), (2048, 1536));
+/// assert_eq!(gradcam_viz::fit_within(&photo, 5000).dimensions(), (4000, 3000));
+/// ```
+pub fn fit_within(image: &image::RgbImage, max_side: u32) -> image::RgbImage {
+    let (w, h) = image.dimensions();
+    let long = w.max(h);
+    if long <= max_side || max_side == 0 {
+        return image.clone();
+    }
+    let scale = max_side as f64 / long as f64;
+    let (nw, nh) = (((w as f64 * scale).round() as u32).max(1), ((h as f64 * scale).round() as u32).max(1));
+    antialias::resize_like_pillow(image, nw, nh)
+}
 pub use overlay::{origin_view, overlay, overlay_f32, resize_nearest, DEFAULT_IMAGE_WEIGHT};
 pub use preprocess::{rgb_planes, Preprocess, ResizeFilter, IMAGENET_MEAN, IMAGENET_STD};

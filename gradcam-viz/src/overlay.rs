@@ -72,7 +72,7 @@ pub fn overlay_f32(
     let cam = resized.as_ref().map_or(cam, |r| r.view());
     let (heat_w, image_w) = weights(image_weight)?;
     let pixels = image.as_standard_layout();
-    let flat = pixels.as_slice().expect("standard layout");
+    let flat = pixels.as_slice().ok_or_else(|| VizError::Invalid("image not contiguous".into()))?;
     blend(cam.view(), colormap, heat_w, flat.chunks_exact(3).map(|p| p.iter().map(|&v| image_w * v)))
 }
 
@@ -111,7 +111,7 @@ fn blend<P: Iterator<Item = f32>>(
     let heat: [[f32; 3]; 256] =
         std::array::from_fn(|l| colormap.lut()[l].map(|c| heat_w * (c as f32 / 255.0)));
     let cam = cam.as_standard_layout();
-    let cam = cam.as_slice().expect("standard layout");
+    let cam = cam.as_slice().ok_or_else(|| VizError::Invalid("CAM not contiguous".into()))?;
     let mut sum = vec![0.0f32; h * w * 3];
     for ((&v, rgb), pixel) in cam.iter().zip(sum.chunks_exact_mut(3)).zip(photo) {
         let colour = &heat[level(v) as usize];

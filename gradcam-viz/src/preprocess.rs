@@ -195,5 +195,5 @@ pub fn rgb_planes(image: &RgbImage) -> Result<Array3<f32>, VizError> {
         g[i] = scaled[px[1] as usize];
         b[i] = scaled[px[2] as usize];
     }
-    Ok(Array3::from_shape_vec((3, h, w), data).expect("3 planes of h x w"))
+    Array3::from_shape_vec((3, h, w), data).map_err(|e| VizError::Invalid(e.to_string()))
 }

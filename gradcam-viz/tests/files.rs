@@ -145,3 +145,79 @@ fn exif_orientation_is_applied() {
     let worst = loaded.as_raw().iter().zip(upright.as_raw()).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
     assert!(worst <= 2, "decoders differ by {worst}");
 }
+
+/// A `.npy` file with header dictionary `dict` and `data` after it.
+fn npy_bytes(dict: &str, data: &[u8]) -> Vec<u8> {
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    let pad = (64 - (10 + dict.len() + 1) % 64) % 64;
+    bytes.extend_from_slice(&((dict.len() + pad + 1) as u16).to_le_bytes());
+    bytes.extend_from_slice(dict.as_bytes());
+    bytes.extend(std::iter::repeat_n(b' ', pad));
+    bytes.push(b'\n');
+    bytes.extend_from_slice(data);
+    bytes
+}
+
+#[test]
+fn npy_headers_are_checked_before_anything_is_allocated() {
+    let dir = Scratch::new("npy-hostile");
+    // 192 bytes claiming 60 GB of data.
+    let huge =
+        npy_bytes("{'descr': '<f4', 'fortran_order': False, 'shape': (100000, 3, 224, 224), }", &[0; 64]);
+    assert_eq!(huge.len(), 192);
+    std::fs::write(dir.path("huge.npy"), &huge).unwrap();
+    let err = gradcam_viz::NpyBatch::open(dir.path("huge.npy")).unwrap_err().to_string();
+    assert!(err.contains("declares shape (100000, 3, 224, 224)") && err.contains("holds 192 bytes"), "{err}");
+    // A shape whose byte count overflows is refused the same way.
+    let overflow = npy_bytes(
+        "{'descr': '<f4', 'fortran_order': False, 'shape': (99999999999999, 3, 99999, 99999), }",
+        &[],
+    );
+    std::fs::write(dir.path("overflow.npy"), overflow).unwrap();
+    let err = load_npy_batch(dir.path("overflow.npy")).unwrap_err().to_string();
+    assert!(err.contains("more than 2^64"), "{err}");
+    std::fs::write(dir.path("short.npy"), b"\x93NUMPY").unwrap();
+    assert!(matches!(load_npy_batch(dir.path("short.npy")), Err(VizError::Npy { .. })));
+    let fortran = npy_bytes("{'descr': '<f4', 'fortran_order': True, 'shape': (1, 3, 1, 1), }", &[0; 12]);
+    std::fs::write(dir.path("f.npy"), fortran).unwrap();
+    assert!(load_npy_batch(dir.path("f.npy")).unwrap_err().to_string().contains("Fortran order"));
+    // Big-endian float32 is read correctly, image by image.
+    let data: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0].iter().flat_map(|v| v.to_be_bytes()).collect();
+    std::fs::write(
+        dir.path("be.npy"),
+        npy_bytes("{'descr': '>f4', 'fortran_order': False, 'shape': (2, 3, 1, 1), }", &data),
+    )
+    .unwrap();
+    let batch = gradcam_viz::NpyBatch::open(dir.path("be.npy")).unwrap();
+    assert_eq!(batch.read(1).unwrap().iter().copied().collect::<Vec<_>>(), [4.0, 5.0, 6.0]);
+}
+
+#[test]
+fn image_size_is_checked_from_the_header() {
+    let dir = Scratch::new("too-large");
+    image::RgbImage::new(400, 300).save(dir.path("big.png")).unwrap();
+    let limits = gradcam_viz::DecodeOptions { max_pixels: 100_000, ..Default::default() };
+    let err = gradcam_viz::load_image_with(dir.path("big.png"), &limits).unwrap_err();
+    assert!(matches!(err, VizError::TooLarge { width: 400, height: 300, .. }), "{err}");
+    assert!(err.to_string().contains("--max-pixels"), "{err}");
+}
+
+#[test]
+fn large_jpegs_decode_at_reduced_size() {
+    let dir = Scratch::new("jpeg-draft");
+    let photo = image::RgbImage::from_fn(1600, 1200, |x, y| image::Rgb([(x / 7) as u8, (y / 5) as u8, 90]));
+    photo.save(dir.path("p.jpg")).unwrap();
+    let reduced = gradcam_viz::DecodeOptions { reduce_to_long_side: Some(400), ..Default::default() };
+    let small = gradcam_viz::load_image_with(dir.path("p.jpg"), &reduced).unwrap();
+    assert_eq!(small.dimensions(), (400, 300), "1/4 scale is the smallest with a long side >= 400");
+    let full = load_image(dir.path("p.jpg")).unwrap();
+    assert_eq!(full.dimensions(), (1600, 1200));
+    // The reduced decode shows the same picture.
+    let (a, b) = (small.get_pixel(200, 150).0, full.get_pixel(800, 600).0);
+    assert!(a.iter().zip(b).all(|(x, y)| (*x as i32 - y as i32).abs() < 12), "{a:?} vs {b:?}");
+    let not_needed = gradcam_viz::DecodeOptions { reduce_to_long_side: Some(1000), ..Default::default() };
+    assert_eq!(
+        gradcam_viz::load_image_with(dir.path("p.jpg"), &not_needed).unwrap().dimensions(),
+        (1600, 1200)
+    );
+}

@@ -2,8 +2,8 @@
 
 use gradcam_core::resize_bilinear;
 use gradcam_viz::{
-    draw_text, grid, grid_with, level, origin_view, overlay, resize_nearest, text_width, Colormap,
-    GridOptions, Preprocess, VizError, GLYPH, IMAGENET_MEAN, IMAGENET_STD,
+    draw_text, grid, grid_with, level, line_height, origin_view, overlay, resize_nearest, text_width,
+    Colormap, GridOptions, Preprocess, VizError, IMAGENET_MEAN, IMAGENET_STD,
 };
 use image::{Rgb, RgbImage};
 use ndarray::{Array2, Array3};
@@ -139,53 +139,67 @@ fn grid_places_pictures_and_draws_labels() {
     let red = RgbImage::from_pixel(60, 40, Rgb([255, 0, 0]));
     let blue = RgbImage::from_pixel(60, 40, Rgb([0, 0, 255]));
     let green = RgbImage::from_pixel(30, 20, Rgb([0, 255, 0]));
-    let options = GridOptions { columns: 2, padding: 5, ..GridOptions::default() };
+    let options = GridOptions { columns: 2, padding: 5, label_size: Some(12.0), ..GridOptions::default() };
     let cells = [("layer4 · gradcam", red), ("layer3", blue), ("small", green)];
     let sheet = grid_with(&cells, &options).unwrap();
 
-    // Cells are 60 wide, so labels wrap at 7 characters: "layer4" / "·" / "gradcam".
-    let label_h = 3 * (GLYPH + 2);
-    let cell_h = label_h + 2 + 40;
+    // Cells are 60 wide: "layer4 · gradcam" wraps to two lines, which sets every label's height.
+    let label_h = 2 * (line_height(12.0) + 2);
+    let cell_h = label_h + 4 + 40;
     assert_eq!(sheet.dimensions(), (5 + 2 * (60 + 5), 5 + 2 * (cell_h + 5)));
-    let pic_top = 5 + label_h + 2;
+    let pic_top = 5 + label_h + 4;
     assert_eq!(sheet.get_pixel(5 + 30, pic_top + 20).0, [255, 0, 0]);
     assert_eq!(sheet.get_pixel(5 + 65 + 30, pic_top + 20).0, [0, 0, 255]);
     // The small picture is centred in its cell on the second row.
     let row2 = 5 + cell_h + 5;
-    assert_eq!(sheet.get_pixel(5 + 30, row2 + label_h + 2 + 20).0, [0, 255, 0]);
-    assert_eq!(sheet.get_pixel(5 + 2, row2 + label_h + 2 + 20).0, options.background);
+    assert_eq!(sheet.get_pixel(5 + 30, row2 + label_h + 4 + 20).0, [0, 255, 0]);
+    assert_eq!(sheet.get_pixel(5 + 2, row2 + label_h + 4 + 20).0, options.background);
 
-    // Text pixels exist in each label band and nowhere in the padding column.
-    let text_in = |x0: u32, y0: u32, w: u32, h: u32| {
-        (y0..y0 + h).any(|y| (x0..x0 + w).any(|x| sheet.get_pixel(x, y).0 == options.text))
+    // Ink (anything darker than the background) in each label band, none in the padding column.
+    let ink = |x0: u32, y0: u32, w: u32, h: u32| {
+        (y0..y0 + h).any(|y| (x0..x0 + w).any(|x| sheet.get_pixel(x, y).0[0] < 200))
     };
-    assert!(text_in(5, 5, 60, label_h));
-    assert!(text_in(70, 5, 60, label_h));
-    assert!(!text_in(0, 0, 5, sheet.height()));
+    assert!(ink(5, 5, 60, label_h));
+    assert!(ink(70, 5, 60, label_h));
+    assert!(!ink(0, 0, 5, sheet.height()));
 
     assert!(grid::<&str>(&[], 3).is_err());
     assert!(grid(&[("x", RgbImage::new(4, 4))], 0).is_err());
 }
 
 #[test]
+fn grid_colorbar_runs_from_low_to_high() {
+    let cells = [("a", RgbImage::from_pixel(200, 50, Rgb([0, 0, 0])))];
+    let plain = grid_with(&cells, &GridOptions::default()).unwrap();
+    let options = GridOptions { colorbar: Some(Colormap::Jet), ..GridOptions::default() };
+    let sheet = grid_with(&cells, &options).unwrap();
+    assert_eq!(sheet.width(), plain.width());
+    assert!(sheet.height() > plain.height() + 10, "room for the bar and its labels");
+    // The bar's first row below the cells: its left end is the colormap's 0, its right end 255.
+    let y = (plain.height()..sheet.height()).find(|&y| sheet.get_pixel(100, y).0 != [255; 3]).unwrap();
+    let row: Vec<[u8; 3]> =
+        (0..sheet.width()).map(|x| sheet.get_pixel(x, y).0).filter(|p| *p != [255; 3]).collect();
+    assert_eq!(row.first(), Some(&Colormap::Jet.color(0)));
+    assert_eq!(row.last(), Some(&Colormap::Jet.color(255)));
+}
+
+#[test]
 fn text_is_drawn_where_asked_and_clipped() {
-    let mut canvas = RgbImage::new(100, 20);
-    draw_text(&mut canvas, 10, 5, "Grad", 1, [255, 255, 255]);
-    let lit: Vec<(u32, u32)> = canvas
-        .enumerate_pixels()
-        .filter(|(_, _, p)| p.0 == [255, 255, 255])
-        .map(|(x, y, _)| (x, y))
-        .collect();
+    let mut canvas = RgbImage::new(100, 30);
+    draw_text(&mut canvas, 10, 5, "Grad", 14.0, [255, 255, 255]);
+    let lit: Vec<(u32, u32)> =
+        canvas.enumerate_pixels().filter(|(_, _, p)| p.0[0] > 0).map(|(x, y, _)| (x, y)).collect();
     assert!(!lit.is_empty());
-    assert!(lit
-        .iter()
-        .all(|&(x, y)| (10..10 + text_width("Grad", 1)).contains(&x) && (5..5 + GLYPH).contains(&y)));
+    assert!(lit.iter().all(|&(x, y)| (10..10 + text_width("Grad", 14.0) + 1).contains(&x)
+        && (5..5 + line_height(14.0)).contains(&y)));
+    // Anti-aliased: partly covered pixels between background and text colour.
+    assert!(canvas.pixels().any(|p| p.0[0] > 20 && p.0[0] < 235));
     // Different strings draw differently; off-canvas text does not panic.
-    let mut other = RgbImage::new(100, 20);
-    draw_text(&mut other, 10, 5, "Gred", 1, [255, 255, 255]);
+    let mut other = RgbImage::new(100, 30);
+    draw_text(&mut other, 10, 5, "Gred", 14.0, [255, 255, 255]);
     assert_ne!(canvas, other);
-    draw_text(&mut canvas, -50, -3, "clipped", 3, [1, 2, 3]);
-    draw_text(&mut canvas, 95, 15, "edge", 2, [1, 2, 3]);
+    draw_text(&mut canvas, -50, -3, "clipped", 30.0, [1, 2, 3]);
+    draw_text(&mut canvas, 95, 25, "edge", 20.0, [1, 2, 3]);
 }
 
 #[test]
