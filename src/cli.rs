@@ -70,10 +70,34 @@ pub struct ModelArgs {
     /// Device [default: cuda when the backend finds one, else cpu].
     #[arg(long, value_enum)]
     pub device: Option<DeviceKind>,
-    /// Model input size images are resized to, HxW [default: the model's own (candle), else
-    /// 224x224].
+    /// Model input size images are resized to, HxW, each side at most 4096 [default: the model's
+    /// own (candle), else 224x224].
     #[arg(long, value_name = "HxW", value_parser = parse_size)]
     pub size: Option<(usize, usize)>,
+    /// Threads the model runs on [default: the backend's own choice, usually one per core].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub threads: Option<u32>,
+}
+
+/// Longest side `--size` accepts: a 4096 x 4096 input is 200 MB as f32, before any activation.
+pub const MAX_INPUT_SIDE: usize = 4096;
+
+/// The pictures written per image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PictureKind {
+    /// NAME.LAYER.METHOD.overlay.png: the map over the photo.
+    Overlay,
+    /// NAME.LAYER.METHOD.heatmap.png: the map at the layer's own resolution.
+    Heatmap,
+    /// NAME.grid.png: the photo and every overlay side by side, with a colorbar.
+    Grid,
+}
+
+/// `--shard K/N`: this process explains the inputs whose hash modulo N is K.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    pub index: u64,
+    pub count: u64,
 }
 
 /// Colormaps by CLI name.
@@ -137,6 +161,32 @@ pub struct ExplainArgs {
     /// Output folder for the pictures.
     #[arg(long, value_name = "DIR", default_value = "gradcam-out")]
     pub out: PathBuf,
+    /// Which pictures to write per image (comma-separated).
+    #[arg(long, value_name = "KIND", value_enum, value_delimiter = ',', default_values = ["overlay", "heatmap", "grid"])]
+    pub pictures: Vec<PictureKind>,
+    /// Longest side of the overlays and grid cells; larger photos are scaled down for them (the
+    /// model still sees the whole photo).
+    #[arg(long, value_name = "PX", default_value_t = 2048, value_parser = clap::value_parser!(u32).range(16..=16384))]
+    pub max_picture_side: u32,
+    /// Replace files that already exist (earlier outputs, --npy-out, --manifest). Without it a
+    /// run refuses to touch any existing file.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Record every image as soon as its files are written: one JSON line each (input,
+    /// predictions, class, layer, layout, method, output paths).
+    #[arg(long, value_name = "FILE")]
+    pub manifest: Option<PathBuf>,
+    /// Skip the inputs the --manifest already lists, and append to it.
+    #[arg(long, requires = "manifest")]
+    pub resume: bool,
+    /// Explain only shard K of N (K = 0..N-1): a fixed 1/N of the inputs, chosen by a hash of
+    /// each input's path, so N processes split a dataset without talking to each other.
+    #[arg(long, value_name = "K/N", value_parser = parse_shard)]
+    pub shard: Option<Shard>,
+    /// Largest photo decoded, in pixels (width x height); larger ones are refused from their
+    /// header, before any memory is spent on them.
+    #[arg(long, value_name = "N", default_value_t = gradcam_viz::DEFAULT_MAX_PIXELS, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_pixels: u64,
     /// Also write the final maps as f32 .npy (N, H, W) in [0, 1] at the model's input size.
     #[arg(long, value_name = "FILE")]
     pub npy_out: Option<PathBuf>,
@@ -156,7 +206,21 @@ fn parse_size(s: &str) -> Result<(usize, usize), String> {
     if h == 0 || w == 0 {
         return Err(bad());
     }
+    if h > MAX_INPUT_SIDE || w > MAX_INPUT_SIDE {
+        return Err(format!("`{s}` is too large: each side at most {MAX_INPUT_SIDE}"));
+    }
     Ok((h, w))
+}
+
+fn parse_shard(s: &str) -> Result<Shard, String> {
+    let bad = || format!("`{s}` is not a shard: expected K/N with 0 <= K < N, e.g. 0/4 (K counts from 0)");
+    let (k, n) = s.split_once('/').ok_or_else(bad)?;
+    let index: u64 = k.trim().parse().map_err(|_| bad())?;
+    let count: u64 = n.trim().parse().map_err(|_| bad())?;
+    if count == 0 || index >= count {
+        return Err(bad());
+    }
+    Ok(Shard { index, count })
 }
 
 fn parse_alpha(s: &str) -> Result<f64, String> {
@@ -181,6 +245,10 @@ mod tests {
         assert_eq!(parse_size("96x128"), Ok((96, 128)));
         assert!(parse_size("96").is_err());
         assert!(parse_size("0x5").is_err());
+        assert!(parse_size("100000x100000").unwrap_err().contains("too large"));
+        assert_eq!(parse_size("4096x4096"), Ok((4096, 4096)));
+        assert_eq!(parse_shard("2/4"), Ok(Shard { index: 2, count: 4 }));
+        assert!(parse_shard("4/4").is_err() && parse_shard("0/0").is_err() && parse_shard("1").is_err());
         assert!(parse_alpha("1.5").is_err());
         assert_eq!(parse_alpha("0.25"), Ok(0.25));
     }

@@ -1,99 +1,360 @@
-//! `gradcam explain`: compute every map first, then render and write all files at once.
+//! `gradcam explain`: a stream of images through four stages, each on its own threads with a
+//! small bounded queue between them, so memory depends on the batch size and not on how many
+//! images there are:
+//!
+//! read (decode + resize, [`crate::read`]) → compute (the model in batches,
+//! [`crate::compute`]) → render (pictures, [`crate::render`]) → write (files placed together,
+//! manifest, [`crate::write`]).
 
+use std::collections::HashSet;
 use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
 
-use gradcam_core::{CamOptions, Explanation, Method, Target};
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use ndarray::{Array2, Array3, Array4, Axis};
+use gradcam_core::{CamOptions, Method};
+use serde_json::json;
 
-use crate::assets::ClassNames;
 use crate::backend::{self, LoadedModel};
-use crate::cli::ExplainArgs;
+use crate::cli::{ExplainArgs, PictureKind};
+use crate::compute::{self, Outcome, Settings, TOP_PREDICTIONS};
 use crate::error::CliError;
-use crate::input::{self, Input};
-use crate::output;
+use crate::manifest::{self, Manifest};
+use crate::npy_out::NpyOut;
+use crate::plan::{self, Plan, Source};
+use crate::pool;
+use crate::progress::Progress;
+use crate::read::Reader;
+use crate::render::Renderer;
+use crate::report::{path_json, Header, Reporter};
+use crate::stop::Stop;
+use crate::write::{self, Writer, Written};
 
-/// Number of predictions printed per image.
-const TOP_PREDICTIONS: usize = 5;
-
-/// One predicted class of one image.
-pub struct Prediction {
-    pub class: usize,
-    pub logit: f32,
-    pub probability: f32,
+/// How a run ended when it did not fail.
+pub enum Ending {
+    /// Every image was explained.
+    Complete,
+    /// A signal stopped it; the exit status to use.
+    Interrupted(u8),
 }
 
-/// One heatmap: an image explained for a class, at one layer (or all layers combined), by
-/// one method.
-pub struct MapResult {
-    pub image: usize,
-    pub class: usize,
-    /// Rank of `class` among the image's predictions when `--top` chose it.
-    pub rank: Option<usize>,
-    /// The layer, or `None` for the combination of several layers.
-    pub layer: Option<String>,
-    pub method: Method,
-    /// Final map `(H_in, W_in)` in [0, 1].
-    pub map: Array2<f32>,
-    /// The map at the layer's own resolution (after ReLU and min-max), for the "origin" view.
-    pub origin: Option<Array2<f32>>,
-    /// Whether this is the map `--npy-out` writes (the single layer, or the combination).
-    pub is_final: bool,
-}
-
-/// Everything computed, before anything is written.
-pub struct Results {
-    pub inputs: Vec<Input>,
-    pub predictions: Vec<Vec<Prediction>>,
-    pub class_names: ClassNames,
-    pub num_classes: usize,
-    pub layers: Vec<String>,
-    pub auto_layer: bool,
-    pub methods: Vec<Method>,
-    pub maps: Vec<MapResult>,
-}
-
-pub fn run(args: ExplainArgs) -> Result<(), CliError> {
-    let show_progress = !args.json && std::io::stderr().is_terminal();
+pub fn run(args: ExplainArgs, stop: &Stop) -> Result<Ending, CliError> {
+    if args.out.exists() && !args.out.is_dir() {
+        return Err(CliError::OutIsFile { path: args.out.clone() });
+    }
+    let manifest = match &args.manifest {
+        Some(path) => {
+            let mode = match (args.resume, args.overwrite) {
+                (true, _) => manifest::Mode::Append,
+                (false, true) => manifest::Mode::Replace,
+                (false, false) => manifest::Mode::Fresh,
+            };
+            Some(Manifest::prepare(path, mode)?)
+        }
+        None => None,
+    };
+    if args.resume && args.npy_out.is_some() {
+        return Err(CliError::Usage(
+            "--npy-out holds the maps of one run, so it cannot be combined with --resume: give each run its own --npy-out without --resume, or use the pictures".into(),
+        ));
+    }
+    let done = match (&args.manifest, args.resume) {
+        (Some(path), true) => manifest::done(path)?,
+        _ => HashSet::new(),
+    };
     let inputs_given =
         if args.inputs.is_empty() { vec![crate::assets::shipped_images()] } else { args.inputs.clone() };
-    if args.npy_out.as_ref().is_some_and(|p| p.is_dir()) {
-        return Err(CliError::Usage("--npy-out names a folder; give a file name ending in .npy".into()));
-    }
+    let plan = plan::gather(&inputs_given, &args.out, args.shard, &done)?;
     let mut loaded = backend::load(&args.model)?;
-    let inputs = input::gather(&inputs_given, loaded.input_size)?;
-    if args.npy_out.is_some() {
-        let (h, w) = input_hw(&inputs[0]);
-        if let Some(other) = inputs.iter().find(|i| input_hw(i) != (h, w)) {
-            return Err(CliError::Usage(format!(
-                "--npy-out stacks maps of one size, but {} is {:?} and {} is {:?}",
-                inputs[0].name,
-                (h, w),
-                other.name,
-                input_hw(other)
-            )));
+    let input_files: Vec<PathBuf> = unique_paths(&plan);
+    let npy = match &args.npy_out {
+        Some(path) => {
+            Some(NpyOut::prepare(path, map_size(&plan, loaded.input_size)?, args.overwrite, &input_files)?)
         }
-    }
+        None => None,
+    };
     let (layers, auto_layer) = choose_layers(&mut loaded, &args.layers)?;
-    let mut methods = Vec::new();
+    let mut methods: Vec<Method> = Vec::new();
     for m in &args.methods {
         if !methods.contains(m) {
             methods.push(*m);
         }
     }
+    let mut pictures: Vec<PictureKind> = Vec::new();
+    for p in &args.pictures {
+        if !pictures.contains(p) {
+            pictures.push(*p);
+        }
+    }
+    let renderer = Renderer::new(
+        args.out.clone(),
+        args.colormap.colormap(),
+        args.alpha,
+        pictures,
+        methods.clone(),
+        layers.clone(),
+        npy.is_some(),
+    );
+    // A resumed run meets the files of an image a kill interrupted: those fail one by one.
+    if !args.overwrite && !args.resume {
+        refuse_existing_outputs(&plan, &renderer, &layers, &methods, args.top.is_some())?;
+    }
 
-    let progress = Progress::new(show_progress, inputs.len(), &methods);
-    let results = compute(&mut loaded, inputs, layers, auto_layer, methods, &args, &progress)?;
+    let progress = Progress::new(!args.json && std::io::stderr().is_terminal(), plan.items.len());
+    let header = Header {
+        backend: loaded.backend.feature(),
+        model: loaded.path.display().to_string(),
+        device: loaded.device,
+        auto_layer,
+        methods: methods.iter().map(|m| m.to_string()).collect(),
+    };
+    let top = args.top.map_or(1, |k| k as usize);
+    let settings = Settings {
+        layers: layers.clone(),
+        methods: methods.clone(),
+        targets: Settings::targets(args.class, args.top, args.softmax),
+        options: CamOptions {
+            layout: args.layout,
+            progress: passes_callback(&progress),
+            ..CamOptions::default()
+        },
+        batch: args.batch as usize,
+        keep: TOP_PREDICTIONS.max(top),
+    };
+    let inputs = if args.overwrite {
+        input_files.iter().filter_map(|p| write::identity(p)).collect()
+    } else {
+        HashSet::new()
+    };
+    let found = plan.found;
+    let skipped = (plan.resumed, plan.own_outputs);
+    let to_do = plan.items.len();
+    let mut writer = Writer {
+        out: args.out.clone(),
+        overwrite: args.overwrite,
+        manifest,
+        npy,
+        inputs,
+        renderer: &renderer,
+        reporter: Reporter::new(args.json, header, progress.clone()),
+        progress: progress.clone(),
+        stop: stop.clone(),
+        model_size: loaded.input_size,
+        written: Written::default(),
+    };
+
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4);
+    let reader = Reader::new(loaded.input_size, args.max_pixels, args.max_picture_side);
+    let model = loaded.model.as_mut();
+    let started = std::time::Instant::now();
+    let (compute_result, write_result) = std::thread::scope(|s| {
+        let feed_stop = stop.clone();
+        let items = plan.items.into_iter().take_while(move |_| !feed_stop.requested());
+        let loaded_items = pool::ordered(s, items, workers, move |item| reader.read(item));
+        let (tx, rx) = sync_channel::<Outcome>(settings.batch);
+        let renderer = &renderer;
+        let rendered = pool::ordered(s, rx.into_iter(), workers, move |outcome| match outcome {
+            Outcome::Done(result) => renderer.render(*result),
+            Outcome::Failed(f) => Err(f),
+        });
+        let writer = &mut writer;
+        let write_stop = stop.clone();
+        let write_thread = s.spawn(move || {
+            let result = writer.run(rendered);
+            if result.is_err() {
+                write_stop.abort();
+            }
+            result
+        });
+        let compute_result = compute::run(model, loaded_items, &settings, tx, stop);
+        if compute_result.is_err() {
+            stop.abort();
+        }
+        let write_result = write_thread.join().unwrap_or_else(|_| {
+            Err(CliError::Usage("internal error: the writer stopped unexpectedly".into()))
+        });
+        (compute_result, write_result)
+    });
     progress.finish();
+    let elapsed = started.elapsed();
 
-    let written = output::write_all(&results, &args)?;
-    output::report(&results, &loaded, &written, &args)
+    let Writer { manifest, npy, reporter, written, out, .. } = writer;
+    let (explain_time, compute_error) = match compute_result {
+        Ok(t) => (t, None),
+        Err(e) => (std::time::Duration::ZERO, Some(e)),
+    };
+    let failure = write_result.err().or(compute_error);
+    let interrupted = stop.signal();
+    // The .npy is complete only when every image was done.
+    let npy_written = match (npy, &failure, interrupted) {
+        (Some(npy), None, None) => npy.finish()?,
+        _ => None,
+    };
+    if written.created_out && written.images == 0 {
+        // Only removes it when empty: never anything the user put there meanwhile.
+        let _ = std::fs::remove_dir(&out);
+    }
+    let manifest_path = manifest.as_ref().map(|m| m.path().to_path_buf());
+
+    if let Some(err) = failure {
+        if written.images > 0 {
+            let record =
+                manifest_path.as_ref().map_or(String::new(), |m| format!(" (listed in {})", m.display()));
+            progress.eprintln(&format!(
+                "note: {} of {to_do} images were written before the error{record}; they are complete",
+                written.images
+            ));
+        }
+        return Err(err);
+    }
+    if let Some((signal, status)) = interrupted {
+        let record = match &manifest_path {
+            Some(m) => format!("they are listed in {}; add --resume to continue", m.display()),
+            None => "give --manifest FILE next time to be able to --resume".into(),
+        };
+        progress.eprintln(&format!(
+            "stopped by {signal}: {} of {to_do} images written to {} ({} pictures, every image's set complete); {record}",
+            written.images,
+            out.display(),
+            written.pictures
+        ));
+        return Ok(Ending::Interrupted(status));
+    }
+
+    let summary = json!({
+        "backend": loaded.backend.feature(),
+        "model": path_json(&loaded.path),
+        "arch": loaded.arch,
+        "device": loaded.device,
+        "layers": layers,
+        "layer_chosen_automatically": auto_layer,
+        "methods": methods.iter().map(|m| m.name()).collect::<Vec<_>>(),
+        "target": if args.softmax { "softmax" } else { "logit" },
+        "out_dir": path_json(&out),
+        "npy_out": npy_written.as_ref().map(|(p, _)| path_json(p)),
+        "manifest": manifest_path.as_deref().map(path_json),
+        "inputs_found": found,
+        "skipped_as_done": skipped.0,
+        "skipped_own_outputs": skipped.1,
+        // From the first image read to the last file written (the model was loaded before), and
+        // the part of it spent in the model's explain calls.
+        "timing": {"seconds": elapsed.as_secs_f64(), "explain_seconds": explain_time.as_secs_f64()},
+    });
+    let closing = closing_text(&written, &out, &npy_written, manifest_path.as_deref(), skipped, to_do);
+    reporter.finish(summary, &closing);
+    if written.failed > 0 {
+        return Err(CliError::SomeFailed { failed: written.failed, total: to_do });
+    }
+    Ok(Ending::Complete)
 }
 
-fn input_hw(input: &Input) -> (usize, usize) {
-    let (_, h, w) = input.tensor.dim();
-    (h, w)
+fn closing_text(
+    written: &Written,
+    out: &std::path::Path,
+    npy: &Option<(PathBuf, usize)>,
+    manifest: Option<&std::path::Path>,
+    (resumed, own): (usize, usize),
+    to_do: usize,
+) -> String {
+    let mut text =
+        format!("wrote {} pictures of {} images to {}/\n", written.pictures, written.images, out.display());
+    for path in &written.examples {
+        text.push_str(&format!("  {}\n", path.display()));
+    }
+    if written.pictures > written.examples.len() {
+        text.push_str(&format!("  ... and {} more\n", written.pictures - written.examples.len()));
+    }
+    if let Some((path, n)) = npy {
+        text.push_str(&format!("wrote the final maps ({n} x H x W, f32 in [0, 1]) to {}\n", path.display()));
+    }
+    if let Some(m) = manifest {
+        text.push_str(&format!("recorded every image in {}\n", m.display()));
+    }
+    if resumed > 0 {
+        text.push_str(&format!("skipped {resumed} images the manifest lists as done\n"));
+    }
+    if own > 0 {
+        text.push_str(&format!("skipped {own} pictures of earlier runs found among the inputs\n"));
+    }
+    if to_do == 0 {
+        text.push_str("nothing left to do\n");
+    }
+    text
+}
+
+/// Every distinct input file.
+fn unique_paths(plan: &Plan) -> Vec<PathBuf> {
+    let mut seen = HashSet::new();
+    plan.items.iter().filter(|i| seen.insert(i.path.clone())).map(|i| i.path.clone()).collect()
+}
+
+/// The size of every final map (the model input's), which `--npy-out` needs to be one.
+fn map_size(plan: &Plan, model: (usize, usize)) -> Result<(usize, usize), CliError> {
+    let hw = |item: &plan::Item| match &item.source {
+        Source::Npy { batch, .. } => batch.image_hw(),
+        Source::Image => model,
+    };
+    let Some(first) = plan.items.first() else { return Ok(model) };
+    match plan.items.iter().find(|i| hw(i) != hw(first)) {
+        None => Ok(hw(first)),
+        Some(other) => Err(CliError::Usage(format!(
+            "--npy-out stacks maps of one size, but {} is {:?} and {} is {:?}",
+            first.name,
+            hw(first),
+            other.name,
+            hw(other)
+        ))),
+    }
+}
+
+/// Refuses before any work when outputs of the run already exist (`--overwrite` replaces them):
+/// every image's grid, and without `--top` (whose names hold the class) every map's files.
+fn refuse_existing_outputs(
+    plan: &Plan,
+    renderer: &Renderer,
+    layers: &[String],
+    methods: &[Method],
+    top: bool,
+) -> Result<(), CliError> {
+    let several = layers.len() > 1;
+    let map_layers: Vec<Option<&str>> =
+        layers.iter().map(|l| Some(l.as_str())).chain(several.then_some(None)).collect();
+    let mut existing = 0;
+    let mut first = None;
+    for item in &plan.items {
+        let mut candidates = Vec::new();
+        if renderer.pictures.contains(&PictureKind::Grid) {
+            candidates.push(renderer.grid_path(&item.name));
+        }
+        if !top {
+            for &layer in &map_layers {
+                for &method in methods {
+                    let [overlay, heatmap] = renderer.map_paths(&item.name, layer, method, None);
+                    if renderer.pictures.contains(&PictureKind::Overlay) {
+                        candidates.push(overlay);
+                    }
+                    if renderer.pictures.contains(&PictureKind::Heatmap) {
+                        candidates.push(heatmap);
+                    }
+                }
+            }
+        }
+        if let Some(path) = candidates.into_iter().find(|p| std::fs::symlink_metadata(p).is_ok()) {
+            existing += 1;
+            first.get_or_insert(path);
+        }
+    }
+    match first {
+        None => Ok(()),
+        Some(path) => Err(CliError::Exists {
+            path,
+            hint: format!(
+                "{existing} of the {} images already have pictures in {}: add --overwrite to replace them, --manifest FILE --resume to skip images already done, or choose another --out",
+                plan.items.len(),
+                renderer.out.display()
+            ),
+        }),
+    }
 }
 
 /// The layers to explain: those named (checked against the model's, with near matches for a
@@ -107,7 +368,7 @@ fn choose_layers(loaded: &mut LoadedModel, wanted: &[String]) -> Result<(Vec<Str
     for name in wanted {
         if !known.iter().any(|l| &l.name == name) {
             let near = gradcam_core::near_matches(name, known.iter().map(|l| l.name.as_str()));
-            return Err(gradcam_core::CamError::UnknownLayer { name: name.clone(), near }.into());
+            return Err(CliError::UnknownLayer { name: name.clone(), near, count: known.len() });
         }
         if !layers.contains(name) {
             layers.push(name.clone());
@@ -116,218 +377,8 @@ fn choose_layers(loaded: &mut LoadedModel, wanted: &[String]) -> Result<(Vec<Str
     Ok((layers, false))
 }
 
-fn compute(
-    loaded: &mut LoadedModel,
-    inputs: Vec<Input>,
-    layers: Vec<String>,
-    auto_layer: bool,
-    methods: Vec<Method>,
-    args: &ExplainArgs,
-    progress: &Progress,
-) -> Result<Results, CliError> {
-    let layer_refs: Vec<&str> = layers.iter().map(String::as_str).collect();
-    let options =
-        CamOptions { layout: args.layout, progress: progress.passes_callback(), ..CamOptions::default() };
-    let mut predictions = Vec::with_capacity(inputs.len());
-    let mut maps = Vec::new();
-    let mut num_classes = 0;
-    for chunk in batches(&inputs, args.batch as usize) {
-        let batch = stack(&inputs[chunk.clone()]);
-        let logits = loaded.model.forward(batch.view())?;
-        num_classes = logits.ncols();
-        if let Some(class) = args.class {
-            if class >= num_classes {
-                return Err(gradcam_core::CamError::ClassOutOfRange { class, num_classes }.into());
-            }
-        }
-        let top = args.top.map_or(1, |k| k as usize);
-        if top > num_classes {
-            return Err(CliError::Usage(format!(
-                "--top {top} asks for more classes than the model's {num_classes}"
-            )));
-        }
-        let ranked: Vec<Vec<Prediction>> = logits.outer_iter().map(|row| rank(row.to_vec())).collect();
-        // One explain call per class rank: core shares one capture per layer among methods.
-        let targets: Vec<(Target, Option<usize>)> = match (args.class, args.top) {
-            (Some(class), _) => vec![(Target::class(class), None)],
-            (None, Some(k)) => (0..k as usize)
-                .map(|r| (Target::per_image(ranked.iter().map(|p| p[r].class).collect()), Some(r)))
-                .collect(),
-            (None, None) => vec![(Target::top_one(), None)],
-        };
-        for (target, rank) in targets {
-            let target = if args.softmax { target.softmax() } else { target };
-            let explanations = gradcam_core::explain(
-                loaded.model.as_mut(),
-                batch.view(),
-                &layer_refs,
-                &methods,
-                &target,
-                &options,
-            )?;
-            for explanation in explanations {
-                collect_maps(&explanation, chunk.start, rank, &mut maps)?;
-            }
-        }
-        predictions.extend(ranked.into_iter().map(|mut p| {
-            p.truncate(TOP_PREDICTIONS.max(top));
-            p
-        }));
-        progress.images_done(chunk.len());
-    }
-    Ok(Results {
-        inputs,
-        predictions,
-        class_names: ClassNames::for_classes(num_classes),
-        num_classes,
-        layers,
-        auto_layer,
-        methods,
-        maps,
-    })
-}
-
-/// Splits the inputs into runs of at most `size` consecutive inputs of one tensor shape.
-fn batches(inputs: &[Input], size: usize) -> Vec<std::ops::Range<usize>> {
-    let mut out: Vec<std::ops::Range<usize>> = Vec::new();
-    for (i, input) in inputs.iter().enumerate() {
-        match out.last_mut() {
-            Some(r) if r.len() < size && inputs[r.start].tensor.dim() == input.tensor.dim() => r.end = i + 1,
-            _ => out.push(i..i + 1),
-        }
-    }
-    out
-}
-
-fn stack(inputs: &[Input]) -> Array4<f32> {
-    let views: Vec<_> = inputs.iter().map(|i| i.tensor.view()).collect();
-    ndarray::stack(Axis(0), &views).expect("batches hold tensors of one shape")
-}
-
-/// Classes sorted by logit, best first, with softmax probabilities.
-fn rank(logits: Vec<f32>) -> Vec<Prediction> {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f32 = logits.iter().map(|v| (v - max).exp()).sum();
-    let mut out: Vec<Prediction> = logits
-        .iter()
-        .enumerate()
-        .map(|(class, &logit)| Prediction { class, logit, probability: (logit - max).exp() / sum })
-        .collect();
-    out.sort_by(|a, b| b.logit.total_cmp(&a.logit).then(a.class.cmp(&b.class)));
-    out
-}
-
-/// Splits an explanation into one map per image and layer, plus the combined map when several
-/// layers were explained. A layer's own map is what pytorch-grad-cam gives for that layer alone
-/// (core's multi-layer aggregation over one layer: upsample, ReLU, min-max), so `--layer a
-/// --layer b` shows the same per-layer pictures as two separate runs, plus their combination.
-fn collect_maps(
-    explanation: &Explanation,
-    first_image: usize,
-    rank: Option<usize>,
-    maps: &mut Vec<MapResult>,
-) -> Result<(), CliError> {
-    let (batch, h, w) = explanation.maps.dim();
-    let several = explanation.layers.len() > 1;
-    let mut per_layer = Vec::with_capacity(explanation.layers.len());
-    for layer in &explanation.layers {
-        let own = if several {
-            gradcam_core::combine_layers(&[gradcam_core::upsample_maps(layer.scaled.view(), h, w)])?
-        } else {
-            explanation.maps.clone()
-        };
-        per_layer.push(own);
-    }
-    for b in 0..batch {
-        let class = explanation.classes[b];
-        for (layer, own) in explanation.layers.iter().zip(&per_layer) {
-            maps.push(MapResult {
-                image: first_image + b,
-                class,
-                rank,
-                layer: Some(layer.layer.clone()),
-                method: explanation.method,
-                map: own.index_axis(Axis(0), b).to_owned(),
-                origin: Some(layer.scaled.index_axis(Axis(0), b).to_owned()),
-                is_final: !several,
-            });
-        }
-        if several {
-            maps.push(MapResult {
-                image: first_image + b,
-                class,
-                rank,
-                layer: None,
-                method: explanation.method,
-                map: explanation.maps.index_axis(Axis(0), b).to_owned(),
-                origin: None,
-                is_final: true,
-            });
-        }
-    }
-    Ok(())
-}
-
-/// Stacks the final maps `(N, H, W)` for `--npy-out`, in the order of the summary's
-/// `npy_index`: image, then class rank, then method.
-pub fn final_stack(results: &Results) -> Array3<f32> {
-    let views: Vec<_> = final_maps(results).map(|m| m.map.view()).collect();
-    ndarray::stack(Axis(0), &views).expect("final maps share the input size")
-}
-
-/// The final maps in `--npy-out` order.
-pub fn final_maps(results: &Results) -> impl Iterator<Item = &MapResult> {
-    let mut order: Vec<&MapResult> = results.maps.iter().filter(|m| m.is_final).collect();
-    order.sort_by_key(|m| (m.image, m.rank, results.methods.iter().position(|x| *x == m.method)));
-    order.into_iter()
-}
-
-/// Progress on stderr: one bar over the images (folders, batches) and one over the extra
-/// forward passes of ScoreCAM/AblationCAM. Hidden when stderr is not a terminal or with --json.
-struct Progress {
-    images: Option<ProgressBar>,
-    passes: Option<ProgressBar>,
-}
-
-impl Progress {
-    fn new(show: bool, num_images: usize, methods: &[Method]) -> Self {
-        if !show {
-            return Progress { images: None, passes: None };
-        }
-        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
-        let style = |template: &str| ProgressStyle::with_template(template).expect("valid template");
-        let images = (num_images > 1).then(|| {
-            let bar = multi.add(ProgressBar::new(num_images as u64));
-            bar.set_style(style("{prefix:>8} [{bar:30}] {pos}/{len} images ({eta} left)"));
-            bar.set_prefix("explain");
-            bar
-        });
-        let passes = methods.iter().any(|m| m.needs_forward_passes()).then(|| {
-            let bar = multi.add(ProgressBar::new(0));
-            bar.set_style(style("{prefix:>8} [{bar:30}] {pos}/{len} masked passes ({eta} left)"));
-            bar.set_prefix("passes");
-            bar
-        });
-        Progress { images, passes }
-    }
-
-    fn passes_callback(&self) -> Option<Arc<dyn Fn(usize, usize) + Send + Sync>> {
-        let bar = self.passes.clone()?;
-        Some(Arc::new(move |done, total| {
-            bar.set_length(total as u64);
-            bar.set_position(done as u64);
-        }))
-    }
-
-    fn images_done(&self, n: usize) {
-        if let Some(bar) = &self.images {
-            bar.inc(n as u64);
-        }
-    }
-
-    fn finish(&self) {
-        for bar in self.images.iter().chain(self.passes.iter()) {
-            bar.finish_and_clear();
-        }
-    }
+/// ScoreCAM's and AblationCAM's extra forward passes, shown next to the bar.
+fn passes_callback(progress: &Progress) -> Option<gradcam_core::Progress> {
+    let progress = progress.clone();
+    Some(Arc::new(move |done, total| progress.message(format!("{done}/{total} masked passes"))))
 }

@@ -1,5 +1,7 @@
 //! `gradcam layers`: every layer a model offers, with its activation shape.
 
+use std::io::Write;
+
 use crate::backend;
 use crate::cli::ModelArgs;
 use crate::error::CliError;
@@ -9,8 +11,8 @@ pub fn run(args: &ModelArgs) -> Result<(), CliError> {
     let layers = loaded.model.layers()?;
     let chosen = loaded.model.default_layer()?;
     let width = layers.iter().map(|l| l.name.len()).max().unwrap_or(0);
-    println!(
-        "{} layers of {} ({} backend); shapes for one image; * = chosen when --layer is omitted",
+    let mut text = format!(
+        "{} layers of {} ({} backend); shapes for one image; * = chosen when --layer is omitted\n",
         layers.len(),
         loaded.path.display(),
         loaded.backend.feature()
@@ -18,7 +20,9 @@ pub fn run(args: &ModelArgs) -> Result<(), CliError> {
     for layer in &layers {
         let mark = if layer.name == chosen { "*" } else { " " };
         let shape: Vec<String> = layer.shape.iter().map(usize::to_string).collect();
-        println!("{mark} {:<width$}  [{}]", layer.name, shape.join(", "));
+        text.push_str(&format!("{mark} {:<width$}  [{}]\n", layer.name, shape.join(", ")));
     }
+    // `gradcam layers | head` closes stdout early: not an error worth a panic.
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
     Ok(())
 }

@@ -4,41 +4,79 @@
 //! ```text
 //! gradcam                             # = gradcam explain: the shipped photos and model → ./gradcam-out/
 //! gradcam explain cat.jpg --method gradcam++ --method scorecam --layer blocks.5
+//! gradcam explain photos/ --manifest done.jsonl --resume --shard 3/8
 //! gradcam layers --model resnet50.onnx
 //! ```
+//!
+//! Modules, in the order data flows through `explain`: [`plan`] (which inputs) → [`read`]
+//! (pixels) → [`compute`] (the model) → [`render`] (pictures) → [`write`] (files placed together,
+//! [`manifest`], [`npy_out`]) → [`report`]; [`explain`] wires them together on threads
+//! ([`pool`]) and [`stop`] ends them cleanly.
+
+// Nothing the user controls may panic: errors are values.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod assets;
 mod backend;
 mod cli;
+mod compute;
 mod error;
 mod explain;
-mod input;
 mod layers;
-mod output;
+mod manifest;
+mod npy_out;
+mod plan;
+mod pool;
+mod progress;
+mod read;
+mod render;
+mod report;
+mod staged;
+mod stop;
+mod write;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
 use crate::cli::{Cli, Command};
+use crate::error::CliError;
 
 fn main() -> ExitCode {
-    // Plain `gradcam` (as `cargo run` gives) is `gradcam explain` with every default.
-    let command = Cli::parse().command.or_else(|| Cli::parse_from(["gradcam", "explain"]).command);
-    let result = match command.expect("explain parses without arguments") {
-        Command::Explain(args) => explain::run(args),
-        Command::Layers(args) => layers::run(&args),
+    let command = match Cli::parse().command {
+        Some(command) => command,
+        // Plain `gradcam` (as `cargo run` gives) is `gradcam explain` with every default.
+        None => match Cli::parse_from(["gradcam", "explain"]).command {
+            Some(command) => command,
+            None => return ExitCode::FAILURE,
+        },
+    };
+    let result = match command {
+        Command::Explain(args) => stop::Stop::install().and_then(|stop| explain::run(args, &stop)),
+        Command::Layers(args) => layers::run(&args).map(|()| explain::Ending::Complete),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(explain::Ending::Complete) => ExitCode::SUCCESS,
+        Ok(explain::Ending::Interrupted(status)) => ExitCode::from(status),
         Err(err) => {
-            eprintln!("error: {err}");
-            let mut source = std::error::Error::source(&err);
-            while let Some(cause) = source {
-                eprintln!("  caused by: {cause}");
-                source = cause.source();
-            }
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "error: {}", error_chain(&err));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error with its causes, one per line.
+pub fn error_chain(err: &CliError) -> String {
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        // Transparent wrappers repeat their cause's message: say it once.
+        if !text.contains(&cause_text) {
+            text.push_str(&format!("\n  caused by: {cause_text}"));
+        }
+        source = cause.source();
+    }
+    text
 }

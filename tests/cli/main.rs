@@ -12,6 +12,15 @@ use std::process::{Command, Output};
 use ndarray::{Array3, Array4};
 use serde_json::Value;
 
+#[cfg(feature = "candle")]
+mod faults;
+#[cfg(feature = "candle")]
+mod hostile;
+#[cfg(feature = "candle")]
+mod safety;
+#[cfg(feature = "candle")]
+mod stream;
+
 /// A fresh, empty working folder for one test.
 fn workdir(name: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-e2e").join(name);
@@ -21,12 +30,36 @@ fn workdir(name: &str) -> PathBuf {
 }
 
 fn gradcam(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_gradcam"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("GRADCAM_ASSETS")
-        .output()
-        .expect("the gradcam binary runs")
+    command(dir, args).output().expect("the gradcam binary runs")
+}
+
+/// The command, not started yet.
+fn command<S: AsRef<std::ffi::OsStr>>(dir: &Path, args: &[S]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gradcam"));
+    cmd.args(args).current_dir(dir).env_remove("GRADCAM_ASSETS");
+    cmd
+}
+
+/// Every file under `dir` with its bytes.
+fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    files(dir).into_iter().map(|f| (f.clone(), std::fs::read(dir.join(&f)).unwrap())).collect()
+}
+
+/// A folder `name` under `dir` holding copies of the shipped photos, `copies` of each, named
+/// `chelsea-00.png`, `coffee-00.png`, ….
+fn photos(dir: &Path, name: &str, copies: usize) -> PathBuf {
+    let folder = dir.join(name);
+    std::fs::create_dir_all(&folder).unwrap();
+    for photo in ["chelsea", "coffee"] {
+        for k in 0..copies {
+            std::fs::copy(
+                assets().join(format!("images/{photo}.png")),
+                folder.join(format!("{photo}-{k:02}.png")),
+            )
+            .unwrap();
+        }
+    }
+    folder
 }
 
 fn assets() -> PathBuf {
@@ -50,7 +83,7 @@ fn files(dir: &Path) -> Vec<String> {
     fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
-            if path.is_dir() {
+            if path.is_dir() && !path.is_symlink() {
                 walk(root, &path, out);
             } else {
                 out.push(path.strip_prefix(root).unwrap().display().to_string());
@@ -120,6 +153,12 @@ mod candle {
             assert!(written.contains(&format!("{name}.grid.png")), "no grid for {name}: {written:?}");
         }
         assert_eq!(written.len(), 6, "{written:?}");
+        assert!(text.contains("[nchw]"), "the layout of the layer:\n{text}");
+        assert!(
+            stderr(&out).is_empty(),
+            "without a terminal, nothing but errors on stderr:\n{}",
+            stderr(&out)
+        );
     }
 
     #[test]
@@ -141,6 +180,8 @@ mod candle {
         assert_eq!(maps[0]["class"], 285);
         assert_eq!(maps[0]["layer"], layer);
         assert_eq!(maps[0]["npy_index"], 0);
+        assert_eq!(maps[0]["layout"], "nchw");
+        assert_eq!(summary["layouts"][layer], "nchw", "the layout used, per layer");
         for key in ["overlay", "heatmap"] {
             let path = dir.join(maps[0][key].as_str().unwrap());
             assert!(path.starts_with(dir.join("pics")), "{}", path.display());
@@ -299,7 +340,7 @@ mod candle {
         let dir = workdir("failed-write");
         std::fs::write(dir.join("blocker"), "a file where a folder should be").unwrap();
         let out = gradcam(&dir, &["explain", &chelsea(), "--npy-out", "blocker/maps.npy"]);
-        assert_failure(&out, 1, "cannot write", &dir, &["blocker"]);
+        assert_failure(&out, 1, "blocker is a file, not a folder", &dir, &["blocker"]);
         assert!(!dir.join("gradcam-out").exists(), "the output folder it created is removed again");
     }
 }
@@ -324,6 +365,7 @@ fn unreadable_image() {
     std::fs::write(dir.join("broken.png"), b"this is not a PNG").unwrap();
     let out = gradcam(&dir, &["explain", "broken.png"]);
     assert_failure(&out, 1, "cannot read image broken.png", &dir, &["broken.png"]);
+    assert!(stderr(&out).contains("1 of 1 images could not be explained"), "{}", stderr(&out));
 }
 
 #[test]
