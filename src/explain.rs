@@ -122,7 +122,7 @@ pub fn run(args: ExplainArgs, stop: &Stop) -> Result<Ending, CliError> {
         keep: TOP_PREDICTIONS.max(top),
     };
     let inputs = if args.overwrite {
-        input_files.iter().filter_map(|p| write::identity(p)).collect()
+        input_files.iter().filter_map(|p| write::identity(p.as_path())).collect()
     } else {
         HashSet::new()
     };
