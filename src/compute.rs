@@ -174,12 +174,15 @@ fn flush(
     Ok(true)
 }
 
+/// Each target's class rank (under `--top`) with its explanations, one per method.
+type PerTarget = Vec<(Option<usize>, Vec<Explanation>)>;
+
 /// One `explain` per target; the first one's logits are the predictions.
 fn explain_all(
     model: &mut dyn CamModel,
     input: &Array4<f32>,
     settings: &Settings,
-) -> Result<Vec<(Option<usize>, Vec<Explanation>)>, CamError> {
+) -> Result<PerTarget, CamError> {
     let layers: Vec<&str> = settings.layers.iter().map(String::as_str).collect();
     settings
         .targets

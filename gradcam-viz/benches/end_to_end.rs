@@ -37,7 +37,12 @@ impl CamModel for Recorded {
     fn default_layer(&mut self) -> Result<String, CamError> {
         Ok("bn2".into())
     }
-    fn capture(&mut self, _: ArrayView4<f32>, _: &str, _: Option<&Target>) -> Result<Capture, CamError> {
+    fn capture(
+        &mut self,
+        _: ArrayView4<f32>,
+        _: &str,
+        _: Option<&dyn gradcam_core::Seed>,
+    ) -> Result<Capture, CamError> {
         Ok(self.0.clone())
     }
     fn forward(&mut self, _: ArrayView4<f32>) -> Result<Array2<f32>, CamError> {
@@ -59,7 +64,6 @@ fn capture(channels: usize) -> Capture {
     let gradient = Array4::from_shape_vec((1, channels, 7, 7), filled(n, 2, -1e-3, 1e-3)).unwrap();
     Capture {
         logits: Array2::from_shape_vec((1, 1000), filled(1000, 3, -5.0, 5.0)).unwrap(),
-        classes: vec![285],
         activation: LayerTensor::Spatial(activation),
         gradient: Some(LayerTensor::Spatial(gradient)),
     }

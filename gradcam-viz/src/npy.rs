@@ -89,11 +89,11 @@ impl NpyBatch {
         }
         let declared = shape(&header).ok_or_else(|| bad("its header has no readable shape".into()))?;
         let shape = match declared.as_slice() {
-            &[c, h, w] => [1, c, h, w],
-            &[n, c, h, w] => [n, c, h, w],
+            [c, h, w] => [1, *c, *h, *w],
+            [n, c, h, w] => [*n, *c, *h, *w],
             _ => return Err(bad(format!("shape {} is not (N, 3, H, W) or (3, H, W)", tuple(&declared)))),
         };
-        if shape[1] != 3 || shape.iter().any(|&d| d == 0) {
+        if shape[1] != 3 || shape.contains(&0) {
             return Err(bad(format!("shape {} is not (N, 3, H, W) with N, H, W > 0", tuple(&declared))));
         }
         let need = shape

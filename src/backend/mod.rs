@@ -45,6 +45,8 @@ pub trait Loader: Sync {
 const DEFAULT_SIZE: (usize, usize) = (224, 224);
 
 /// The loaders compiled into this binary.
+// One `push` per feature: the list depends on the build, so it cannot be one `vec![]`.
+#[allow(clippy::vec_init_then_push)]
 fn loaders() -> Vec<&'static dyn Loader> {
     #[allow(unused_mut)]
     let mut all: Vec<&'static dyn Loader> = Vec::new();
