@@ -160,9 +160,11 @@ pub struct ExplainArgs {
     /// Weight of the photo in the overlay (pytorch-grad-cam's image_weight), 0..=1.
     #[arg(long, value_name = "X", default_value_t = 0.5, value_parser = parse_alpha)]
     pub alpha: f64,
-    /// Output folder for the pictures.
-    #[arg(long, value_name = "DIR", default_value = "gradcam-out")]
-    pub out: PathBuf,
+    /// Output folder for the pictures [default: ./gradcam-out, or the first of gradcam-out-2,
+    /// gradcam-out-3, … that does not exist yet when an earlier run left files there: a run
+    /// never replaces files it did not write unless --overwrite says so].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
     /// Which pictures to write per image (comma-separated).
     #[arg(long, value_name = "KIND", value_enum, value_delimiter = ',', default_values = ["overlay", "heatmap", "grid"])]
     pub pictures: Vec<PictureKind>,

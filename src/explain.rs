@@ -39,8 +39,9 @@ pub enum Ending {
 }
 
 pub fn run(args: ExplainArgs, stop: &Stop) -> Result<Ending, CliError> {
-    if args.out.exists() && !args.out.is_dir() {
-        return Err(CliError::OutIsFile { path: args.out.clone() });
+    let out = output_folder(&args);
+    if out.exists() && !out.is_dir() {
+        return Err(CliError::OutIsFile { path: out });
     }
     let manifest = match &args.manifest {
         Some(path) => {
@@ -64,7 +65,7 @@ pub fn run(args: ExplainArgs, stop: &Stop) -> Result<Ending, CliError> {
     };
     let inputs_given =
         if args.inputs.is_empty() { vec![crate::assets::shipped_images()] } else { args.inputs.clone() };
-    let plan = plan::gather(&inputs_given, &args.out, args.shard, &done)?;
+    let plan = plan::gather(&inputs_given, &out, args.shard, &done)?;
     let mut loaded = backend::load(&args.model)?;
     let input_files: Vec<PathBuf> = unique_paths(&plan);
     let npy = match &args.npy_out {
@@ -87,7 +88,7 @@ pub fn run(args: ExplainArgs, stop: &Stop) -> Result<Ending, CliError> {
         }
     }
     let renderer = Renderer::new(
-        args.out.clone(),
+        out.clone(),
         args.colormap.colormap(),
         args.alpha,
         pictures,
@@ -130,7 +131,7 @@ pub fn run(args: ExplainArgs, stop: &Stop) -> Result<Ending, CliError> {
     let skipped = (plan.resumed, plan.own_outputs);
     let to_do = plan.items.len();
     let mut writer = Writer {
-        out: args.out.clone(),
+        out,
         overwrite: args.overwrite,
         manifest,
         npy,
@@ -305,6 +306,29 @@ fn map_size(plan: &Plan, model: (usize, usize)) -> Result<(usize, usize), CliErr
             hw(other)
         ))),
     }
+}
+
+/// Default output folder, when `--out` is not given: `gradcam-out`, unless it already holds files
+/// and the run is not meant to continue or replace them (`--resume`, `--overwrite`): then the first
+/// of `gradcam-out-2`, `gradcam-out-3`, … that does not exist. So running the same command twice
+/// keeps both runs' pictures.
+fn output_folder(args: &ExplainArgs) -> PathBuf {
+    const DEFAULT: &str = "gradcam-out";
+    if let Some(out) = &args.out {
+        return out.clone();
+    }
+    let unused = |p: &std::path::Path| match std::fs::read_dir(p) {
+        Ok(mut entries) => entries.next().is_none(),
+        Err(_) => std::fs::symlink_metadata(p).is_err(),
+    };
+    let first = PathBuf::from(DEFAULT);
+    if args.resume || args.overwrite || unused(&first) {
+        return first;
+    }
+    (2..)
+        .map(|n| PathBuf::from(format!("{DEFAULT}-{n}")))
+        .find(|p| std::fs::symlink_metadata(p).is_err())
+        .unwrap_or(first)
 }
 
 /// Refuses before any work when outputs of the run already exist (`--overwrite` replaces them):

@@ -131,3 +131,22 @@ fn a_path_that_is_not_utf8_is_no_panic() {
     assert!(summary["images"][0]["input"].as_str().unwrap().starts_with("caf"));
     assert!(!stderr(&out).contains("panicked"));
 }
+
+/// Running the README's command twice keeps both runs: without `--out`, a second run writes to
+/// `gradcam-out-2` instead of refusing or replacing the first run's pictures.
+#[test]
+fn a_second_default_run_gets_its_own_folder() {
+    let dir = workdir("safety-default-out");
+    assert_success(&gradcam(&dir, &["explain", &chelsea()]));
+    let first = snapshot(&dir.join("gradcam-out"));
+    assert_eq!(first.len(), 3);
+    let out = gradcam(&dir, &["explain", &chelsea(), "--class", "5"]);
+    assert_success(&out);
+    assert!(stdout(&out).contains("gradcam-out-2"), "{}", stdout(&out));
+    assert_eq!(snapshot(&dir.join("gradcam-out")), first);
+    assert_eq!(snapshot(&dir.join("gradcam-out-2")).len(), 3);
+    // --overwrite without --out means the default folder itself.
+    assert_success(&gradcam(&dir, &["explain", &chelsea(), "--class", "5", "--overwrite"]));
+    assert_ne!(snapshot(&dir.join("gradcam-out")), first);
+    assert!(!dir.join("gradcam-out-3").exists());
+}
