@@ -138,7 +138,7 @@ pub fn assert_close_except_ties(
     for (((index, &a), &b), &tie) in got.indexed_iter().zip(want.iter()).zip(ties.iter()) {
         let diff = (a - b).abs();
         if tie {
-            flipped[index[0]] |= !(diff <= limit);
+            flipped[index[0]] |= diff > limit || diff.is_nan();
         } else if diff > worst.0 || diff.is_nan() {
             worst = (diff, index.slice().to_vec());
         }
