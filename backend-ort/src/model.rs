@@ -10,7 +10,7 @@ use ort::environment::Environment;
 use ort::session::{Session, SessionOutputs};
 use ort::value::{DynValue, Tensor, TensorElementType};
 
-use crate::onnx_graph::{self, Layer, OnnxGraph, Seed, Shapes, TensorInfo};
+use crate::onnx_graph::{self, Layer, OnnxGraph, Seed, Shapes, SplitModel, TensorInfo};
 use crate::OrtBackendError;
 
 /// Batch size of the runs that read intermediate shapes: not 1, so that broadcasting over the
@@ -34,9 +34,10 @@ fn environment() -> Result<&'static Environment, OrtBackendError> {
 /// An ONNX image classifier (input `(B, 3, H, W)`, first output the logits `(B, K)`) that can
 /// be explained at any layer.
 ///
-/// Each layer gets, on first use, a generated model computing the logits, the layer's output
-/// and the gradient of the target score with respect to it in one ONNX Runtime run; the class
-/// is an input of that model, so one session serves every class and batch size.
+/// Each layer gets, on first use, two generated models ([`SplitModel`]): the model itself with
+/// the layer's output and the tensors the backward pass reads as extra outputs, and the backward
+/// pass from core's seed to the layer. A capture runs the forward once, asks core for the seed
+/// from its logits, and hands the forward's tensors to the backward run without copying them.
 ///
 /// ```no_run
 /// use backend_ort::OnnxModel;
@@ -57,8 +58,8 @@ pub struct OnnxModel {
     forward: Session,
     /// `(dtype, shape)` of layer outputs and the logits at batch [`PROBE_BATCH`].
     shapes: Option<Shapes>,
-    /// Generated forward + backward sessions by `layer@HxW`.
-    captures: HashMap<String, Session>,
+    /// Generated forward and backward sessions by `layer@HxW`.
+    captures: HashMap<String, CaptureSessions>,
     /// The original model with a layer's output as an extra output (its tensor name), by layer.
     activations: HashMap<String, (Session, String)>,
     /// Models cut at a layer (activation as input), by layer.
@@ -67,6 +68,16 @@ pub struct OnnxModel {
     token_pruning: bool,
     /// Intra-op threads of every session (0: ONNX Runtime's default).
     threads: usize,
+}
+
+/// The two sessions of a capture with a seed, and the names that tie them together.
+struct CaptureSessions {
+    forward: Session,
+    backward: Session,
+    logits: String,
+    activation: String,
+    carried: Vec<String>,
+    reads_inputs: Vec<String>,
 }
 
 impl std::fmt::Debug for OnnxModel {
@@ -137,9 +148,9 @@ impl OnnxModel {
         &self.graph
     }
 
-    /// The generated model (forward + backward) used for `layer`, e.g. to save and inspect.
-    /// The rules bake in static shapes (pooling sizes, padding, broadcast axes), so the model
-    /// is generated for one input height and width.
+    /// The generated model (forward + backward in one, the seed an input: [`Seed::Tensor`]) for
+    /// `layer`, e.g. to save and inspect. The rules bake in static shapes (pooling sizes,
+    /// padding, broadcast axes), so the model is generated for one input height and width.
     pub fn backward_graph(
         &self,
         layer: &str,
@@ -147,10 +158,30 @@ impl OnnxModel {
         width: usize,
     ) -> Result<OnnxGraph, OrtBackendError> {
         let layer = self.graph.find_layer(layer)?;
-        self.backward_for(&layer, Some((height as i64, width as i64)))
+        let (graph, shapes) = self.prepared(&layer, Some((height as i64, width as i64)))?;
+        Ok(graph.backward_model(&layer.tensor, Seed::Tensor, &shapes)?)
     }
 
-    fn backward_for(&self, layer: &Layer, hw: Option<(i64, i64)>) -> Result<OnnxGraph, OrtBackendError> {
+    /// The two models a capture of `layer` with a seed runs ([`SplitModel`]), for inputs of
+    /// `height × width`.
+    pub fn capture_models(
+        &self,
+        layer: &str,
+        height: usize,
+        width: usize,
+    ) -> Result<SplitModel, OrtBackendError> {
+        let layer = self.graph.find_layer(layer)?;
+        let (graph, shapes) = self.prepared(&layer, Some((height as i64, width as i64)))?;
+        Ok(graph.backward_split(&layer.tensor, &shapes)?)
+    }
+
+    /// The graph to differentiate for `layer` (class-token pruned when on) and the shapes of the
+    /// tensors the backward rules read.
+    fn prepared(
+        &self,
+        layer: &Layer,
+        hw: Option<(i64, i64)>,
+    ) -> Result<(OnnxGraph, Shapes), OrtBackendError> {
         let names = |graph: &OnnxGraph| -> Result<Vec<String>, OrtBackendError> {
             let mut names = graph.backward_tensors(&layer.tensor)?;
             names.extend(graph.output_names().into_iter().take(1));
@@ -163,7 +194,7 @@ impl OnnxModel {
             false => (self.graph.clone(), 0),
         };
         let shapes = if pruned > 0 { self.probe(&graph, &names(&graph)?, hw)? } else { shapes };
-        Ok(graph.backward_model(&layer.tensor, Seed::Tensor, &shapes)?)
+        Ok((graph, shapes))
     }
 
     /// Runs the model once on zeros (of height and width `hw`, else the model's or 224²) with
@@ -268,26 +299,50 @@ impl OnnxModel {
             let activation = layer_tensor(&outputs, tensor.as_str())?;
             return Ok(Capture { logits, activation, gradient: None });
         };
-        // The seed needs this input's logits before the backward run.
-        let seed = seed.seed(self.forward(input)?.view())?;
         let key = format!("{layer}@{h}x{w}");
         if !self.captures.contains_key(&key) {
             let found = self.graph.find_layer(layer).map_err(OrtBackendError::from)?;
-            let session = commit(&self.backward_for(&found, Some((h, w)))?, self.threads)?;
-            self.captures.insert(key.clone(), session);
+            let (graph, shapes) = self.prepared(&found, Some((h, w)))?;
+            let split = graph.backward_split(&found.tensor, &shapes).map_err(OrtBackendError::from)?;
+            let sessions = CaptureSessions {
+                forward: commit(&split.forward, self.threads)?,
+                backward: commit(&split.backward, self.threads)?,
+                logits: split.logits,
+                activation: split.activation,
+                carried: split.carried,
+                reads_inputs: split.reads_inputs,
+            };
+            self.captures.insert(key.clone(), sessions);
         }
-        let session = self.captures.get_mut(&key).expect("inserted above");
+        let input_name = self.input.clone();
+        let s = self.captures.get_mut(&key).expect("inserted above");
+        let mut outputs = s
+            .forward
+            .run(ort::inputs![input_name.as_str() => Self::input_tensor(input)?])
+            .map_err(OrtBackendError::ort(format!("run the model to `{layer}`")))?;
+        let logits = logits_of(&outputs, s.logits.as_str())?;
+        let activation = layer_tensor(&outputs, &s.activation)?;
+        // Core's seed from this very run's logits, then the backward pass on the forward's tensors.
+        let seed = seed.seed(logits.view())?;
         let seed_shape: Vec<i64> = seed.shape().iter().map(|&d| d as i64).collect();
         let seed = Tensor::from_array((seed_shape, seed.iter().copied().collect::<Vec<f32>>()))
             .map_err(OrtBackendError::ort("make the seed"))?;
-        let outputs = session
-            .run(ort::inputs![
-                self.input.as_str() => Self::input_tensor(input)?,
-                onnx_graph::SEED => seed,
-            ])
+        let mut feeds: Vec<(std::borrow::Cow<'_, str>, ort::session::SessionInputValue<'_>)> =
+            vec![(onnx_graph::SEED.into(), seed.into())];
+        for name in &s.carried {
+            let value = outputs.remove(name.as_str()).ok_or_else(|| {
+                OrtBackendError::Signature(format!("the forward model did not output `{name}`"))
+            })?;
+            feeds.push((name.as_str().into(), value.into()));
+        }
+        drop(outputs);
+        for name in &s.reads_inputs {
+            feeds.push((name.as_str().into(), Self::input_tensor(input)?.into()));
+        }
+        let outputs = s
+            .backward
+            .run(feeds)
             .map_err(OrtBackendError::ort(format!("run the backward model of `{layer}`")))?;
-        let logits = logits_of(&outputs, onnx_graph::LOGITS)?;
-        let activation = layer_tensor(&outputs, onnx_graph::ACTIVATION)?;
         let gradient = Some(layer_tensor(&outputs, onnx_graph::GRADIENT)?);
         Ok(Capture { logits, activation, gradient })
     }

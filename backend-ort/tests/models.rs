@@ -97,3 +97,44 @@ fn token_pruning_changes_no_number() {
     let g = resnet.backward_graph("layer4", h, w).expect("backward graph");
     assert!(!g.nodes().iter().any(|n| n.name.contains("gradcam_token_")), "resnet18 pruned");
 }
+
+/// A capture with a seed runs the model forward once: the forward model it runs is the model with
+/// extra outputs (no gradient node), and the backward model that runs after core's seed holds no
+/// node of the original model but the constants it reads, and only the weights its rules read.
+#[test]
+fn a_capture_runs_the_forward_once() {
+    let dir = fixtures_dir();
+    let input = input();
+    let (h, w) = (input.shape()[2], input.shape()[3]);
+    for (key, layer) in [("resnet18", "layer3"), ("vit_tiny", "blocks.11.norm1"), ("lite0", "blocks.6")] {
+        for exporter in ["legacy", "dynamo"] {
+            let what = format!("{key}.{exporter} {layer}");
+            let model = OnnxModel::load(&dir.join(format!("{key}.{exporter}.onnx"))).expect("load");
+            let original: std::collections::HashSet<&str> = model
+                .graph()
+                .nodes()
+                .iter()
+                .filter(|n| n.op_type != "Constant")
+                .map(|n| n.name.as_str())
+                .collect();
+            let split = model.capture_models(layer, h, w).unwrap_or_else(|e| panic!("{what}: {e}"));
+            let backward = split.backward.nodes();
+            assert!(!backward.is_empty(), "{what}: empty backward model");
+            let rerun: Vec<&str> =
+                backward.iter().map(|n| n.name.as_str()).filter(|n| original.contains(n)).collect();
+            assert!(
+                rerun.is_empty(),
+                "{what}: the backward model reruns {} original nodes: {rerun:?}",
+                rerun.len()
+            );
+            let weights: std::collections::HashSet<&str> =
+                model.graph().model().graph.initializer.iter().map(|t| t.name.as_str()).collect();
+            let copied =
+                split.backward.model().graph.initializer.iter().filter(|t| weights.contains(t.name.as_str()));
+            assert!(copied.count() < weights.len(), "{what}: every weight copied");
+            let gradient_nodes =
+                split.forward.nodes().iter().filter(|n| n.name.starts_with("gradcam/")).count();
+            assert_eq!(gradient_nodes, 0, "{what}: gradient nodes in the forward model");
+        }
+    }
+}

@@ -11,6 +11,7 @@ mod backward;
 mod builder;
 mod layers;
 pub mod rules;
+mod split;
 mod tokens;
 
 use std::collections::{HashMap, HashSet};
@@ -23,6 +24,7 @@ use onnx_protobuf::{
 
 pub use backward::{Seed, ACTIVATION, CLASS, CLASSES, GRADIENT, LOGITS, SEED, SOFTMAX};
 pub use layers::Layer;
+pub use split::SplitModel;
 
 /// Errors of graph surgery and backward-graph generation.
 #[derive(Debug, thiserror::Error)]
