@@ -138,3 +138,52 @@ fn a_capture_runs_the_forward_once() {
         }
     }
 }
+
+/// One name per module: both exporters' files of each fixture model list the same module paths
+/// (`layer2.0.downsample.0`, not the legacy scope's `layer2.0.downsample.downsample.0`), except the
+/// BatchNorms the legacy exporter folds into the convolution before them: it keeps no trace of
+/// their names, and the convolution's own name then has no output (a typed error says so).
+#[test]
+fn both_exporters_list_the_same_layers() {
+    let dir = fixtures_dir();
+    for key in ["resnet18", "vit_tiny", "lite0"] {
+        let load = |exporter: &str| {
+            backend_ort::OnnxGraph::load(&dir.join(format!("{key}.{exporter}.onnx"))).expect("load")
+        };
+        let (legacy, dynamo) = (load("legacy"), load("dynamo"));
+        let names = |g: &backend_ort::OnnxGraph| -> std::collections::BTreeSet<String> {
+            g.layers().into_iter().map(|l| l.name).collect()
+        };
+        let only_legacy: Vec<String> = names(&legacy).difference(&names(&dynamo)).cloned().collect();
+        assert!(only_legacy.is_empty(), "{key}: only in the legacy export: {only_legacy:?}");
+        // The module's class, from the dynamo node's scopes and classes (two aligned Python lists).
+        let batch_norm = |layer: &backend_ort::onnx_graph::Layer| {
+            let meta = |key: &str| -> Vec<String> {
+                let props = &dynamo.nodes()[layer.node].metadata_props;
+                let value = props.iter().find(|p| p.key == key).map_or("", |p| p.value.as_str());
+                value.trim_matches(['[', ']']).split(", ").map(|s| s.trim_matches('\'').to_string()).collect()
+            };
+            let (scopes, classes) =
+                (meta("pkg.torch.onnx.name_scopes"), meta("pkg.torch.onnx.class_hierarchy"));
+            scopes
+                .iter()
+                .position(|s| *s == layer.name)
+                .and_then(|i| classes.get(i))
+                .is_some_and(|c| c.contains("BatchNorm"))
+        };
+        let legacy_names = names(&legacy);
+        let missing: std::collections::BTreeSet<String> = dynamo
+            .layers()
+            .into_iter()
+            .filter(|l| !legacy_names.contains(&l.name) && !batch_norm(l))
+            .map(|l| l.name)
+            .collect();
+        assert!(missing.is_empty(), "{key}: only in the dynamo export: {missing:?}");
+    }
+    // resnet18's `conv1` has a BatchNorm folded in by the legacy exporter: a typed error, not bn1's map.
+    let legacy = backend_ort::OnnxGraph::load(&dir.join("resnet18.legacy.onnx")).expect("load");
+    for name in ["conv1", "layer2.0.downsample.0"] {
+        let err = legacy.find_layer(name).expect_err(name);
+        assert!(matches!(err, backend_ort::GraphError::FoldedLayer { .. }), "{name}: {err}");
+    }
+}

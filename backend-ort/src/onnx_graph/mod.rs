@@ -53,6 +53,19 @@ pub enum GraphError {
         /// Similar layer names.
         near: Vec<String>,
     },
+    /// A module whose output the exporter folded away (a convolution with the BatchNorm after it
+    /// folded in).
+    #[error(
+        "layer `{name}` has no output of its own in this file: the exporter folded the BatchNorm after it \
+         into it{}; export with `torch.onnx.export(..., dynamo=True)` to keep BatchNorm names",
+        match next { Some(n) => format!(" (explain the next layer, `{n}`, instead)"), None => String::new() }
+    )]
+    FoldedLayer {
+        /// The requested layer.
+        name: String,
+        /// The first listed layer after it.
+        next: Option<String>,
+    },
     /// An op on the path from the layer to the logits with no gradient rule.
     #[error("no gradient rule for op `{op}` (node `{node}`) on the path from the layer to the logits")]
     UnsupportedOp {
