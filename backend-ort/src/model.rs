@@ -1,6 +1,6 @@
 //! [`OnnxModel`]: an ONNX model on ONNX Runtime, cut at any layer, with generated gradients.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -10,7 +10,7 @@ use ort::environment::Environment;
 use ort::session::{Session, SessionOutputs};
 use ort::value::{DynValue, Tensor, TensorElementType};
 
-use crate::onnx_graph::{self, Layer, OnnxGraph, Seed, Shapes, SplitModel, TensorInfo};
+use crate::onnx_graph::{self, Dims, Layer, OnnxGraph, Seed, Shapes, SplitModel, TensorInfo};
 use crate::OrtBackendError;
 
 /// Batch size of the runs that read intermediate shapes: not 1, so that broadcasting over the
@@ -68,6 +68,12 @@ pub struct OnnxModel {
     token_pruning: bool,
     /// Intra-op threads of every session (0: ONNX Runtime's default).
     threads: usize,
+}
+
+/// What a probe run saw: shapes at the probe's batch size, and which dimensions follow the batch.
+struct Probe {
+    shapes: Shapes,
+    dims: Dims,
 }
 
 /// The two sessions of a capture with a seed, and the names that tie them together.
@@ -175,8 +181,9 @@ impl OnnxModel {
         Ok(graph.backward_split(&layer.tensor, &shapes)?)
     }
 
-    /// The graph to differentiate for `layer` (class-token pruned when on) and the shapes of the
-    /// tensors the backward rules read.
+    /// The graph to differentiate for `layer` and the shapes of the tensors the backward rules
+    /// read, for inputs of `hw`: shape arithmetic folded for that size
+    /// ([`OnnxGraph::fold_shapes`]), class-token pruned when on.
     fn prepared(
         &self,
         layer: &Layer,
@@ -185,54 +192,84 @@ impl OnnxModel {
         let names = |graph: &OnnxGraph| -> Result<Vec<String>, OrtBackendError> {
             let mut names = graph.backward_tensors(&layer.tensor)?;
             names.extend(graph.output_names().into_iter().take(1));
+            names.extend(graph.shape_reads());
             Ok(names)
         };
-        let shapes = self.probe(&self.graph, &names(&self.graph)?, hw)?;
+        let probe = self.probe(&self.graph, &names(&self.graph)?, hw)?;
+        // Pads and shapes computed from the input's size (legacy TF-"same" padding) become
+        // constants the rules can read.
+        let (graph, _) = self.graph.fold_shapes(&probe.dims);
         // A ViT's layers after the cut run on the class token only where the head reads just it.
         let (graph, pruned) = match self.token_pruning {
-            true => self.graph.prune_tokens(&layer.tensor, &shapes),
-            false => (self.graph.clone(), 0),
+            true => graph.prune_tokens(&layer.tensor, &probe.shapes),
+            false => (graph, 0),
         };
-        let shapes = if pruned > 0 { self.probe(&graph, &names(&graph)?, hw)? } else { shapes };
+        let shapes = if pruned > 0 { self.probe(&graph, &names(&graph)?, hw)?.shapes } else { probe.shapes };
         Ok((graph, shapes))
     }
 
-    /// Runs the model once on zeros (of height and width `hw`, else the model's or 224²) with
-    /// `names` as extra outputs and records their types and shapes.
+    /// Runs the model on zeros (of height and width `hw`, else the model's or 224²) with `names`
+    /// as extra outputs and records their types and shapes; with a dynamic batch, at two batch
+    /// sizes, to tell which dimensions follow the batch.
     fn probe(
         &self,
         graph: &OnnxGraph,
         names: &[String],
         hw: Option<(i64, i64)>,
-    ) -> Result<Shapes, OrtBackendError> {
+    ) -> Result<Probe, OrtBackendError> {
         let dims = self.graph.input_dims(&self.input).unwrap_or_default();
         let (h, w) = hw.unwrap_or((DEFAULT_SIDE, DEFAULT_SIDE));
         let default = [PROBE_BATCH, 3, h, w];
         let shape: Vec<i64> = (0..4).map(|i| dims.get(i).copied().flatten().unwrap_or(default[i])).collect();
-        let input = Tensor::from_array((shape.clone(), vec![0f32; shape.iter().product::<i64>() as usize]))
-            .map_err(OrtBackendError::ort("make the probe input"))?;
-        let probe = graph.with_outputs(names);
-        let mut session = commit(&probe, self.threads)?;
-        let outputs = session
-            .run(ort::inputs![self.input.as_str() => input])
-            .map_err(OrtBackendError::ort("run the shape probe"))?;
-        let mut shapes = Shapes::new();
-        for name in names {
-            if let Some(value) = outputs.get(name.as_str()) {
-                if let Some(info) = tensor_info(value) {
-                    shapes.insert(name.clone(), info);
+        let dynamic_batch = dims.first().copied().flatten().is_none();
+        let mut session = commit(&graph.with_outputs(names), self.threads)?;
+        let wanted: HashSet<&str> = names.iter().map(String::as_str).collect();
+        let mut run = |shape: &[i64]| -> Result<Shapes, OrtBackendError> {
+            let input =
+                Tensor::from_array((shape.to_vec(), vec![0f32; shape.iter().product::<i64>() as usize]))
+                    .map_err(OrtBackendError::ort("make the probe input"))?;
+            let outputs = session
+                .run(ort::inputs![self.input.as_str() => input])
+                .map_err(OrtBackendError::ort("run the shape probe"))?;
+            let mut shapes = Shapes::new();
+            for (name, value) in outputs {
+                if wanted.contains(name) {
+                    if let Some(info) = tensor_info(&value) {
+                        shapes.insert(name.to_string(), info);
+                    }
+                }
+            }
+            // Graph inputs and initializers are not node outputs: take the input's shape
+            // directly and read initializers' dims from the model.
+            shapes.insert(self.input.clone(), TensorInfo { dtype: 1, shape: shape.to_vec() });
+            for t in &graph.model().graph.initializer {
+                shapes
+                    .entry(t.name.clone())
+                    .or_insert_with(|| TensorInfo { dtype: t.data_type, shape: t.dims.clone() });
+            }
+            Ok(shapes)
+        };
+        let shapes = run(&shape)?;
+        let mut dims: Dims =
+            shapes.iter().map(|(k, t)| (k.clone(), t.shape.iter().map(|&d| Some(d)).collect())).collect();
+        if dynamic_batch {
+            let mut other = shape.clone();
+            other[0] += 1;
+            let again = run(&other)?;
+            for (name, d) in dims.iter_mut() {
+                match again.get(name) {
+                    Some(t) if t.shape.len() == d.len() => {
+                        for (a, b) in d.iter_mut().zip(&t.shape) {
+                            if *a != Some(*b) {
+                                *a = None;
+                            }
+                        }
+                    }
+                    _ => d.iter_mut().for_each(|a| *a = None),
                 }
             }
         }
-        // Graph inputs and initializers are not node outputs: take the input's shape directly
-        // and read initializers' dims from the model.
-        shapes.insert(self.input.clone(), TensorInfo { dtype: 1, shape });
-        for t in &graph.model().graph.initializer {
-            shapes
-                .entry(t.name.clone())
-                .or_insert_with(|| TensorInfo { dtype: t.data_type, shape: t.dims.clone() });
-        }
-        Ok(shapes)
+        Ok(Probe { shapes, dims })
     }
 
     /// Shapes of every layer's output, the logits and global-pooling inputs (probed once).
@@ -249,7 +286,7 @@ impl OnnxModel {
             );
             names.sort();
             names.dedup();
-            self.shapes = Some(self.probe(&self.graph, &names, None)?);
+            self.shapes = Some(self.probe(&self.graph, &names, None)?.shapes);
         }
         Ok(self.shapes.as_ref().expect("just probed"))
     }

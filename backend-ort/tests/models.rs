@@ -187,3 +187,49 @@ fn both_exporters_list_the_same_layers() {
         assert!(matches!(err, backend_ort::GraphError::FoldedLayer { .. }), "{name}: {err}");
     }
 }
+
+/// Legacy TF-"same" padding computes a `Pad`'s pads from the input's shape
+/// (`Shape → Gather → … → Cast`): folded for the known input size, the layers before such pads
+/// differentiate, and agree with the dynamo export, whose pads are constants.
+#[test]
+fn legacy_same_padding_differentiates() {
+    let dir = fixtures_dir();
+    let input = input();
+    let mut legacy = OnnxModel::load(&dir.join("lite0.legacy.onnx")).expect("load");
+    let mut dynamo = OnnxModel::load(&dir.join("lite0.dynamo.onnx")).expect("load");
+    for layer in ["blocks.4", "blocks.1"] {
+        let target = Target::top_one();
+        let a = legacy.capture(input.view(), layer, Some(&target)).unwrap_or_else(|e| panic!("{layer}: {e}"));
+        let b = dynamo.capture(input.view(), layer, Some(&target)).unwrap_or_else(|e| panic!("{layer}: {e}"));
+        assert_close(&format!("{layer} logits"), a.logits.view(), b.logits.view(), 1e-4);
+        assert_close(
+            &format!("{layer} activations"),
+            layer_view(&a.activation),
+            layer_view(&b.activation),
+            1e-4,
+        );
+        // The exports fold BatchNorms differently, so ReLU6 pre-activations within float noise of
+        // a kink fall on either side: elementwise they agree only roughly...
+        let (ga, gb) = (a.gradient.expect("gradient"), b.gradient.expect("gradient"));
+        assert_close(&format!("{layer} gradients"), layer_view(&ga), layer_view(&gb), 1e-2);
+        // ...so check the legacy gradient against its own model: along the gradient's direction,
+        // central differences of the explained logit through the layer.
+        let g = layer_view(&ga);
+        let norm = g.iter().map(|v| v * v).sum::<f32>().sqrt();
+        let classes = target.resolve(a.logits.view()).expect("classes");
+        let score = |logits: ndarray::Array2<f32>| -> f64 {
+            classes.iter().enumerate().map(|(b, &c)| logits[[b, c]] as f64).sum()
+        };
+        let eps = 1e-2f32;
+        let mut shifted = |sign: f32| {
+            let mut act = a.activation.clone();
+            let gradcam_core::LayerTensor::Spatial(x) = &mut act else { panic!("{layer}: a feature map") };
+            let g4 = g.view().into_dimensionality::<ndarray::Ix4>().expect("rank 4");
+            x.zip_mut_with(&g4, |x, g| *x += sign * eps * g / norm);
+            score(legacy.forward_with_activation(input.view(), layer, act.view()).expect("forward"))
+        };
+        let fd = (shifted(1.0) - shifted(-1.0)) / (2.0 * eps as f64);
+        eprintln!("{layer}: directional derivative {fd} vs |gradient| {norm}");
+        assert!((fd - norm as f64).abs() <= 0.02 * norm as f64, "{layer}: finite difference {fd} vs {norm}");
+    }
+}

@@ -9,6 +9,7 @@
 
 mod backward;
 mod builder;
+mod fold;
 mod layers;
 pub mod rules;
 mod split;
@@ -23,6 +24,7 @@ use onnx_protobuf::{
 };
 
 pub use backward::{Seed, ACTIVATION, CLASS, CLASSES, GRADIENT, LOGITS, SEED, SOFTMAX};
+pub use fold::Dims;
 pub use layers::Layer;
 pub use split::SplitModel;
 
