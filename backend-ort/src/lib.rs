@@ -13,9 +13,13 @@
 pub mod onnx_graph;
 
 #[cfg(feature = "ort")]
+mod batch;
+#[cfg(feature = "ort")]
 mod error;
 #[cfg(feature = "ort")]
 mod model;
+#[cfg(feature = "ort")]
+mod runtime;
 
 #[cfg(feature = "ort")]
 pub use error::OrtBackendError;
