@@ -1,16 +1,16 @@
 //! [`OnnxModel`]: an ONNX model on ONNX Runtime, cut at any layer, with generated gradients.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
-use gradcam_core::{CamError, CamModel, Capture, LayerInfo, LayerTensor, LayerView};
-use ndarray::{Array2, ArrayView4};
-use ort::environment::Environment;
-use ort::session::{Session, SessionOutputs};
-use ort::value::{DynValue, Tensor, TensorElementType};
+use gradcam_core::{CamError, CamModel, Capture, LayerInfo, LayerView};
+use ndarray::{Array2, ArrayD, ArrayView4};
+use ort::session::{Session, SessionInputValue, SessionOutputs};
+use ort::value::{DynValue, Tensor};
 
-use crate::onnx_graph::{self, Layer, OnnxGraph, Seed, Shapes, TensorInfo};
+use crate::batch::{self, Part};
+use crate::onnx_graph::{self, Dims, Layer, OnnxGraph, Seed, Shapes, SplitModel, TensorInfo};
+use crate::runtime::{self, builder, commit, tensor, tensor_info};
 use crate::OrtBackendError;
 
 /// Batch size of the runs that read intermediate shapes: not 1, so that broadcasting over the
@@ -18,25 +18,20 @@ use crate::OrtBackendError;
 const PROBE_BATCH: i64 = 2;
 /// Spatial size assumed when the model's input has symbolic height or width.
 const DEFAULT_SIDE: i64 = 224;
-/// ONNX Runtime's session option for external data of a model loaded from memory.
-const EXTERNAL_DATA_DIR: &str = "session.model_external_initializers_file_folder_path";
-
-fn environment() -> Result<&'static Environment, OrtBackendError> {
-    static ENV: OnceLock<Environment> = OnceLock::new();
-    if let Some(env) = ENV.get() {
-        return Ok(env);
-    }
-    let env =
-        ort::init().with_name("gradcam-rs").build().map_err(OrtBackendError::ort("start ONNX Runtime"))?;
-    Ok(ENV.get_or_init(|| env))
-}
+/// The largest probe input (elements): a damaged file's input dims must not make it allocate
+/// gigabytes (`(8, 3, 4096, 4096)` fits).
+const MAX_PROBE_ELEMENTS: i64 = 1 << 29;
 
 /// An ONNX image classifier (input `(B, 3, H, W)`, first output the logits `(B, K)`) that can
 /// be explained at any layer.
 ///
-/// Each layer gets, on first use, a generated model computing the logits, the layer's output
-/// and the gradient of the target score with respect to it in one ONNX Runtime run; the class
-/// is an input of that model, so one session serves every class and batch size.
+/// Each layer gets, on first use, two generated models ([`SplitModel`]): the model itself with
+/// the layer's output and the tensors the backward pass reads as extra outputs, and the backward
+/// pass from core's seed to the layer. A capture runs the forward once, asks core for the seed
+/// from its logits, and hands the forward's tensors to the backward run without copying them.
+///
+/// A model exported with a fixed batch size runs any number of images in parts of that size
+/// (the last one padded), for every method.
 ///
 /// ```no_run
 /// use backend_ort::OnnxModel;
@@ -57,8 +52,8 @@ pub struct OnnxModel {
     forward: Session,
     /// `(dtype, shape)` of layer outputs and the logits at batch [`PROBE_BATCH`].
     shapes: Option<Shapes>,
-    /// Generated forward + backward sessions by `layer@HxW`.
-    captures: HashMap<String, Session>,
+    /// Generated forward and backward sessions by `layer@HxW`.
+    captures: HashMap<String, CaptureSessions>,
     /// The original model with a layer's output as an extra output (its tensor name), by layer.
     activations: HashMap<String, (Session, String)>,
     /// Models cut at a layer (activation as input), by layer.
@@ -67,6 +62,24 @@ pub struct OnnxModel {
     token_pruning: bool,
     /// Intra-op threads of every session (0: ONNX Runtime's default).
     threads: usize,
+    /// The batch size the model's input fixes, if it does.
+    fixed_batch: Option<usize>,
+}
+
+/// What a probe run saw: shapes at the probe's batch size, and which dimensions follow the batch.
+struct Probe {
+    shapes: Shapes,
+    dims: Dims,
+}
+
+/// The two sessions of a capture with a seed, and the names that tie them together.
+struct CaptureSessions {
+    forward: Session,
+    backward: Session,
+    logits: String,
+    activation: String,
+    carried: Vec<String>,
+    reads_inputs: Vec<String>,
 }
 
 impl std::fmt::Debug for OnnxModel {
@@ -95,6 +108,8 @@ impl OnnxModel {
             return Err(OrtBackendError::Signature(format!("expected one image input, found {inputs:?}")));
         };
         let input = input.clone();
+        let fixed_batch =
+            graph.input_dims(&input).and_then(|d| d.first().copied().flatten()).map(|b| b as usize);
         let forward = builder(&graph, intra_op_threads)?
             .commit_from_file(path)
             .map_err(OrtBackendError::ort(format!("load {}", path.display())))?;
@@ -109,7 +124,14 @@ impl OnnxModel {
             cuts: HashMap::new(),
             token_pruning: true,
             threads: intra_op_threads,
+            fixed_batch,
         })
+    }
+
+    /// The batch size the model's input fixes, if it does (`None` for a symbolic batch). Any
+    /// number of images still works: they run in parts of this size.
+    pub fn fixed_batch(&self) -> Option<usize> {
+        self.fixed_batch
     }
 
     /// The input height and width the model fixes, if it does (`None` for symbolic sizes).
@@ -137,9 +159,9 @@ impl OnnxModel {
         &self.graph
     }
 
-    /// The generated model (forward + backward) used for `layer`, e.g. to save and inspect.
-    /// The rules bake in static shapes (pooling sizes, padding, broadcast axes), so the model
-    /// is generated for one input height and width.
+    /// The generated model (forward + backward in one, the seed an input: [`Seed::Tensor`]) for
+    /// `layer`, e.g. to save and inspect. The rules bake in static shapes (pooling sizes,
+    /// padding, broadcast axes), so the model is generated for one input height and width.
     pub fn backward_graph(
         &self,
         layer: &str,
@@ -147,61 +169,119 @@ impl OnnxModel {
         width: usize,
     ) -> Result<OnnxGraph, OrtBackendError> {
         let layer = self.graph.find_layer(layer)?;
-        self.backward_for(&layer, Some((height as i64, width as i64)))
-    }
-
-    fn backward_for(&self, layer: &Layer, hw: Option<(i64, i64)>) -> Result<OnnxGraph, OrtBackendError> {
-        let names = |graph: &OnnxGraph| -> Result<Vec<String>, OrtBackendError> {
-            let mut names = graph.backward_tensors(&layer.tensor)?;
-            names.extend(graph.output_names().into_iter().take(1));
-            Ok(names)
-        };
-        let shapes = self.probe(&self.graph, &names(&self.graph)?, hw)?;
-        // A ViT's layers after the cut run on the class token only where the head reads just it.
-        let (graph, pruned) = match self.token_pruning {
-            true => self.graph.prune_tokens(&layer.tensor, &shapes),
-            false => (self.graph.clone(), 0),
-        };
-        let shapes = if pruned > 0 { self.probe(&graph, &names(&graph)?, hw)? } else { shapes };
+        let (graph, shapes) = self.prepared(&layer, Some((height as i64, width as i64)))?;
         Ok(graph.backward_model(&layer.tensor, Seed::Tensor, &shapes)?)
     }
 
-    /// Runs the model once on zeros (of height and width `hw`, else the model's or 224²) with
-    /// `names` as extra outputs and records their types and shapes.
+    /// The two models a capture of `layer` with a seed runs ([`SplitModel`]), for inputs of
+    /// `height × width`.
+    pub fn capture_models(
+        &self,
+        layer: &str,
+        height: usize,
+        width: usize,
+    ) -> Result<SplitModel, OrtBackendError> {
+        let layer = self.graph.find_layer(layer)?;
+        let (graph, shapes) = self.prepared(&layer, Some((height as i64, width as i64)))?;
+        Ok(graph.backward_split(&layer.tensor, &shapes)?)
+    }
+
+    /// The graph to differentiate for `layer` and the shapes of the tensors the backward rules
+    /// read, for inputs of `hw`: shape arithmetic folded for that size
+    /// ([`OnnxGraph::fold_shapes`]), class-token pruned when on.
+    fn prepared(
+        &self,
+        layer: &Layer,
+        hw: Option<(i64, i64)>,
+    ) -> Result<(OnnxGraph, Shapes), OrtBackendError> {
+        let names = |graph: &OnnxGraph| -> Result<Vec<String>, OrtBackendError> {
+            let mut names = graph.backward_tensors(&layer.tensor)?;
+            names.extend(graph.output_names().into_iter().take(1));
+            names.extend(graph.shape_reads());
+            Ok(names)
+        };
+        let probe = self.probe(&self.graph, &names(&self.graph)?, hw)?;
+        // Pads and shapes computed from the input's size (legacy TF-"same" padding) become
+        // constants the rules can read.
+        let (graph, _) = self.graph.fold_shapes(&probe.dims);
+        // A ViT's layers after the cut run on the class token only where the head reads just it.
+        let (graph, pruned) = match self.token_pruning {
+            true => graph.prune_tokens(&layer.tensor, &probe.shapes),
+            false => (graph, 0),
+        };
+        let shapes = if pruned > 0 { self.probe(&graph, &names(&graph)?, hw)?.shapes } else { probe.shapes };
+        Ok((graph, shapes))
+    }
+
+    /// Runs the model on zeros (of height and width `hw`, else the model's or 224²) with `names`
+    /// as extra outputs and records their types and shapes; with a dynamic batch, at two batch
+    /// sizes, to tell which dimensions follow the batch.
     fn probe(
         &self,
         graph: &OnnxGraph,
         names: &[String],
         hw: Option<(i64, i64)>,
-    ) -> Result<Shapes, OrtBackendError> {
+    ) -> Result<Probe, OrtBackendError> {
         let dims = self.graph.input_dims(&self.input).unwrap_or_default();
         let (h, w) = hw.unwrap_or((DEFAULT_SIDE, DEFAULT_SIDE));
         let default = [PROBE_BATCH, 3, h, w];
         let shape: Vec<i64> = (0..4).map(|i| dims.get(i).copied().flatten().unwrap_or(default[i])).collect();
-        let input = Tensor::from_array((shape.clone(), vec![0f32; shape.iter().product::<i64>() as usize]))
-            .map_err(OrtBackendError::ort("make the probe input"))?;
-        let probe = graph.with_outputs(names);
-        let mut session = commit(&probe, self.threads)?;
-        let outputs = session
-            .run(ort::inputs![self.input.as_str() => input])
-            .map_err(OrtBackendError::ort("run the shape probe"))?;
-        let mut shapes = Shapes::new();
-        for name in names {
-            if let Some(value) = outputs.get(name.as_str()) {
-                if let Some(info) = tensor_info(value) {
-                    shapes.insert(name.clone(), info);
+        let dynamic_batch = dims.first().copied().flatten().is_none();
+        let elements = shape.iter().try_fold(1i64, |acc, &d| acc.checked_mul(d));
+        if !elements.is_some_and(|n| n > 0 && n <= MAX_PROBE_ELEMENTS) {
+            return Err(OrtBackendError::Signature(format!(
+                "input `{}` of shape {shape:?} is not an image batch this tool can probe",
+                self.input
+            )));
+        }
+        let mut session = commit(&graph.with_outputs(names), self.threads)?;
+        let wanted: HashSet<&str> = names.iter().map(String::as_str).collect();
+        let mut run = |shape: &[i64]| -> Result<Shapes, OrtBackendError> {
+            let input =
+                Tensor::from_array((shape.to_vec(), vec![0f32; shape.iter().product::<i64>() as usize]))
+                    .map_err(OrtBackendError::ort("make the probe input"))?;
+            let outputs = session
+                .run(ort::inputs![self.input.as_str() => input])
+                .map_err(OrtBackendError::ort("run the shape probe"))?;
+            let mut shapes = Shapes::new();
+            for (name, value) in outputs {
+                if wanted.contains(name) {
+                    if let Some(info) = tensor_info(&value) {
+                        shapes.insert(name.to_string(), info);
+                    }
+                }
+            }
+            // Graph inputs and initializers are not node outputs: take the input's shape
+            // directly and read initializers' dims from the model.
+            shapes.insert(self.input.clone(), TensorInfo { dtype: 1, shape: shape.to_vec() });
+            for t in &graph.model().graph.initializer {
+                shapes
+                    .entry(t.name.clone())
+                    .or_insert_with(|| TensorInfo { dtype: t.data_type, shape: t.dims.clone() });
+            }
+            Ok(shapes)
+        };
+        let shapes = run(&shape)?;
+        let mut dims: Dims =
+            shapes.iter().map(|(k, t)| (k.clone(), t.shape.iter().map(|&d| Some(d)).collect())).collect();
+        if dynamic_batch {
+            let mut other = shape.clone();
+            other[0] += 1;
+            let again = run(&other)?;
+            for (name, d) in dims.iter_mut() {
+                match again.get(name) {
+                    Some(t) if t.shape.len() == d.len() => {
+                        for (a, b) in d.iter_mut().zip(&t.shape) {
+                            if *a != Some(*b) {
+                                *a = None;
+                            }
+                        }
+                    }
+                    _ => d.iter_mut().for_each(|a| *a = None),
                 }
             }
         }
-        // Graph inputs and initializers are not node outputs: take the input's shape directly
-        // and read initializers' dims from the model.
-        shapes.insert(self.input.clone(), TensorInfo { dtype: 1, shape });
-        for t in &graph.model().graph.initializer {
-            shapes
-                .entry(t.name.clone())
-                .or_insert_with(|| TensorInfo { dtype: t.data_type, shape: t.dims.clone() });
-        }
-        Ok(shapes)
+        Ok(Probe { shapes, dims })
     }
 
     /// Shapes of every layer's output, the logits and global-pooling inputs (probed once).
@@ -214,11 +294,11 @@ impl OnnxModel {
                     .nodes()
                     .iter()
                     .filter(|n| n.op_type.starts_with("Global") || n.op_type.starts_with("Reduce"))
-                    .map(|n| n.input[0].clone()),
+                    .filter_map(|n| n.input.first().cloned()),
             );
             names.sort();
             names.dedup();
-            self.shapes = Some(self.probe(&self.graph, &names, None)?);
+            self.shapes = Some(self.probe(&self.graph, &names, None)?.shapes);
         }
         Ok(self.shapes.as_ref().expect("just probed"))
     }
@@ -236,60 +316,111 @@ impl OnnxModel {
             .collect())
     }
 
-    fn input_tensor(input: ArrayView4<f32>) -> Result<Tensor<f32>, OrtBackendError> {
-        let shape: Vec<i64> = input.shape().iter().map(|&d| d as i64).collect();
-        Tensor::from_array((shape, input.iter().copied().collect::<Vec<f32>>()))
-            .map_err(OrtBackendError::ort("make the input tensor"))
-    }
-
     /// The logits and the layer's output; with a seed, also the gradient of
-    /// `Σ seed(logits) · logits` w.r.t. that output. The seed is core's (from this run's logits),
-    /// so the generated model takes it as an input ([`Seed::Tensor`]).
+    /// `Σ seed(logits) · logits` w.r.t. that output. The seed is core's, from this very run's
+    /// logits: the forward model runs for every part of the batch, then the backward model.
     fn capture_inner(
         &mut self,
         input: ArrayView4<f32>,
         layer: &str,
         seed: Option<&dyn gradcam_core::Seed>,
     ) -> Result<Capture, CamError> {
-        let (h, w) = (input.shape()[2] as i64, input.shape()[3] as i64);
+        let parts = batch::parts(input.shape()[0], self.fixed_batch);
         let Some(seed) = seed else {
             // No backward graph: the original model with the layer's output as an extra output.
-            let key = layer.to_string();
-            if !self.activations.contains_key(&key) {
+            if !self.activations.contains_key(layer) {
                 let found = self.graph.find_layer(layer).map_err(OrtBackendError::from)?;
                 let graph = self.graph.with_outputs(std::slice::from_ref(&found.tensor));
-                self.activations.insert(key.clone(), (commit(&graph, self.threads)?, found.tensor));
+                self.activations.insert(layer.to_string(), (commit(&graph, self.threads)?, found.tensor));
             }
-            let (session, tensor) = self.activations.get_mut(&key).expect("inserted above");
-            let outputs = session
-                .run(ort::inputs![self.input.as_str() => Self::input_tensor(input)?])
-                .map_err(OrtBackendError::ort(format!("run the model to `{layer}`")))?;
-            let logits = logits_of(&outputs, 0)?;
-            let activation = layer_tensor(&outputs, tensor.as_str())?;
+            let (session, tensor_name) = self.activations.get_mut(layer).expect("inserted above");
+            let (mut logits, mut activations) = (Vec::new(), Vec::new());
+            for part in parts {
+                let feed = tensor(batch::rows(input, part, None).view(), "input")?;
+                let outputs = session
+                    .run(ort::inputs![self.input.as_str() => feed])
+                    .map_err(OrtBackendError::ort(format!("run the model to `{layer}`")))?;
+                logits.push((runtime::array(output(&outputs, 0)?, "the logits")?, part));
+                activations.push((runtime::array(named(&outputs, tensor_name)?, layer)?, part));
+            }
+            let logits = runtime::logits(joined(&logits)?)?;
+            let activation = runtime::layer(joined(&activations)?)?;
             return Ok(Capture { logits, activation, gradient: None });
         };
-        // The seed needs this input's logits before the backward run.
-        let seed = seed.seed(self.forward(input)?.view())?;
+
+        let (h, w) = (input.shape()[2] as i64, input.shape()[3] as i64);
         let key = format!("{layer}@{h}x{w}");
         if !self.captures.contains_key(&key) {
             let found = self.graph.find_layer(layer).map_err(OrtBackendError::from)?;
-            let session = commit(&self.backward_for(&found, Some((h, w)))?, self.threads)?;
-            self.captures.insert(key.clone(), session);
+            let (graph, shapes) = self.prepared(&found, Some((h, w)))?;
+            let split = graph.backward_split(&found.tensor, &shapes).map_err(OrtBackendError::from)?;
+            let sessions = CaptureSessions {
+                forward: commit(&split.forward, self.threads)?,
+                backward: commit(&split.backward, self.threads)?,
+                logits: split.logits,
+                activation: split.activation,
+                carried: split.carried,
+                reads_inputs: split.reads_inputs,
+            };
+            self.captures.insert(key.clone(), sessions);
         }
-        let session = self.captures.get_mut(&key).expect("inserted above");
-        let seed_shape: Vec<i64> = seed.shape().iter().map(|&d| d as i64).collect();
-        let seed = Tensor::from_array((seed_shape, seed.iter().copied().collect::<Vec<f32>>()))
-            .map_err(OrtBackendError::ort("make the seed"))?;
-        let outputs = session
-            .run(ort::inputs![
-                self.input.as_str() => Self::input_tensor(input)?,
-                onnx_graph::SEED => seed,
-            ])
-            .map_err(OrtBackendError::ort(format!("run the backward model of `{layer}`")))?;
-        let logits = logits_of(&outputs, onnx_graph::LOGITS)?;
-        let activation = layer_tensor(&outputs, onnx_graph::ACTIVATION)?;
-        let gradient = Some(layer_tensor(&outputs, onnx_graph::GRADIENT)?);
+        let input_name = self.input.clone();
+        let s = self.captures.get_mut(&key).expect("inserted above");
+        let (mut logits, mut activations, mut carried) = (Vec::new(), Vec::new(), Vec::new());
+        for &part in &parts {
+            let feed = tensor(batch::rows(input, part, None).view(), "input")?;
+            let outputs = s
+                .forward
+                .run(ort::inputs![input_name.as_str() => feed])
+                .map_err(OrtBackendError::ort(format!("run the model to `{layer}`")))?;
+            logits.push((runtime::array(named(&outputs, &s.logits)?, "the logits")?, part));
+            activations.push((runtime::array(named(&outputs, &s.activation)?, layer)?, part));
+            carried.push(take_outputs(outputs, &s.carried)?);
+        }
+        let logits = runtime::logits(joined(&logits)?)?;
+        let activation = runtime::layer(joined(&activations)?)?;
+        // Core's seed from this very run's logits, then the backward pass on the forward's tensors.
+        let seed = seed.seed(logits.view())?;
+        if seed.dim() != logits.dim() {
+            return Err(CamError::Shape(format!(
+                "seed {:?} is not shaped like the logits {:?}",
+                seed.dim(),
+                logits.dim()
+            )));
+        }
+        let mut gradients = Vec::new();
+        for (&part, values) in parts.iter().zip(carried) {
+            let mut feeds: Vec<(std::borrow::Cow<'_, str>, SessionInputValue<'_>)> = vec![(
+                onnx_graph::SEED.into(),
+                tensor(batch::rows(seed.view(), part, Some(0.0)).view(), "seed")?,
+            )];
+            for (name, value) in s.carried.iter().zip(values) {
+                feeds.push((name.as_str().into(), value.into()));
+            }
+            for name in &s.reads_inputs {
+                feeds.push((name.as_str().into(), tensor(batch::rows(input, part, None).view(), "input")?));
+            }
+            let outputs = s
+                .backward
+                .run(feeds)
+                .map_err(OrtBackendError::ort(format!("run the backward model of `{layer}`")))?;
+            gradients.push((runtime::array(named(&outputs, onnx_graph::GRADIENT)?, "the gradient")?, part));
+        }
+        let gradient = Some(runtime::layer(joined(&gradients)?)?);
         Ok(Capture { logits, activation, gradient })
+    }
+
+    fn forward_inner(&mut self, input: ArrayView4<f32>) -> Result<Array2<f32>, OrtBackendError> {
+        let mut logits = Vec::new();
+        for part in batch::parts(input.shape()[0], self.fixed_batch) {
+            let feed = tensor(batch::rows(input, part, None).view(), "input")?;
+            let outputs = self
+                .forward
+                .run(ort::inputs![self.input.as_str() => feed])
+                .map_err(OrtBackendError::ort("run the model"))?;
+            logits.push((runtime::array(output(&outputs, 0)?, "the logits")?, part));
+        }
+        runtime::logits(joined(&logits)?)
     }
 
     fn forward_with_activation_inner(
@@ -298,93 +429,74 @@ impl OnnxModel {
         layer: &str,
         activation: LayerView<'_>,
     ) -> Result<Array2<f32>, OrtBackendError> {
+        let batch = input.shape()[0];
+        if activation.shape().first() != Some(&batch) {
+            return Err(OrtBackendError::Signature(format!(
+                "{batch} images but an activation batch of shape {:?}",
+                activation.shape()
+            )));
+        }
         if !self.cuts.contains_key(layer) {
             let found = self.graph.find_layer(layer).map_err(OrtBackendError::from)?;
             let cut = self.graph.with_activation_input(&found.tensor, activation.shape().len());
             self.cuts.insert(layer.to_string(), commit(&cut, self.threads)?);
         }
         let session = self.cuts.get_mut(layer).expect("inserted above");
-        let act = activation.to_owned();
-        let shape: Vec<i64> = act.shape().iter().map(|&d| d as i64).collect();
-        let act =
-            Tensor::from_array((shape, act.to_vec())).map_err(OrtBackendError::ort("make the activation"))?;
-        let outputs = session
-            .run(ort::inputs![self.input.as_str() => Self::input_tensor(input)?, onnx_graph::ACTIVATION => act])
-            .map_err(OrtBackendError::ort(format!("run the model from `{layer}`")))?;
-        logits_of(&outputs, 0)
+        let activation = match activation {
+            LayerView::Spatial(a) => a.into_dyn(),
+            LayerView::Tokens(a) => a.into_dyn(),
+        };
+        let mut logits = Vec::new();
+        for part in batch::parts(batch, self.fixed_batch) {
+            let feed = tensor(batch::rows(input, part, None).view(), "input")?;
+            let act = tensor(batch::rows(activation.view(), part, None).view(), "activation")?;
+            let outputs = session
+                .run(ort::inputs![self.input.as_str() => feed, onnx_graph::ACTIVATION => act])
+                .map_err(OrtBackendError::ort(format!("run the model from `{layer}`")))?;
+            logits.push((runtime::array(output(&outputs, 0)?, "the logits")?, part));
+        }
+        runtime::logits(joined(&logits)?)
     }
 }
 
-/// A session builder with the model's external-data directory set.
-fn builder(
-    graph: &OnnxGraph,
-    threads: usize,
-) -> Result<ort::session::builder::SessionBuilder, OrtBackendError> {
-    let mut b = Session::builder(environment()?).map_err(OrtBackendError::ort("create a session"))?;
-    if threads > 0 {
-        b = b.with_intra_threads(threads).map_err(OrtBackendError::ort("set the number of threads"))?;
+/// Output `index` of a run.
+fn output<'a>(outputs: &'a SessionOutputs<'_>, index: usize) -> Result<&'a DynValue, OrtBackendError> {
+    if index >= outputs.len() {
+        return Err(OrtBackendError::Signature(format!("the model has no output {index}")));
     }
-    if let Some(dir) = graph.external_data_dir().filter(|_| graph.has_external_data()) {
-        let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
-        b = b
-            .with_config_entry(EXTERNAL_DATA_DIR, dir.to_string_lossy())
-            .map_err(OrtBackendError::ort("set the external data directory"))?;
+    Ok(&outputs[index])
+}
+
+/// The output called `name`.
+fn named<'a>(outputs: &'a SessionOutputs<'_>, name: &str) -> Result<&'a DynValue, OrtBackendError> {
+    outputs
+        .get(name)
+        .ok_or_else(|| OrtBackendError::Signature(format!("the generated model has no output `{name}`")))
+}
+
+/// The values of outputs `names`, in that order, moved out of the run's outputs.
+fn take_outputs(outputs: SessionOutputs<'_>, names: &[String]) -> Result<Vec<DynValue>, OrtBackendError> {
+    let mut by_name: HashMap<&str, DynValue> = HashMap::with_capacity(names.len());
+    let wanted: HashSet<&str> = names.iter().map(String::as_str).collect();
+    for (name, value) in outputs {
+        if let Some(&n) = wanted.get(name) {
+            by_name.insert(n, value);
+        }
     }
-    Ok(b)
+    names
+        .iter()
+        .map(|n| {
+            by_name
+                .remove(n.as_str())
+                .ok_or_else(|| OrtBackendError::Signature(format!("the forward model did not output `{n}`")))
+        })
+        .collect()
 }
 
-/// A session for a generated model (external weights still read from the original directory).
-fn commit(graph: &OnnxGraph, threads: usize) -> Result<Session, OrtBackendError> {
-    builder(graph, threads)?
-        .commit_from_memory(&graph.to_bytes())
-        .map_err(OrtBackendError::ort("load a generated model"))
-}
-
-fn tensor_info(value: &DynValue) -> Option<TensorInfo> {
-    let ty = value.dtype();
-    let dtype = match ty.tensor_type()? {
-        TensorElementType::Float32 => 1,
-        TensorElementType::Float64 => 11,
-        TensorElementType::Float16 => 10,
-        TensorElementType::Int64 => 7,
-        TensorElementType::Int32 => 6,
-        TensorElementType::Bool => 9,
-        _ => 0,
-    };
-    Some(TensorInfo { dtype, shape: ty.tensor_shape()?.to_vec() })
-}
-
-fn logits_of<K: OutputKey>(outputs: &SessionOutputs<'_>, key: K) -> Result<Array2<f32>, OrtBackendError> {
-    let array = key
-        .get(outputs)
-        .try_extract_array::<f32>()
-        .map_err(OrtBackendError::ort("read the logits"))?
-        .to_owned();
-    array.into_dimensionality().map_err(|e| OrtBackendError::Signature(format!("logits must be (B, K): {e}")))
-}
-
-fn layer_tensor(outputs: &SessionOutputs<'_>, name: &str) -> Result<LayerTensor, OrtBackendError> {
-    let (shape, data) =
-        outputs[name].try_extract_tensor::<f32>().map_err(OrtBackendError::ort(format!("read {name}")))?;
-    let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
-    LayerTensor::from_shape_vec(&shape, data.to_vec()).map_err(|e| OrtBackendError::Signature(e.to_string()))
-}
-
-/// An output by index or name.
-trait OutputKey {
-    fn get<'a>(&self, outputs: &'a SessionOutputs<'_>) -> &'a DynValue;
-}
-
-impl OutputKey for usize {
-    fn get<'a>(&self, outputs: &'a SessionOutputs<'_>) -> &'a DynValue {
-        &outputs[*self]
-    }
-}
-
-impl OutputKey for &str {
-    fn get<'a>(&self, outputs: &'a SessionOutputs<'_>) -> &'a DynValue {
-        &outputs[*self]
-    }
+/// The parts' results joined along the batch axis (padding rows dropped).
+fn joined(parts: &[(ArrayD<f32>, Part)]) -> Result<ArrayD<f32>, OrtBackendError> {
+    batch::join(parts)
+        .map_err(|e| OrtBackendError::Signature(format!("results of the batch parts do not line up: {e}")))
 }
 
 impl CamModel for OnnxModel {
@@ -409,12 +521,7 @@ impl CamModel for OnnxModel {
     }
 
     fn forward(&mut self, input: ArrayView4<f32>) -> Result<Array2<f32>, CamError> {
-        let input = Self::input_tensor(input)?;
-        let outputs = self
-            .forward
-            .run(ort::inputs![self.input.as_str() => input])
-            .map_err(OrtBackendError::ort("run the model"))?;
-        Ok(logits_of(&outputs, 0)?)
+        Ok(self.forward_inner(input)?)
     }
 
     fn forward_with_activation(

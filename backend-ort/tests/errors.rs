@@ -147,3 +147,18 @@ fn class_out_of_range_is_an_error() {
     let err = model.capture(input().view(), "layer1", Some(&Target::class(4))).expect_err("out of range");
     assert!(err.to_string().contains("out of range"), "{err}");
 }
+
+/// EigenCAM, ScoreCAM and AblationCAM need no backward graph, so an op without a gradient rule
+/// after the layer does not stop them (and asking for a class they explain still works).
+#[test]
+fn gradient_free_methods_build_no_backward_graph() {
+    use gradcam_core::{explain, CamOptions, Method};
+    let path = temp("sin_head_free.onnx", &tiny_model("Sin"));
+    let mut model = OnnxModel::load(&path).expect("load");
+    let methods = [Method::EigenCam, Method::ScoreCam, Method::AblationCam];
+    let e =
+        explain(&mut model, input().view(), &["layer1"], &methods, &Target::class(1), &CamOptions::default())
+            .expect("gradient-free methods");
+    assert_eq!(e.len(), 3);
+    assert!(e.iter().all(|e| e.classes == [1, 1]));
+}

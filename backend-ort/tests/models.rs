@@ -97,3 +97,139 @@ fn token_pruning_changes_no_number() {
     let g = resnet.backward_graph("layer4", h, w).expect("backward graph");
     assert!(!g.nodes().iter().any(|n| n.name.contains("gradcam_token_")), "resnet18 pruned");
 }
+
+/// A capture with a seed runs the model forward once: the forward model it runs is the model with
+/// extra outputs (no gradient node), and the backward model that runs after core's seed holds no
+/// node of the original model but the constants it reads, and only the weights its rules read.
+#[test]
+fn a_capture_runs_the_forward_once() {
+    let dir = fixtures_dir();
+    let input = input();
+    let (h, w) = (input.shape()[2], input.shape()[3]);
+    for (key, layer) in [("resnet18", "layer3"), ("vit_tiny", "blocks.11.norm1"), ("lite0", "blocks.6")] {
+        for exporter in ["legacy", "dynamo"] {
+            let what = format!("{key}.{exporter} {layer}");
+            let model = OnnxModel::load(&dir.join(format!("{key}.{exporter}.onnx"))).expect("load");
+            let original: std::collections::HashSet<&str> = model
+                .graph()
+                .nodes()
+                .iter()
+                .filter(|n| n.op_type != "Constant")
+                .map(|n| n.name.as_str())
+                .collect();
+            let split = model.capture_models(layer, h, w).unwrap_or_else(|e| panic!("{what}: {e}"));
+            let backward = split.backward.nodes();
+            assert!(!backward.is_empty(), "{what}: empty backward model");
+            let rerun: Vec<&str> =
+                backward.iter().map(|n| n.name.as_str()).filter(|n| original.contains(n)).collect();
+            assert!(
+                rerun.is_empty(),
+                "{what}: the backward model reruns {} original nodes: {rerun:?}",
+                rerun.len()
+            );
+            let weights: std::collections::HashSet<&str> =
+                model.graph().model().graph.initializer.iter().map(|t| t.name.as_str()).collect();
+            let copied =
+                split.backward.model().graph.initializer.iter().filter(|t| weights.contains(t.name.as_str()));
+            assert!(copied.count() < weights.len(), "{what}: every weight copied");
+            let gradient_nodes =
+                split.forward.nodes().iter().filter(|n| n.name.starts_with("gradcam/")).count();
+            assert_eq!(gradient_nodes, 0, "{what}: gradient nodes in the forward model");
+        }
+    }
+}
+
+/// One name per module: both exporters' files of each fixture model list the same module paths
+/// (`layer2.0.downsample.0`, not the legacy scope's `layer2.0.downsample.downsample.0`), except the
+/// BatchNorms the legacy exporter folds into the convolution before them: it keeps no trace of
+/// their names, and the convolution's own name then has no output (a typed error says so).
+#[test]
+fn both_exporters_list_the_same_layers() {
+    let dir = fixtures_dir();
+    for key in ["resnet18", "vit_tiny", "lite0"] {
+        let load = |exporter: &str| {
+            backend_ort::OnnxGraph::load(&dir.join(format!("{key}.{exporter}.onnx"))).expect("load")
+        };
+        let (legacy, dynamo) = (load("legacy"), load("dynamo"));
+        let names = |g: &backend_ort::OnnxGraph| -> std::collections::BTreeSet<String> {
+            g.layers().into_iter().map(|l| l.name).collect()
+        };
+        let only_legacy: Vec<String> = names(&legacy).difference(&names(&dynamo)).cloned().collect();
+        assert!(only_legacy.is_empty(), "{key}: only in the legacy export: {only_legacy:?}");
+        // The module's class, from the dynamo node's scopes and classes (two aligned Python lists).
+        let batch_norm = |layer: &backend_ort::onnx_graph::Layer| {
+            let meta = |key: &str| -> Vec<String> {
+                let props = &dynamo.nodes()[layer.node].metadata_props;
+                let value = props.iter().find(|p| p.key == key).map_or("", |p| p.value.as_str());
+                value.trim_matches(['[', ']']).split(", ").map(|s| s.trim_matches('\'').to_string()).collect()
+            };
+            let (scopes, classes) =
+                (meta("pkg.torch.onnx.name_scopes"), meta("pkg.torch.onnx.class_hierarchy"));
+            scopes
+                .iter()
+                .position(|s| *s == layer.name)
+                .and_then(|i| classes.get(i))
+                .is_some_and(|c| c.contains("BatchNorm"))
+        };
+        let legacy_names = names(&legacy);
+        let missing: std::collections::BTreeSet<String> = dynamo
+            .layers()
+            .into_iter()
+            .filter(|l| !legacy_names.contains(&l.name) && !batch_norm(l))
+            .map(|l| l.name)
+            .collect();
+        assert!(missing.is_empty(), "{key}: only in the dynamo export: {missing:?}");
+    }
+    // resnet18's `conv1` has a BatchNorm folded in by the legacy exporter: a typed error, not bn1's map.
+    let legacy = backend_ort::OnnxGraph::load(&dir.join("resnet18.legacy.onnx")).expect("load");
+    for name in ["conv1", "layer2.0.downsample.0"] {
+        let err = legacy.find_layer(name).expect_err(name);
+        assert!(matches!(err, backend_ort::GraphError::FoldedLayer { .. }), "{name}: {err}");
+    }
+}
+
+/// Legacy TF-"same" padding computes a `Pad`'s pads from the input's shape
+/// (`Shape → Gather → … → Cast`): folded for the known input size, the layers before such pads
+/// differentiate, and agree with the dynamo export, whose pads are constants.
+#[test]
+fn legacy_same_padding_differentiates() {
+    let dir = fixtures_dir();
+    let input = input();
+    let mut legacy = OnnxModel::load(&dir.join("lite0.legacy.onnx")).expect("load");
+    let mut dynamo = OnnxModel::load(&dir.join("lite0.dynamo.onnx")).expect("load");
+    for layer in ["blocks.4", "blocks.1"] {
+        let target = Target::top_one();
+        let a = legacy.capture(input.view(), layer, Some(&target)).unwrap_or_else(|e| panic!("{layer}: {e}"));
+        let b = dynamo.capture(input.view(), layer, Some(&target)).unwrap_or_else(|e| panic!("{layer}: {e}"));
+        assert_close(&format!("{layer} logits"), a.logits.view(), b.logits.view(), 1e-4);
+        assert_close(
+            &format!("{layer} activations"),
+            layer_view(&a.activation),
+            layer_view(&b.activation),
+            1e-4,
+        );
+        // The exports fold BatchNorms differently, so ReLU6 pre-activations within float noise of
+        // a kink fall on either side: elementwise they agree only roughly...
+        let (ga, gb) = (a.gradient.expect("gradient"), b.gradient.expect("gradient"));
+        assert_close(&format!("{layer} gradients"), layer_view(&ga), layer_view(&gb), 1e-2);
+        // ...so check the legacy gradient against its own model: along the gradient's direction,
+        // central differences of the explained logit through the layer.
+        let g = layer_view(&ga);
+        let norm = g.iter().map(|v| v * v).sum::<f32>().sqrt();
+        let classes = target.resolve(a.logits.view()).expect("classes");
+        let score = |logits: ndarray::Array2<f32>| -> f64 {
+            classes.iter().enumerate().map(|(b, &c)| logits[[b, c]] as f64).sum()
+        };
+        let eps = 1e-2f32;
+        let mut shifted = |sign: f32| {
+            let mut act = a.activation.clone();
+            let gradcam_core::LayerTensor::Spatial(x) = &mut act else { panic!("{layer}: a feature map") };
+            let g4 = g.view().into_dimensionality::<ndarray::Ix4>().expect("rank 4");
+            x.zip_mut_with(&g4, |x, g| *x += sign * eps * g / norm);
+            score(legacy.forward_with_activation(input.view(), layer, act.view()).expect("forward"))
+        };
+        let fd = (shifted(1.0) - shifted(-1.0)) / (2.0 * eps as f64);
+        eprintln!("{layer}: directional derivative {fd} vs |gradient| {norm}");
+        assert!((fd - norm as f64).abs() <= 0.02 * norm as f64, "{layer}: finite difference {fd} vs {norm}");
+    }
+}

@@ -49,7 +49,7 @@ struct Plan {
 impl OnnxGraph {
     fn plan(&self, activation: &str) -> Result<Plan, GraphError> {
         let nodes = self.nodes();
-        let logits = self.output_names().into_iter().next().expect("a graph output");
+        let logits = self.logits_name()?;
         let mut active: HashSet<String> = HashSet::from([activation.to_string()]);
         for node in nodes {
             if rules::is_non_differentiable(&node.op_type) || !node.input.iter().any(|i| active.contains(i)) {
@@ -100,14 +100,17 @@ impl OnnxGraph {
     /// information for the tensors listed by [`OnnxGraph::backward_tensors`] (from one run with
     /// any batch size other than 1 when the batch is dynamic, so that broadcasting over the
     /// batch shows).
+    ///
+    /// One model computes forward and backward, so the seed must not depend on this run's
+    /// logits unless the graph builds it ([`Seed::Classes`]); [`OnnxGraph::backward_split`]
+    /// splits the same computation in two models around a seed computed in between.
     pub fn backward_model(
         &self,
         activation: &str,
         seed: Seed,
         shapes: &Shapes,
     ) -> Result<OnnxGraph, GraphError> {
-        let plan = self.plan(activation)?;
-        let logits = self.output_names().into_iter().next().expect("a graph output");
+        let logits = self.logits_name()?;
         let logits_info = shapes.get(&logits).ok_or_else(|| GraphError::MissingShape(logits.clone()))?;
         let dtype = logits_info.dtype;
         let mut b = Builder::new(self.opset(), "gradcam");
@@ -130,44 +133,7 @@ impl OnnxGraph {
                 s
             }
         };
-
-        let mut grads: HashMap<String, Vec<String>> = HashMap::from([(logits.clone(), vec![seed_name])]);
-        for &i in plan.path.iter().rev() {
-            let node = &self.nodes()[i];
-            let out_grads: Vec<Option<String>> =
-                node.output.iter().map(|o| grads.remove(o).map(|g| sum(&mut b, g))).collect();
-            if out_grads.iter().all(Option::is_none) {
-                continue;
-            }
-            let wants: Vec<bool> = node.input.iter().map(|x| plan.active.contains(x)).collect();
-            let rule =
-                rules::rule(&node.op_type).filter(|_| node.domain.is_empty() || node.domain == "ai.onnx");
-            let Some(rule) = rule else {
-                let op = if node.domain.is_empty() {
-                    node.op_type.clone()
-                } else {
-                    format!("{}.{}", node.domain, node.op_type)
-                };
-                return Err(GraphError::UnsupportedOp { op, node: node.name.clone() });
-            };
-            let mut ctx = Ctx::new(&mut b, self, shapes, node, wants.clone(), dtype);
-            let in_grads = rule(&mut ctx, &out_grads)?;
-            for (k, want) in wants.iter().enumerate() {
-                match in_grads.get(k).cloned().flatten() {
-                    Some(g) if *want => grads.entry(node.input[k].clone()).or_default().push(g),
-                    None if *want => {
-                        return Err(GraphError::Unsupported {
-                            op: node.op_type.clone(),
-                            node: node.name.clone(),
-                            reason: format!("no gradient for input {k} (`{}`)", node.input[k]),
-                        })
-                    }
-                    _ => {}
-                }
-            }
-        }
-        let g = grads.remove(activation).ok_or_else(|| GraphError::NoPath(activation.into()))?;
-        let g = sum(&mut b, g);
+        let g = self.emit_backward(activation, seed_name, shapes, &mut b)?;
         b.nodes.push(super::identity(&logits, LOGITS));
         b.nodes.push(super::identity(activation, ACTIVATION));
         b.nodes.push(super::identity(&g, GRADIENT));
@@ -185,6 +151,66 @@ impl OnnxGraph {
         graph.input.extend(new_inputs);
         graph.output = new_outputs;
         Ok(out)
+    }
+
+    /// The first graph output: the logits.
+    pub(crate) fn logits_name(&self) -> Result<String, GraphError> {
+        self.output_names()
+            .into_iter()
+            .next()
+            .ok_or_else(|| GraphError::NoPath("(the model has no output)".into()))
+    }
+
+    /// Emits the vector-Jacobian products from the logits (whose gradient is tensor `seed`) back
+    /// to `activation` into `b`, in an order where every node follows its inputs; returns the
+    /// name of the activation's gradient.
+    pub(crate) fn emit_backward(
+        &self,
+        activation: &str,
+        seed: String,
+        shapes: &Shapes,
+        b: &mut Builder,
+    ) -> Result<String, GraphError> {
+        let plan = self.plan(activation)?;
+        let logits = self.logits_name()?;
+        let dtype = shapes.get(&logits).ok_or_else(|| GraphError::MissingShape(logits.clone()))?.dtype;
+        let mut grads: HashMap<String, Vec<String>> = HashMap::from([(logits, vec![seed])]);
+        for &i in plan.path.iter().rev() {
+            let node = &self.nodes()[i];
+            let out_grads: Vec<Option<String>> =
+                node.output.iter().map(|o| grads.remove(o).map(|g| sum(b, g))).collect();
+            if out_grads.iter().all(Option::is_none) {
+                continue;
+            }
+            let wants: Vec<bool> = node.input.iter().map(|x| plan.active.contains(x)).collect();
+            let rule =
+                rules::rule(&node.op_type).filter(|_| node.domain.is_empty() || node.domain == "ai.onnx");
+            let Some(rule) = rule else {
+                let op = if node.domain.is_empty() {
+                    node.op_type.clone()
+                } else {
+                    format!("{}.{}", node.domain, node.op_type)
+                };
+                return Err(GraphError::UnsupportedOp { op, node: node.name.clone() });
+            };
+            let mut ctx = Ctx::new(b, self, shapes, node, wants.clone(), dtype);
+            let in_grads = rule(&mut ctx, &out_grads)?;
+            for (k, want) in wants.iter().enumerate() {
+                match in_grads.get(k).cloned().flatten() {
+                    Some(g) if *want => grads.entry(node.input[k].clone()).or_default().push(g),
+                    None if *want => {
+                        return Err(GraphError::Unsupported {
+                            op: node.op_type.clone(),
+                            node: node.name.clone(),
+                            reason: format!("no gradient for input {k} (`{}`)", node.input[k]),
+                        })
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let g = grads.remove(activation).ok_or_else(|| GraphError::NoPath(activation.into()))?;
+        Ok(sum(b, g))
     }
 }
 

@@ -9,8 +9,10 @@
 
 mod backward;
 mod builder;
+mod fold;
 mod layers;
 pub mod rules;
+mod split;
 mod tokens;
 
 use std::collections::{HashMap, HashSet};
@@ -22,7 +24,9 @@ use onnx_protobuf::{
 };
 
 pub use backward::{Seed, ACTIVATION, CLASS, CLASSES, GRADIENT, LOGITS, SEED, SOFTMAX};
+pub use fold::Dims;
 pub use layers::Layer;
+pub use split::SplitModel;
 
 /// Errors of graph surgery and backward-graph generation.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +54,19 @@ pub enum GraphError {
         name: String,
         /// Similar layer names.
         near: Vec<String>,
+    },
+    /// A module whose output the exporter folded away (a convolution with the BatchNorm after it
+    /// folded in).
+    #[error(
+        "layer `{name}` has no output of its own in this file: the exporter folded the BatchNorm after it \
+         into it{}; export with `torch.onnx.export(..., dynamo=True)` to keep BatchNorm names",
+        match next { Some(n) => format!(" (explain the next layer, `{n}`, instead)"), None => String::new() }
+    )]
+    FoldedLayer {
+        /// The requested layer.
+        name: String,
+        /// The first listed layer after it.
+        next: Option<String>,
     },
     /// An op on the path from the layer to the logits with no gradient rule.
     #[error("no gradient rule for op `{op}` (node `{node}`) on the path from the layer to the logits")]

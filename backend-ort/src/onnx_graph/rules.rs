@@ -76,7 +76,8 @@ pub const RULES: &[(&str, Rule)] = &[
     }),
     ("Neg", |c, g| Ok(vec![Some(c.b.op("Neg", &[&c.gy(g)?], vec![]))])),
     ("Relu", |c, g| {
-        let pos = c.cmp("Greater", c.x(0), 0.0);
+        // `y > 0` iff `x > 0`: reading the output lets the forward keep Conv+Relu fused.
+        let pos = c.cmp("Greater", c.y(0), 0.0);
         Ok(vec![Some(c.b.mask(&pos, &c.gy(g)?, c.dtype))])
     }),
     ("LeakyRelu", |c, g| {
@@ -85,11 +86,12 @@ pub const RULES: &[(&str, Rule)] = &[
         Ok(vec![Some(c.b.op("Where", &[&pos, &gy, &neg], vec![]))])
     }),
     ("Clip", |c, g| {
-        // Gradient only strictly inside the bounds, as PyTorch's hardtanh/ReLU6.
+        // Gradient only strictly inside the bounds, as PyTorch's hardtanh/ReLU6. The output is
+        // strictly inside iff the input is, and reading it keeps Conv+Clip fused in the forward.
         let mut inside: Option<String> = None;
         for (k, cmp) in [(1, "Greater"), (2, "Less")] {
             if let Some(bound) = c.node.input.get(k).filter(|s| !s.is_empty()) {
-                let m = c.b.op(cmp, &[c.x(0), bound], vec![]);
+                let m = c.b.op(cmp, &[c.y(0), bound], vec![]);
                 inside = Some(match inside {
                     Some(prev) => c.b.op("And", &[&prev, &m], vec![]),
                     None => m,

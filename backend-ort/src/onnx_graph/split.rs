@@ -1,0 +1,112 @@
+//! The backward pass as a second model: the forward runs once, the caller computes the seed from
+//! its logits, and the backward model reads the forward tensors it needs from the first run.
+
+use std::collections::HashSet;
+
+use onnx_protobuf::{GraphProto, NodeProto};
+
+use super::backward::{GRADIENT, SEED};
+use super::builder::Builder;
+use super::{value_info, GraphError, OnnxGraph, Shapes};
+
+/// A capture as two models: [`SplitModel::forward`] (the model, with the tensors the backward
+/// pass reads as extra outputs) and [`SplitModel::backward`] (seed and those tensors in, gradient
+/// out).
+#[derive(Clone, Debug)]
+pub struct SplitModel {
+    /// The original graph's inputs in; its logits, the activation and every [`Self::carried`]
+    /// tensor out, each under its own name.
+    pub forward: OnnxGraph,
+    /// Inputs: [`SEED`] (`d score / d logits`, shaped like the logits), the [`Self::carried`]
+    /// tensors and the [`Self::reads_inputs`] graph inputs; output: [`GRADIENT`].
+    pub backward: OnnxGraph,
+    /// The logits' tensor name (an output of `forward`).
+    pub logits: String,
+    /// The activation's tensor name (an output of `forward`).
+    pub activation: String,
+    /// Tensors `forward` outputs and `backward` takes as inputs, in a fixed order.
+    pub carried: Vec<String>,
+    /// Inputs of the original model that `backward` reads too (fed the same values).
+    pub reads_inputs: Vec<String>,
+}
+
+impl OnnxGraph {
+    /// The backward pass from the logits to `activation` as a model of its own, next to the
+    /// forward model that feeds it ([`SplitModel`]). `shapes` as for
+    /// [`OnnxGraph::backward_model`]; every carried tensor must have an entry (the rules only
+    /// read the inputs and outputs of the nodes [`OnnxGraph::backward_tensors`] lists).
+    ///
+    /// The backward model holds none of the original nodes except `Constant`s it reads, and only
+    /// the weights its rules read (convolution kernels, normalisation scales).
+    pub fn backward_split(&self, activation: &str, shapes: &Shapes) -> Result<SplitModel, GraphError> {
+        let logits = self.logits_name()?;
+        let mut b = Builder::new(self.opset(), "gradcam");
+        let gradient = self.emit_backward(activation, SEED.to_string(), shapes, &mut b)?;
+        b.nodes.push(super::identity(&gradient, GRADIENT));
+
+        let produced: HashSet<&str> =
+            b.nodes.iter().flat_map(|n| n.output.iter().map(String::as_str)).collect();
+        let new_inits: HashSet<&str> = b.initializers.iter().map(|t| t.name.as_str()).collect();
+        let graph_inputs: HashSet<String> = self.input_names().into_iter().collect();
+        let constants: std::collections::HashMap<&str, &NodeProto> = self
+            .nodes()
+            .iter()
+            .filter(|n| n.op_type == "Constant")
+            .filter_map(|n| n.output.first().map(|o| (o.as_str(), n)))
+            .collect();
+        let model_inits: std::collections::HashMap<&str, usize> =
+            self.model.graph.initializer.iter().enumerate().map(|(i, t)| (t.name.as_str(), i)).collect();
+
+        let mut carried = Vec::new();
+        let mut reads_inputs = Vec::new();
+        let mut copied_constants = Vec::new();
+        let mut used_inits = Vec::new();
+        let mut seen: HashSet<&str> = HashSet::new();
+        for name in b.nodes.iter().flat_map(|n| n.input.iter()) {
+            let name = name.as_str();
+            if name.is_empty() || name == SEED || produced.contains(name) || new_inits.contains(name) {
+                continue;
+            }
+            if !seen.insert(name) {
+                continue;
+            }
+            if let Some(&i) = model_inits.get(name) {
+                used_inits.push(i);
+            } else if let Some(node) = constants.get(name) {
+                copied_constants.push((*node).clone());
+            } else if graph_inputs.contains(name) {
+                reads_inputs.push(name.to_string());
+            } else {
+                carried.push(name.to_string());
+            }
+        }
+
+        let mut graph = GraphProto::new();
+        graph.name = "gradcam_backward".into();
+        let info = |name: &str| shapes.get(name).ok_or_else(|| GraphError::MissingShape(name.into()));
+        let logits_info = info(&logits)?;
+        graph.input.push(value_info(SEED, logits_info.dtype, Some(logits_info.shape.len())));
+        for name in carried.iter().chain(&reads_inputs) {
+            let t = info(name)?;
+            graph.input.push(value_info(name, t.dtype, Some(t.shape.len())));
+        }
+        let act = info(activation)?;
+        graph.output.push(value_info(GRADIENT, act.dtype, Some(act.shape.len())));
+        graph.node = copied_constants;
+        graph.node.extend(b.nodes);
+        used_inits.sort_unstable();
+        graph.initializer = used_inits.into_iter().map(|i| self.model.graph.initializer[i].clone()).collect();
+        graph.initializer.extend(b.initializers);
+        let mut backward_model = onnx_protobuf::ModelProto::new();
+        backward_model.ir_version = self.model.ir_version;
+        backward_model.opset_import = self.model.opset_import.clone();
+        backward_model.producer_name = "gradcam-rs".into();
+        backward_model.graph = Some(graph).into();
+        let backward = OnnxGraph { model: backward_model, dir: self.dir.clone() };
+
+        let mut outputs = vec![logits.clone(), activation.to_string()];
+        outputs.extend(carried.iter().cloned());
+        let forward = self.with_outputs(&outputs);
+        Ok(SplitModel { forward, backward, logits, activation: activation.into(), carried, reads_inputs })
+    }
+}
