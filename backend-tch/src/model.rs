@@ -7,6 +7,7 @@ use gradcam_core::{near_matches, CamError, CamModel, Capture, LayerInfo, LayerTe
 use ndarray::{Array2, ArrayView4};
 use tch::{Device, Kind, Tensor};
 
+use crate::error::missing_derivative;
 use crate::ffi::{Built, Function, Mode, Module};
 use crate::{DeviceChoice, TchError};
 
@@ -221,6 +222,17 @@ fn torch_err(e: impl Into<TchError>) -> CamError {
     CamError::backend(e.into())
 }
 
+/// A capture's error; libtorch's "derivative for aten::op is not implemented" says what to do.
+fn differentiation_err(layer: &str, e: impl Into<TchError>) -> CamError {
+    let e = e.into();
+    if let TchError::Torch(message) = &e {
+        if let Some(op) = missing_derivative(message) {
+            return torch_err(TchError::NoDerivative { layer: layer.to_owned(), op: op.to_owned() });
+        }
+    }
+    torch_err(e)
+}
+
 impl From<String> for TchError {
     fn from(e: String) -> Self {
         TchError::Torch(e)
@@ -247,7 +259,7 @@ impl CamModel for TorchScriptModel {
             Some(_) => tch::with_grad(|| function.run(&[&x], 2)),
             None => tch::no_grad(|| function.run(&[&x], 2)),
         }
-        .map_err(torch_err)?;
+        .map_err(|e| differentiation_err(layer, e))?;
         let [logits_t, act_t]: [Tensor; 2] = outputs
             .try_into()
             .map_err(|_| torch_err(TchError::Torch("expected (logits, activation)".into())))?;
@@ -261,7 +273,8 @@ impl CamModel for TorchScriptModel {
                 .to_device(device)
                 .to_kind(logits_t.kind());
                 let score = (&logits_t * seed).sum(logits_t.kind());
-                let grads = Tensor::f_run_backward(&[score], &[&act_t], false, false).map_err(torch_err)?;
+                let grads = Tensor::f_run_backward(&[score], &[&act_t], false, false)
+                    .map_err(|e| differentiation_err(layer, TchError::from(e)))?;
                 Some(layer_tensor(&grads[0])?)
             }
             None => None,
