@@ -13,7 +13,8 @@
 // frozen and optimized for inference as torch.jit.optimize_for_inference does (weights as
 // constants, conv-BN folding, oneDNN on the CPU). The part after it starts from the layer's output
 // made a leaf that requires grad; as no parameter requires grad, autograd records only that part,
-// so one forward gives what the backward needs, and the backward never goes below the layer.
+// so one forward gives what the backward needs, and the backward never goes below the layer. Fused
+// ops without a derivative are rewritten there into ops with one (attention.cpp).
 // `replace` and `forward` never need autograd and are optimized whole.
 //
 // The C API passes tensors as `at::Tensor*` (tch's `C_tensor`); strings and errors are malloc'ed
@@ -30,6 +31,8 @@
 #include <torch/csrc/jit/passes/shape_analysis.h>
 #include <torch/csrc/jit/serialization/import.h>
 #include <torch/script.h>
+
+#include "attention.h"
 
 #include <algorithm>
 #include <cstdlib>
@@ -707,6 +710,8 @@ char *gc_build(gc_module *m, const char *layer, int mode, int height, int width,
       Value *act = rec->value;
       if (mode == 1) {
         Cut cut = cut_at(g, act);
+        // Autograd runs through the part after the cut: no op there may lack a derivative.
+        if (gradcam::unfuse_attention(cut.after->block())) torch::jit::EliminateDeadCode(cut.after);
         before = cut.before;
         optimize_for_inference(before, m->module, cpu);
         fn->before = function(before, "gradcam_before_cut");
