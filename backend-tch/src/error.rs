@@ -49,6 +49,20 @@ pub enum TchError {
         /// The op (`aten::…`).
         op: String,
     },
+    /// The model does not run on an input of the size its layers are listed for.
+    #[error(
+        "cannot run the model on a {height}x{width} input to list its layers ({message}); a traced model may \
+         run at the input size it was traced at only: give that input size (`--size H W` on the command line, \
+         `set_probe_size` in the library)"
+    )]
+    Probe {
+        /// The input height tried.
+        height: usize,
+        /// The input width tried.
+        width: usize,
+        /// libtorch's message.
+        message: String,
+    },
     /// An error raised by libtorch while running the model.
     #[error("libtorch: {0}")]
     Torch(String),

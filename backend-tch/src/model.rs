@@ -79,11 +79,16 @@ impl TorchScriptModel {
         &self.module_paths
     }
 
-    /// Sets the input size `layers()` probes the model with (default 224x224).
+    /// Sets the input size `layers()` reports shapes for (default 224x224). A traced model may run
+    /// at the size it was traced at only (timm's MobileViT bakes it into reshapes): set that size.
+    /// [`CamModel::capture`] moves it to the size of its input.
     pub fn set_probe_size(&mut self, height: usize, width: usize) {
         if self.probe_hw != (height, width) {
             self.probe_hw = (height, width);
             self.probed = None;
+            // Class-token pruning was planned from shapes at the old size.
+            self.functions.retain(|(_, mode), _| *mode != Mode::Capture);
+            self.pruned.clear();
         }
     }
 
@@ -113,7 +118,8 @@ impl TorchScriptModel {
                 .ok_or_else(|| TchError::Torch("the shim found no forward to probe".into()))?;
             let (h, w) = self.probe_hw;
             let x = Tensor::zeros([1, 3, h as i64, w as i64], (Kind::Float, self.device));
-            let outputs = tch::no_grad(|| function.run(&[&x], names.len() + 1)).map_err(TchError::Torch)?;
+            let outputs = tch::no_grad(|| function.run(&[&x], names.len() + 1))
+                .map_err(|message| TchError::Probe { height: h, width: w, message })?;
             let mut probed = Vec::new();
             for (name, tensor) in names.iter().zip(&outputs[1..]) {
                 let shape: Vec<usize> = tensor.size().iter().map(|&d| d as usize).collect();
@@ -250,6 +256,8 @@ impl CamModel for TorchScriptModel {
         layer: &str,
         seed: Option<&dyn Seed>,
     ) -> Result<Capture, CamError> {
+        let (_, _, height, width) = input.dim();
+        self.set_probe_size(height, width);
         let x = self.input_tensor(input);
         let device = self.device;
         let function = self.function(layer, Mode::Capture)?;
