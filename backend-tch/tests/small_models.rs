@@ -172,3 +172,10 @@ fn a_class_out_of_range_is_cores_error() {
         model.capture(input.view(), "encoder.layers.encoder_layer_1", Some(&Target::class(10))).unwrap_err();
     assert!(matches!(err, CamError::ClassOutOfRange { class: 10, num_classes: 10 }), "{err}");
 }
+
+/// A forward that returns a tuple is explained through its first element, the logits: torchvision's
+/// scripted GoogLeNet and Inception3 return (logits, aux2, aux1) even in eval mode.
+#[test]
+fn a_forward_returning_a_tuple_is_explained_through_its_first_element() {
+    check_against_pytorch("tuple_output");
+}

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes the small TorchScript models and references backend-tch's own tests use (committed, ~100 KB).
 
-  .venv-fixtures/bin/python backend-tch/tests/models/make.py [OUT_DIR]   (default: next to this file)
+  .venv-fixtures/bin/python backend-tch/tests/models/make.py [OUT_DIR [NAME ...]]   (default: next to this file)
 
 Each model has random weights (torch.manual_seed(0)) and is exported as <name>.traced.pt and, where torch can,
 <name>.scripted.pt. Per model, <name>/input.npy is a (2, 3, H, W) input, and per reference layer
@@ -18,10 +18,14 @@ path, which autograd takes). manifest.json lists the models, layers, sizes and t
                size only.
   encoder_layer nn.TransformerEncoderLayer fast path (aten::_transformer_encoder_layer_fwd): no derivative,
                used for the error message.
+  tuple_output returns (logits, None) as a NamedTuple, as torchvision's scripted GoogLeNet does.
+
+With model names after OUT_DIR, only those are made again (the others' files and manifest entries stay).
 """
 import json
 import os
 import sys
+from typing import NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -100,17 +104,38 @@ class EncoderLayer(nn.Module):
         return self.head(self.layer(t).mean(1))
 
 
+class Outputs(NamedTuple):
+    logits: torch.Tensor
+    aux: Optional[torch.Tensor]
+
+
+class TupleOutput(nn.Module):
+    """Returns (logits, aux) as torchvision's scripted GoogLeNet and Inception3 do, aux None in eval."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, 2, 1)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x) -> Outputs:
+        x = F.relu(self.conv(x))
+        return Outputs(self.head(x.mean((2, 3))), None)
+
+
 def tv_vit():
     return torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2,
                                                 hidden_dim=16, mlp_dim=32, num_classes=10)
 
 
+BOTH, TRACED, SCRIPTED = ("traced", "scripted"), ("traced",), ("scripted",)
+# name: (constructor, input (H, W), reference layers, exports)
 MODELS = {
     "tv_vit": (tv_vit, (32, 32), ["encoder.layers.encoder_layer_0.ln_1", "encoder.layers.encoder_layer_1.ln_1",
-                                  "encoder.layers.encoder_layer_1"]),
-    "attn_masks": (AttnMasks, (16, 16), ["norm"]),
-    "fixed_size": (FixedSize, (24, 40), ["stem", "conv"]),
-    "encoder_layer": (EncoderLayer, (16, 16), ["embed"]),
+                                  "encoder.layers.encoder_layer_1"], BOTH),
+    "attn_masks": (AttnMasks, (16, 16), ["norm"], BOTH),
+    "fixed_size": (FixedSize, (24, 40), ["stem", "conv"], TRACED),  # its Python ints only trace
+    "encoder_layer": (EncoderLayer, (16, 16), ["embed"], TRACED),
+    "tuple_output": (TupleOutput, (16, 16), ["conv"], SCRIPTED),  # a trace cannot return None
 }
 
 
@@ -127,6 +152,8 @@ def reference(model, x, layer):
     handle = model.get_submodule(layer).register_forward_hook(hook)
     try:
         logits = model(x)
+        if isinstance(logits, tuple):
+            logits = logits[0]
     finally:
         handle.remove()
     (grad,) = torch.autograd.grad(logits[:, CLASS].sum(), store["leaf"])
@@ -135,8 +162,14 @@ def reference(model, x, layer):
 
 def main():
     out = sys.argv[1] if len(sys.argv) > 1 else os.path.dirname(os.path.abspath(__file__))
+    names = sys.argv[2:] or list(MODELS)
+    path = os.path.join(out, "manifest.json")
     manifest = {"class": CLASS, "models": {}}
-    for name, (make, (h, w), layers) in MODELS.items():
+    if sys.argv[2:] and os.path.exists(path):
+        with open(path) as f:
+            manifest = json.load(f)
+    for name in names:
+        make, (h, w), layers, exports = MODELS[name]
         torch.manual_seed(0)
         model = make().eval()
         for p in model.parameters():
@@ -145,13 +178,14 @@ def main():
                 p.normal_(0.0, 0.1)
         x = torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(1))
         files = {}
-        with torch.no_grad():
-            traced = torch.jit.trace(model, x, check_trace=False)
-        traced.save(os.path.join(out, f"{name}.traced.pt"))
-        files["traced"] = f"{name}.traced.pt"
-        if name in ("tv_vit", "attn_masks"):  # (fixed_size's Python ints only trace)
-            torch.jit.script(model).save(os.path.join(out, f"{name}.scripted.pt"))
-            files["scripted"] = f"{name}.scripted.pt"
+        for kind in exports:
+            if kind == "traced":
+                with torch.no_grad():
+                    exported = torch.jit.trace(model, x, check_trace=False)
+            else:
+                exported = torch.jit.script(model)
+            exported.save(os.path.join(out, f"{name}.{kind}.pt"))
+            files[kind] = f"{name}.{kind}.pt"
         os.makedirs(os.path.join(out, name), exist_ok=True)
         np.save(os.path.join(out, name, "input.npy"), x.numpy())
         for layer in layers:
@@ -161,7 +195,8 @@ def main():
                 np.save(os.path.join(d, f"{key}.npy"), value.numpy().astype(np.float32))
         manifest["models"][name] = {"files": files, "size": [h, w], "layers": layers}
         print(name, files, flush=True)
-    with open(os.path.join(out, "manifest.json"), "w") as f:
+    manifest["models"] = dict(sorted(manifest["models"].items(), key=lambda kv: list(MODELS).index(kv[0])))
+    with open(path, "w") as f:
         json.dump(manifest, f, indent=1)
         f.write("\n")
 
