@@ -2,7 +2,7 @@
 //! without it the crate is empty and needs no libtorch.
 
 fn main() {
-    println!("cargo:rerun-if-changed=shim/shim.cpp");
+    println!("cargo:rerun-if-changed=shim");
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-env-changed=CARGO_FEATURE_TCH");
     if std::env::var_os("CARGO_FEATURE_TCH").is_none() {
@@ -17,6 +17,7 @@ fn main() {
     cc::Build::new()
         .cpp(true)
         .file("shim/shim.cpp")
+        .file("shim/attention.cpp")
         .include(libtorch.join("include"))
         .include(libtorch.join("include/torch/csrc/api/include"))
         .flag("-std=c++17")

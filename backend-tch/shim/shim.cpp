@@ -13,7 +13,8 @@
 // frozen and optimized for inference as torch.jit.optimize_for_inference does (weights as
 // constants, conv-BN folding, oneDNN on the CPU). The part after it starts from the layer's output
 // made a leaf that requires grad; as no parameter requires grad, autograd records only that part,
-// so one forward gives what the backward needs, and the backward never goes below the layer.
+// so one forward gives what the backward needs, and the backward never goes below the layer. Fused
+// ops without a derivative are rewritten there into ops with one (attention.cpp).
 // `replace` and `forward` never need autograd and are optimized whole.
 //
 // The C API passes tensors as `at::Tensor*` (tch's `C_tensor`); strings and errors are malloc'ed
@@ -30,6 +31,8 @@
 #include <torch/csrc/jit/passes/shape_analysis.h>
 #include <torch/csrc/jit/serialization/import.h>
 #include <torch/script.h>
+
+#include "attention.h"
 
 #include <algorithm>
 #include <cstdlib>
@@ -139,8 +142,18 @@ std::shared_ptr<Graph> simplified(const std::shared_ptr<Graph> &graph, const std
   return copy;
 }
 
+// The logits of a forward that returns a tuple: its first element when that is a tensor
+// (torchvision's scripted GoogLeNet and Inception3 return (logits, aux2, aux1) even in eval mode).
+c10::TypePtr logits_of_tuple(const c10::TypePtr &type) {
+  auto tuple = type->cast<c10::TupleType>();
+  if (!tuple || tuple->elements().empty()) return nullptr;
+  const c10::TypePtr &first = tuple->elements()[0];
+  return first->isSubtypeOf(*c10::TensorType::get()) ? first : nullptr;
+}
+
 // `forward`'s graph with extra arguments (`attn_mask=None`, `is_causal=False`) fixed to their
-// defaults, so the graph takes (self, x) and constant propagation can fold what they control.
+// defaults, so the graph takes (self, x) and constant propagation can fold what they control;
+// returning the logits only when it returns a tuple.
 std::shared_ptr<Graph> forward_graph(const torch::jit::Module &module) {
   torch::jit::Method forward = module.get_method("forward");
   std::shared_ptr<Graph> graph = forward.graph()->copy();
@@ -153,6 +166,12 @@ std::shared_ptr<Graph> forward_graph(const torch::jit::Module &module) {
     torch::jit::WithInsertPoint guard(graph->block()->nodes().front());
     graph->inputs()[i]->replaceAllUsesWith(graph->insertConstant(*args[i].default_value()));
     graph->eraseInput(i);
+  }
+  Value *out = graph->outputs()[0];
+  if (c10::TypePtr logits = logits_of_tuple(out->type())) {
+    torch::jit::WithInsertPoint guard(graph->return_node());
+    Node *first = graph->insertNode(graph->createTupleIndex(out, graph->insertConstant(0), logits));
+    graph->return_node()->replaceInput(0, first->output());
   }
   return graph;
 }
@@ -647,6 +666,7 @@ char *gc_module_paths(gc_module *m, char **out) {
 char *gc_forward(gc_module *m, const at::Tensor *x, at::Tensor **out) {
   GC_TRY({
     c10::IValue y = m->module.forward({*x});
+    if (y.isTuple() && !y.toTupleRef().elements().empty()) y = y.toTupleRef().elements()[0];
     if (!y.isTensor()) throw std::runtime_error("the module's forward does not return a tensor");
     *out = new at::Tensor(y.toTensor());
   })
@@ -707,6 +727,8 @@ char *gc_build(gc_module *m, const char *layer, int mode, int height, int width,
       Value *act = rec->value;
       if (mode == 1) {
         Cut cut = cut_at(g, act);
+        // Autograd runs through the part after the cut: no op there may lack a derivative.
+        if (gradcam::unfuse_attention(cut.after->block())) torch::jit::EliminateDeadCode(cut.after);
         before = cut.before;
         optimize_for_inference(before, m->module, cpu);
         fn->before = function(before, "gradcam_before_cut");

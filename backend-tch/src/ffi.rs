@@ -6,6 +6,8 @@ use std::ptr::{self, NonNull};
 
 use tch::Tensor;
 
+use crate::error::short_message;
+
 #[repr(C)]
 struct GcModule {
     _opaque: [u8; 0],
@@ -60,7 +62,7 @@ fn check(err: *mut c_char) -> Result<(), String> {
         Ok(())
     } else {
         // SAFETY: a non-null return is a malloc'ed C string from the shim.
-        Err(unsafe { take_string(err) })
+        Err(short_message(&unsafe { take_string(err) }))
     }
 }
 

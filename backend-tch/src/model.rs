@@ -7,6 +7,7 @@ use gradcam_core::{near_matches, CamError, CamModel, Capture, LayerInfo, LayerTe
 use ndarray::{Array2, ArrayView4};
 use tch::{Device, Kind, Tensor};
 
+use crate::error::missing_derivative;
 use crate::ffi::{Built, Function, Mode, Module};
 use crate::{DeviceChoice, TchError};
 
@@ -78,11 +79,16 @@ impl TorchScriptModel {
         &self.module_paths
     }
 
-    /// Sets the input size `layers()` probes the model with (default 224x224).
+    /// Sets the input size `layers()` reports shapes for (default 224x224). A traced model may run
+    /// at the size it was traced at only (timm's MobileViT bakes it into reshapes): set that size.
+    /// [`CamModel::capture`] moves it to the size of its input.
     pub fn set_probe_size(&mut self, height: usize, width: usize) {
         if self.probe_hw != (height, width) {
             self.probe_hw = (height, width);
             self.probed = None;
+            // Class-token pruning was planned from shapes at the old size.
+            self.functions.retain(|(_, mode), _| *mode != Mode::Capture);
+            self.pruned.clear();
         }
     }
 
@@ -112,7 +118,8 @@ impl TorchScriptModel {
                 .ok_or_else(|| TchError::Torch("the shim found no forward to probe".into()))?;
             let (h, w) = self.probe_hw;
             let x = Tensor::zeros([1, 3, h as i64, w as i64], (Kind::Float, self.device));
-            let outputs = tch::no_grad(|| function.run(&[&x], names.len() + 1)).map_err(TchError::Torch)?;
+            let outputs = tch::no_grad(|| function.run(&[&x], names.len() + 1))
+                .map_err(|message| TchError::Probe { height: h, width: w, message })?;
             let mut probed = Vec::new();
             for (name, tensor) in names.iter().zip(&outputs[1..]) {
                 let shape: Vec<usize> = tensor.size().iter().map(|&d| d as usize).collect();
@@ -221,6 +228,17 @@ fn torch_err(e: impl Into<TchError>) -> CamError {
     CamError::backend(e.into())
 }
 
+/// A capture's error; libtorch's "derivative for aten::op is not implemented" says what to do.
+fn differentiation_err(layer: &str, e: impl Into<TchError>) -> CamError {
+    let e = e.into();
+    if let TchError::Torch(message) = &e {
+        if let Some(op) = missing_derivative(message) {
+            return torch_err(TchError::NoDerivative { layer: layer.to_owned(), op: op.to_owned() });
+        }
+    }
+    torch_err(e)
+}
+
 impl From<String> for TchError {
     fn from(e: String) -> Self {
         TchError::Torch(e)
@@ -238,6 +256,8 @@ impl CamModel for TorchScriptModel {
         layer: &str,
         seed: Option<&dyn Seed>,
     ) -> Result<Capture, CamError> {
+        let (_, _, height, width) = input.dim();
+        self.set_probe_size(height, width);
         let x = self.input_tensor(input);
         let device = self.device;
         let function = self.function(layer, Mode::Capture)?;
@@ -247,7 +267,7 @@ impl CamModel for TorchScriptModel {
             Some(_) => tch::with_grad(|| function.run(&[&x], 2)),
             None => tch::no_grad(|| function.run(&[&x], 2)),
         }
-        .map_err(torch_err)?;
+        .map_err(|e| differentiation_err(layer, e))?;
         let [logits_t, act_t]: [Tensor; 2] = outputs
             .try_into()
             .map_err(|_| torch_err(TchError::Torch("expected (logits, activation)".into())))?;
@@ -261,7 +281,8 @@ impl CamModel for TorchScriptModel {
                 .to_device(device)
                 .to_kind(logits_t.kind());
                 let score = (&logits_t * seed).sum(logits_t.kind());
-                let grads = Tensor::f_run_backward(&[score], &[&act_t], false, false).map_err(torch_err)?;
+                let grads = Tensor::f_run_backward(&[score], &[&act_t], false, false)
+                    .map_err(|e| differentiation_err(layer, TchError::from(e)))?;
                 Some(layer_tensor(&grads[0])?)
             }
             None => None,
