@@ -12,6 +12,9 @@
 pub mod onnx_graph;
 
 #[cfg(feature = "ort")]
+pub mod export;
+
+#[cfg(feature = "ort")]
 mod error;
 #[cfg(feature = "ort")]
 mod model;
