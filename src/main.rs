@@ -5,6 +5,7 @@
 //! gradcam                             # = gradcam explain: the shipped photos and model → ./gradcam-out/
 //! gradcam explain cat.jpg --method gradcam++ --method scorecam --layer blocks.5
 //! gradcam layers --model resnet50.onnx
+//! gradcam export resnet50.onnx --layer layer4 --method gradcam,layercam -o resnet50.explainer.onnx
 //! ```
 
 mod assets;
@@ -12,6 +13,7 @@ mod backend;
 mod cli;
 mod error;
 mod explain;
+mod export;
 mod input;
 mod layers;
 mod output;
@@ -28,6 +30,7 @@ fn main() -> ExitCode {
     let result = match command.expect("explain parses without arguments") {
         Command::Explain(args) => explain::run(args),
         Command::Layers(args) => layers::run(&args),
+        Command::Export(args) => export::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
