@@ -90,9 +90,23 @@ fn check(key: &str, exporter: &str, layers: &[&str]) -> Exported {
     };
     let exported = export_explainer(&source, &dir.join("explainer.onnx"), &options)
         .unwrap_or_else(|e| panic!("{key}.{exporter}: export: {e}"));
+    let what = format!("{key}.{exporter} {layers:?}");
+    // Nothing dead is left in the file (ONNX Runtime warns about each unused initializer; the
+    // head's token index after class-token pruning was one).
+    let graph = OnnxGraph::load(&exported.path).expect("read the explainer");
+    let read: std::collections::HashSet<&str> =
+        graph.nodes().iter().flat_map(|n| n.input.iter().map(String::as_str)).collect();
+    let unused: Vec<&str> = graph
+        .model()
+        .graph
+        .initializer
+        .iter()
+        .map(|t| t.name.as_str())
+        .filter(|n| !read.contains(n))
+        .collect();
+    assert!(unused.is_empty(), "{what}: unused initializers {unused:?}");
     let mut model = OnnxModel::load(&source).expect("load the source");
     let x = batch3();
-    let what = format!("{key}.{exporter} {layers:?}");
     compare(&format!("{what} batch 1"), &exported, &mut model, x.slice(s![0..1, .., .., ..]), &[-1]);
     let asked = asked_classes(&mut model, x.view());
     compare(&format!("{what} batch 3"), &exported, &mut model, x.view(), &asked);

@@ -142,6 +142,7 @@ pub(crate) fn assemble(base: &OnnxGraph, plan: &Plan, shapes: &Shapes) -> Result
     graph.input.insert(0, declare(&input, FLOAT, &image));
     graph.input.insert(1, declare(onnx_graph::CLASS, INT64, &[batch]));
     onnx_graph::prune(graph);
+    drop_unused_initializers(graph);
     rename_all(graph, renames);
 
     let model = out.model_mut();
@@ -192,6 +193,32 @@ fn declare(
         t.shape.mut_or_insert_default().dim = dims.to_vec();
     }
     vi
+}
+
+/// Drops initializers no node reads (pruned branches, the head's token index after class-token
+/// pruning): ONNX Runtime warns about each, and with external data they would be copied for
+/// nothing.
+fn drop_unused_initializers(graph: &mut onnx_protobuf::GraphProto) {
+    let mut used: HashSet<String> = HashSet::new();
+    reads(&graph.node, &mut used);
+    used.extend(graph.output.iter().map(|o| o.name.clone()));
+    graph.initializer.retain(|t| used.contains(&t.name));
+    let kept: HashSet<String> = graph.initializer.iter().map(|t| t.name.clone()).collect();
+    // Old IR versions also list initializers among the inputs.
+    let first_two: Vec<String> = graph.input.iter().take(2).map(|i| i.name.clone()).collect();
+    graph.input.retain(|i| first_two.contains(&i.name) || used.contains(&i.name) || kept.contains(&i.name));
+}
+
+/// Every tensor the nodes read, those of subgraphs (`If`, `Loop`, `Scan` bodies) included.
+fn reads(nodes: &[onnx_protobuf::NodeProto], used: &mut HashSet<String>) {
+    for node in nodes {
+        used.extend(node.input.iter().cloned());
+        for a in &node.attribute {
+            for g in a.g.as_ref().into_iter().chain(&a.graphs) {
+                reads(&g.node, used);
+            }
+        }
+    }
 }
 
 /// Renames tensors everywhere (node inputs and outputs, graph inputs and outputs, initializers,
