@@ -243,6 +243,24 @@ fn channels_last_layer_at_a_non_square_size() {
     compare_with_explain("nhwc 96x128", &source, &exported);
 }
 
+/// A class past the model's outputs gives all-zero maps (no error: an ONNX graph cannot raise
+/// one), and the other images of the batch are unaffected.
+#[test]
+fn a_class_out_of_range_gives_zero_maps() {
+    let dir = out_dir("out-of-range");
+    let source = dir.join("nhwc.onnx");
+    std::fs::write(&source, channels_last_model()).expect("write the model");
+    let options = all_methods("nhwc", (32, 32));
+    let exported = export_explainer(&source, &dir.join("e.onnx"), &options).expect("export");
+    let input = image_batch(2, 32, 32);
+    let got =
+        ExplainerSession::load(&exported.path, 0).expect("load").run(input.view(), &[5, -1]).expect("run");
+    for (name, maps) in &got.maps {
+        assert!(maps.index_axis(ndarray::Axis(0), 0).iter().all(|&v| v == 0.0), "{name}: class 5 of 5");
+        assert!(maps.index_axis(ndarray::Axis(0), 1).iter().any(|&v| v > 0.5), "{name}: top-1");
+    }
+}
+
 /// Tokens with a prefix token fold into the 12×16 grid of a 96×128 input.
 #[test]
 fn token_layer_at_a_non_square_size() {

@@ -105,6 +105,10 @@ fn check(key: &str, exporter: &str, layers: &[&str]) -> Exported {
         .filter(|n| !read.contains(n))
         .collect();
     assert!(unused.is_empty(), "{what}: unused initializers {unused:?}");
+    // A logit target's head gradient is a row of the head's weights, not a product.
+    let products =
+        graph.nodes().iter().filter(|n| n.op_type == "Gemm" && n.name.starts_with("gradcam/")).count();
+    assert_eq!(products, 0, "{what}: the head's gradient is still a Gemm");
     let mut model = OnnxModel::load(&source).expect("load the source");
     let x = batch3();
     compare(&format!("{what} batch 1"), &exported, &mut model, x.slice(s![0..1, .., .., ..]), &[-1]);
@@ -118,6 +122,11 @@ fn resnet18_legacy() {
     let exported = check("resnet18", "legacy", &["layer4"]);
     assert_eq!(exported.layers[0].layout, Layout::Nchw);
     assert_eq!(exported.layers[0].shape, [512, 7, 7]);
+    // Class 1000 of 1000 reads the zero row appended to the head's weights: zero maps, no error.
+    let x = batch3();
+    let mut session = ExplainerSession::load(&exported.path, 0).expect("load");
+    let got = session.run(x.slice(s![0..1, .., .., ..]), &[1000]).expect("run");
+    assert!(got.maps.iter().all(|(_, m)| m.iter().all(|&v| v == 0.0)), "class 1000 gives zero maps");
 }
 
 #[test]
@@ -148,6 +157,13 @@ fn lite0_legacy() {
 #[test]
 fn lite0_dynamo() {
     check("lite0", "dynamo", &["blocks.6"]);
+}
+
+/// From an earlier layer the backward pass crosses depthwise and pointwise convolutions, strided
+/// and not.
+#[test]
+fn lite0_earlier_layer() {
+    check("lite0", "dynamo", &["blocks.4"]);
 }
 
 /// Several layers are averaged as core's `combine_layers`: the two backward passes share the

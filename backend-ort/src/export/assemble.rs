@@ -11,6 +11,7 @@ use onnx_protobuf::{
 };
 
 use super::cam::{cam_outputs, LayerTensors};
+use super::optimize::optimize;
 use super::{cam_output, ExportError, CLASS, INPUT, LOGITS};
 use crate::onnx_graph::builder::{Builder, FLOAT, INT64};
 use crate::onnx_graph::{self, value_info, OnnxGraph, Seed, Shapes};
@@ -141,6 +142,7 @@ pub(crate) fn assemble(base: &OnnxGraph, plan: &Plan, shapes: &Shapes) -> Result
     let image = [batch.clone(), fixed(plan.channels), fixed(plan.hw.0), fixed(plan.hw.1)];
     graph.input.insert(0, declare(&input, FLOAT, &image));
     graph.input.insert(1, declare(onnx_graph::CLASS, INT64, &[batch]));
+    optimize(graph, plan.softmax, base.opset());
     onnx_graph::prune(graph);
     drop_unused_initializers(graph);
     rename_all(graph, renames);

@@ -20,13 +20,14 @@
 //! decided at export time for the input size ([`TokenGrid::infer`], [`Layout::detect`]).
 //! [`check_explainer`] runs a written explainer once and compares it with `explain`.
 //!
-//! A class past the model's outputs gives an all-zero map (ONNX `OneHot` of an out-of-range
-//! index is all zeros); the graph cannot raise errors, so callers check classes themselves.
+//! A class past the model's outputs gives an all-zero map (the seed is zero, as ONNX `OneHot`
+//! makes it); the graph cannot raise errors, so callers check classes themselves.
 
 mod assemble;
 mod cam;
 mod check;
 mod files;
+mod optimize;
 mod probe;
 mod run;
 mod session;
