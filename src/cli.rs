@@ -25,6 +25,8 @@ pub enum Command {
     Explain(ExplainArgs),
     /// List every layer of a model with its activation shape, marking the automatic choice.
     Layers(ModelArgs),
+    /// Write an explainer ONNX: the model with its CAM inside, for any ONNX runtime (ort builds).
+    Export(crate::export::ExportArgs),
 }
 
 /// Which ML stack runs the model.
@@ -202,7 +204,7 @@ pub struct ExplainArgs {
     pub batch: u32,
 }
 
-fn parse_size(s: &str) -> Result<(usize, usize), String> {
+pub(crate) fn parse_size(s: &str) -> Result<(usize, usize), String> {
     let bad = || format!("`{s}` is not a size: expected HxW, e.g. 224x224");
     let (h, w) = s.split_once(['x', 'X']).ok_or_else(bad)?;
     let h: usize = h.trim().parse().map_err(|_| bad())?;

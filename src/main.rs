@@ -6,6 +6,7 @@
 //! gradcam explain cat.jpg --method gradcam++ --method scorecam --layer blocks.5
 //! gradcam explain photos/ --manifest done.jsonl --resume --shard 3/8
 //! gradcam layers --model resnet50.onnx
+//! gradcam export resnet50.onnx --layer layer4 --method gradcam,layercam -o resnet50.explainer.onnx
 //! ```
 //!
 //! Modules, in the order data flows through `explain`: [`plan`] (which inputs) → [`read`]
@@ -25,6 +26,7 @@ mod cli;
 mod compute;
 mod error;
 mod explain;
+mod export;
 mod layers;
 mod manifest;
 mod npy_out;
@@ -57,6 +59,7 @@ fn main() -> ExitCode {
     let result = match command {
         Command::Explain(args) => stop::Stop::install().and_then(|stop| explain::run(args, &stop)),
         Command::Layers(args) => layers::run(&args).map(|()| explain::Ending::Complete),
+        Command::Export(args) => export::run(args).map(|()| explain::Ending::Complete),
     };
     match result {
         Ok(explain::Ending::Complete) => ExitCode::SUCCESS,

@@ -15,6 +15,9 @@ pub mod onnx_graph;
 #[cfg(feature = "ort")]
 mod batch;
 #[cfg(feature = "ort")]
+pub mod export;
+
+#[cfg(feature = "ort")]
 mod error;
 #[cfg(feature = "ort")]
 mod model;

@@ -16,7 +16,8 @@ use crate::OrtBackendError;
 /// ONNX Runtime's session option for external data of a model loaded from memory.
 const EXTERNAL_DATA_DIR: &str = "session.model_external_initializers_file_folder_path";
 
-fn environment() -> Result<&'static Environment, OrtBackendError> {
+/// The process's one ONNX Runtime environment (ort allows one per process; the export shares it).
+pub(crate) fn environment() -> Result<&'static Environment, OrtBackendError> {
     static ENV: OnceLock<Environment> = OnceLock::new();
     if let Some(env) = ENV.get() {
         return Ok(env);

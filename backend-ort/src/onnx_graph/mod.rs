@@ -8,7 +8,7 @@
 //! ([`OnnxGraph::prune_tokens`]).
 
 mod backward;
-mod builder;
+pub(crate) mod builder;
 mod fold;
 mod layers;
 pub mod rules;
@@ -153,6 +153,11 @@ impl OnnxGraph {
         &self.model
     }
 
+    /// The model, to edit in place (keeps the external-data directory).
+    pub(crate) fn model_mut(&mut self) -> &mut ModelProto {
+        &mut self.model
+    }
+
     /// The directory external data locations are relative to (the model file's directory).
     pub fn external_data_dir(&self) -> Option<&Path> {
         self.dir.as_deref()
@@ -270,7 +275,7 @@ fn identity(from: &str, to: &str) -> NodeProto {
 }
 
 /// Drops the nodes that no graph output depends on.
-fn prune(graph: &mut onnx_protobuf::GraphProto) {
+pub(crate) fn prune(graph: &mut onnx_protobuf::GraphProto) {
     let mut needed: HashSet<String> = graph.output.iter().map(|o| o.name.clone()).collect();
     let mut keep = vec![false; graph.node.len()];
     for (i, node) in graph.node.iter().enumerate().rev() {

@@ -1,0 +1,126 @@
+//! [`check_explainer`]: run a written explainer once in ONNX Runtime and compare it with
+//! `gradcam_core::explain` on the source model.
+
+use std::fmt;
+
+use gradcam_core::{explain, CamModel, CamOptions, Method, Target};
+use ndarray::{Array4, ArrayView, Dimension};
+
+use super::session::ExplainerSession;
+use super::{cam_output, ExportError, Exported};
+use crate::OnnxModel;
+
+/// The largest difference [`check_explainer`] accepts between the explainer's maps (values in
+/// `[0, 1]`) and `explain`'s, and between the logits relative to their largest magnitude.
+pub const CHECK_TOLERANCE: f32 = 1e-5;
+/// Images in the check's batch when the model does not fix the batch size.
+const CHECK_BATCH: usize = 2;
+
+/// How a written explainer compares with `explain` on one batch.
+#[derive(Clone, Debug)]
+pub struct CheckReport {
+    /// The class explained per image (image 0: the top-1 class, asked for with −1; the others:
+    /// their second-ranked class, asked for explicitly).
+    pub classes: Vec<usize>,
+    /// Largest logit difference relative to the largest logit magnitude.
+    pub logits: f32,
+    /// Largest difference of each method's maps.
+    pub maps: Vec<(Method, f32)>,
+}
+
+impl CheckReport {
+    /// Whether every difference is within [`CHECK_TOLERANCE`].
+    pub fn passed(&self) -> bool {
+        self.logits <= CHECK_TOLERANCE && self.maps.iter().all(|(_, d)| *d <= CHECK_TOLERANCE)
+    }
+}
+
+impl fmt::Display for CheckReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "classes {:?}: logits max rel. diff {:.1e}", self.classes, self.logits)?;
+        for (method, d) in &self.maps {
+            write!(f, ", {} max |diff| {d:.1e}", cam_output(*method))?;
+        }
+        write!(f, " (tolerance {CHECK_TOLERANCE:.0e})")
+    }
+}
+
+/// Runs the explainer `exported` once on a fixed pseudo-random batch (image 0 with class −1,
+/// the others with their runner-up class) and compares logits and maps with
+/// [`gradcam_core::explain`] on the source model through [`OnnxModel`]. A difference over
+/// [`CHECK_TOLERANCE`] is [`ExportError::CheckFailed`].
+pub fn check_explainer(exported: &Exported, threads: usize) -> Result<CheckReport, ExportError> {
+    let batch = exported.fixed_batch.unwrap_or(CHECK_BATCH);
+    let (h, w) = exported.size;
+    let input = Array4::from_shape_fn((batch, exported.channels, h, w), |(b, c, y, x)| {
+        // A smooth pattern plus hash noise in roughly the range of normalised images.
+        let seed = (b * 7919 + c * 104_729 + y * 613 + x * 31) as u32;
+        let noise = (seed.wrapping_mul(2_654_435_761) >> 8) as f32 / (1u32 << 24) as f32;
+        ((y as f32 / h as f32 - 0.5) * (c as f32 + 1.0) + (x as f32 / w as f32) * (b as f32 + 1.0)).sin()
+            + noise
+            - 0.5
+    });
+
+    let mut model = OnnxModel::load_with_threads(&exported.source, threads)?;
+    let logits = model.forward(input.view())?;
+    let classes: Vec<usize> = logits
+        .outer_iter()
+        .enumerate()
+        .map(|(b, row)| {
+            let mut order: Vec<usize> = (0..row.len()).collect();
+            order.sort_by(|&i, &j| row[j].total_cmp(&row[i]).then(i.cmp(&j)));
+            if b == 0 || order.len() < 2 {
+                order[0]
+            } else {
+                order[1]
+            }
+        })
+        .collect();
+    let asked: Vec<i64> =
+        classes.iter().enumerate().map(|(b, &c)| if b == 0 { -1 } else { c as i64 }).collect();
+
+    let got = ExplainerSession::load(&exported.path, threads)?.run(input.view(), &asked)?;
+    let target = Target::per_image(classes.clone());
+    let target = if exported.softmax { target.softmax() } else { target };
+    let layers: Vec<&str> = exported.layers.iter().map(|l| l.name.as_str()).collect();
+    let options = CamOptions {
+        layout: exported.layout_override,
+        token_grid: exported.token_grid_override,
+        ..CamOptions::default()
+    };
+    let explained = explain(&mut model, input.view(), &layers, &exported.methods, &target, &options)?;
+    let report = CheckReport {
+        classes,
+        logits: max_diff(got.logits.view(), logits.view()) / max_abs(logits.view()).max(f32::MIN_POSITIVE),
+        maps: explained
+            .iter()
+            .map(|e| {
+                let diff = got
+                    .map(&cam_output(e.method))
+                    .map_or(f32::INFINITY, |m| max_diff(m.view(), e.maps.view()));
+                (e.method, diff)
+            })
+            .collect(),
+    };
+    if !report.passed() {
+        return Err(ExportError::CheckFailed { path: exported.path.clone(), report: report.to_string() });
+    }
+    Ok(report)
+}
+
+fn max_diff<D: Dimension>(a: ArrayView<f32, D>, b: ArrayView<f32, D>) -> f32 {
+    if a.shape() != b.shape() {
+        return f32::INFINITY;
+    }
+    a.iter().zip(b.iter()).map(|(x, y)| (x - y).abs()).fold(0.0, |m, d| {
+        if m.is_nan() || d.is_nan() {
+            f32::NAN
+        } else {
+            m.max(d)
+        }
+    })
+}
+
+fn max_abs<D: Dimension>(a: ArrayView<f32, D>) -> f32 {
+    a.iter().fold(0.0, |m, v| m.max(v.abs()))
+}

@@ -1,0 +1,224 @@
+//! Explainers of the fixture models (ResNet-18, ViT-Tiny, Lite0 from both torch exporters) run in
+//! ONNX Runtime against `gradcam_core::explain` on the same model through `OnnxModel`: every
+//! exportable method, batches of 1 and 3, per-image classes with −1 (top-1) among them, to 1e-5.
+#![cfg(feature = "ort")]
+
+use std::path::PathBuf;
+
+use backend_ort::export::{
+    cam_output, check_explainer, export_explainer, ExplainerSession, ExportOptions, Exported,
+    EXPORTABLE_METHODS,
+};
+use backend_ort::{OnnxGraph, OnnxModel};
+use gradcam_core::{argmax, explain, CamModel, CamOptions, Layout, Method, Target};
+use ndarray::{concatenate, s, Array4, ArrayView4, Axis};
+use tests::{assert_close, input, require};
+
+/// The bar: the exported CAM and `explain`'s agree to 1e-5 (maps are in [0, 1]).
+const TOL: f32 = 1e-5;
+
+/// A fresh folder for one test's files.
+fn out_dir(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("export-models").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create the test folder");
+    dir
+}
+
+/// Three images: the fixtures' chelsea and coffee, and chelsea mirrored.
+fn batch3() -> Array4<f32> {
+    let x = input();
+    let mirrored = x.slice(s![0..1, .., .., ..;-1]).to_owned();
+    concatenate(Axis(0), &[x.view(), mirrored.view()]).expect("same shapes")
+}
+
+/// Per image: −1 for image 0, the runner-up class for image 1, class 7 for the others.
+fn asked_classes(model: &mut OnnxModel, input: ArrayView4<f32>) -> Vec<i64> {
+    let logits = model.forward(input).expect("forward");
+    (0..input.shape()[0])
+        .map(|b| match b {
+            0 => -1,
+            1 => {
+                let row = logits.row(b);
+                let top = argmax(row.iter().copied());
+                argmax(row.iter().enumerate().map(|(i, &v)| if i == top { f32::NEG_INFINITY } else { v }))
+                    as i64
+            }
+            _ => 7,
+        })
+        .collect()
+}
+
+/// Runs the explainer on `input` with `asked` classes and compares logits and every map with
+/// `explain` over the same layers and methods.
+fn compare(what: &str, exported: &Exported, model: &mut OnnxModel, input: ArrayView4<f32>, asked: &[i64]) {
+    let mut session = ExplainerSession::load(&exported.path, 0).expect("load the explainer");
+    let got = session.run(input, asked).unwrap_or_else(|e| panic!("{what}: run: {e}"));
+    let logits = model.forward(input).expect("forward");
+    assert_close(&format!("{what} logits"), got.logits.view(), logits.view(), TOL);
+    let classes: Vec<usize> = asked
+        .iter()
+        .zip(logits.outer_iter())
+        .map(|(&c, row)| if c < 0 { argmax(row.iter().copied()) } else { c as usize })
+        .collect();
+    let target = Target::per_image(classes.clone());
+    let target = if exported.softmax { target.softmax() } else { target };
+    let layers: Vec<&str> = exported.layers.iter().map(|l| l.name.as_str()).collect();
+    let options = CamOptions { layout: exported.layout_override, ..CamOptions::default() };
+    let explained = explain(model, input, &layers, &exported.methods, &target, &options)
+        .unwrap_or_else(|e| panic!("{what}: explain: {e}"));
+    assert_eq!(got.maps.len(), explained.len(), "{what}: one output per method");
+    for e in explained {
+        let name = cam_output(e.method);
+        let map = got.map(&name).unwrap_or_else(|| panic!("{what}: no output {name}"));
+        assert!(map.iter().all(|v| (0.0..=1.0).contains(v)), "{what} {name}: values outside [0, 1]");
+        // A map may be legitimately all zero (no positive evidence), but not every map of a batch.
+        assert!(map.outer_iter().any(|m| m.iter().any(|&v| v > 0.5)), "{what} {name}: only empty maps");
+        assert_close(&format!("{what} {name} classes {classes:?}"), map.view(), e.maps.view(), TOL);
+    }
+}
+
+/// Exports `key.exporter.onnx` at `layers` with every exportable method and compares batches of
+/// 1 and 3 with `explain`.
+fn check(key: &str, exporter: &str, layers: &[&str]) -> Exported {
+    let source = require(format!("{key}.{exporter}.onnx"));
+    let dir = out_dir(&format!("{key}-{exporter}-{}", layers.join("+")));
+    let options = ExportOptions {
+        layers: layers.iter().map(|l| l.to_string()).collect(),
+        methods: EXPORTABLE_METHODS.to_vec(),
+        ..ExportOptions::default()
+    };
+    let exported = export_explainer(&source, &dir.join("explainer.onnx"), &options)
+        .unwrap_or_else(|e| panic!("{key}.{exporter}: export: {e}"));
+    let what = format!("{key}.{exporter} {layers:?}");
+    // Nothing dead is left in the file (ONNX Runtime warns about each unused initializer; the
+    // head's token index after class-token pruning was one).
+    let graph = OnnxGraph::load(&exported.path).expect("read the explainer");
+    let read: std::collections::HashSet<&str> =
+        graph.nodes().iter().flat_map(|n| n.input.iter().map(String::as_str)).collect();
+    let unused: Vec<&str> = graph
+        .model()
+        .graph
+        .initializer
+        .iter()
+        .map(|t| t.name.as_str())
+        .filter(|n| !read.contains(n))
+        .collect();
+    assert!(unused.is_empty(), "{what}: unused initializers {unused:?}");
+    // A logit target's head gradient is a row of the head's weights, not a product.
+    let products =
+        graph.nodes().iter().filter(|n| n.op_type == "Gemm" && n.name.starts_with("gradcam/")).count();
+    assert_eq!(products, 0, "{what}: the head's gradient is still a Gemm");
+    let mut model = OnnxModel::load(&source).expect("load the source");
+    let x = batch3();
+    compare(&format!("{what} batch 1"), &exported, &mut model, x.slice(s![0..1, .., .., ..]), &[-1]);
+    let asked = asked_classes(&mut model, x.view());
+    compare(&format!("{what} batch 3"), &exported, &mut model, x.view(), &asked);
+    exported
+}
+
+#[test]
+fn resnet18_legacy() {
+    let exported = check("resnet18", "legacy", &["layer4"]);
+    assert_eq!(exported.layers[0].layout, Layout::Nchw);
+    assert_eq!(exported.layers[0].shape, [512, 7, 7]);
+    // Class 1000 of 1000 reads the zero row appended to the head's weights: zero maps, no error.
+    let x = batch3();
+    let mut session = ExplainerSession::load(&exported.path, 0).expect("load");
+    let got = session.run(x.slice(s![0..1, .., .., ..]), &[1000]).expect("run");
+    assert!(got.maps.iter().all(|(_, m)| m.iter().all(|&v| v == 0.0)), "class 1000 gives zero maps");
+}
+
+#[test]
+fn resnet18_dynamo() {
+    check("resnet18", "dynamo", &["layer4.1"]);
+}
+
+#[test]
+fn vit_tiny_legacy() {
+    let exported = check("vit_tiny", "legacy", &["blocks.11.norm1"]);
+    let layer = &exported.layers[0];
+    assert_eq!(layer.layout, Layout::Tokens);
+    let grid = layer.token_grid.expect("a token grid");
+    assert_eq!((grid.prefix_tokens, grid.height, grid.width), (1, 14, 14));
+    assert!(exported.pruned_nodes > 0, "the class-token pruning did not apply");
+}
+
+#[test]
+fn vit_tiny_dynamo() {
+    check("vit_tiny", "dynamo", &["blocks.11.norm1"]);
+}
+
+#[test]
+fn lite0_legacy() {
+    check("lite0", "legacy", &["blocks.6"]);
+}
+
+#[test]
+fn lite0_dynamo() {
+    check("lite0", "dynamo", &["blocks.6"]);
+}
+
+/// From an earlier layer the backward pass crosses depthwise and pointwise convolutions, strided
+/// and not.
+#[test]
+fn lite0_earlier_layer() {
+    check("lite0", "dynamo", &["blocks.4"]);
+}
+
+/// Several layers are averaged as core's `combine_layers`: the two backward passes share the
+/// forward graph and the class input.
+#[test]
+fn two_layers_are_combined_as_explain_does() {
+    check("resnet18", "dynamo", &["layer3", "layer4"]);
+}
+
+/// The softmax probability's gradient, seeded in the graph, matches core's seed.
+#[test]
+fn softmax_target() {
+    let source = require("resnet18.legacy.onnx");
+    let dir = out_dir("softmax");
+    let options = ExportOptions {
+        layers: vec!["layer4".into()],
+        methods: vec![Method::GradCam, Method::LayerCam],
+        softmax: true,
+        ..ExportOptions::default()
+    };
+    let exported = export_explainer(&source, &dir.join("explainer.onnx"), &options).expect("export");
+    let mut model = OnnxModel::load(&source).expect("load");
+    let x = batch3();
+    let asked = asked_classes(&mut model, x.view());
+    compare("resnet18 softmax", &exported, &mut model, x.view(), &asked);
+}
+
+/// With no layer given, the export takes the model's default layer (`bn2` for Lite0); the
+/// library's check passes; the file declares the signature and keeps the source's opset.
+#[test]
+fn default_layer_signature_and_check() {
+    let source = require("lite0.dynamo.onnx");
+    let dir = out_dir("default-layer");
+    let options =
+        ExportOptions { methods: vec![Method::GradCam, Method::GradCamPlusPlus], ..ExportOptions::default() };
+    let exported = export_explainer(&source, &dir.join("lite0.explainer.onnx"), &options).expect("export");
+    assert_eq!(exported.layers[0].name, "bn2");
+    let report = check_explainer(&exported, 0).expect("check");
+    assert!(report.passed(), "{report}");
+    assert_eq!(report.maps.len(), 2);
+
+    let graph = OnnxGraph::load(&exported.path).expect("read the explainer");
+    assert_eq!(graph.opset(), OnnxGraph::load(&source).expect("read the source").opset());
+    assert_eq!(graph.input_names(), ["input", "class"]);
+    let dims = graph.input_dims("input").expect("input dims");
+    assert_eq!(dims, [None, Some(3), Some(224), Some(224)], "N dynamic, the size fixed");
+    assert_eq!(graph.input_dims("class").expect("class dims"), [None]);
+    assert_eq!(graph.output_names(), ["logits", "cam_gradcam", "cam_gradcam++"]);
+    let layers = graph
+        .model()
+        .metadata_props
+        .iter()
+        .find(|p| p.key == "gradcam.layers")
+        .expect("metadata")
+        .value
+        .clone();
+    assert_eq!(layers, "bn2 (nchw)");
+}
