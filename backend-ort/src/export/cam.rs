@@ -38,17 +38,19 @@ struct Folded {
 /// Appends the CAM nodes of `methods` over `layers` to `b`; returns one `(N, H, W)` tensor name
 /// per method, in order: pytorch-grad-cam's `cam(...)` output for the input size `hw`.
 ///
-/// The methods' raw maps are stacked on the channel axis, `(N, M, h, w)`, so that ReLU, both
-/// min-max passes, the upsampling and the mean over layers run once for all of them (each map is
-/// still normalised on its own): at batch 1 the per-node cost of six separate tails was a tenth
-/// of Lite0's forward pass.
+/// At the layer's resolution the methods' raw maps are stacked on the channel axis,
+/// `(N, M, h, w)`, so that ReLU and the first min-max run once for all of them (each map still
+/// normalised on its own); at batch 1 the per-node cost of six separate tails was a tenth of Lite0's
+/// forward pass. At the input's resolution each method has its own nodes, the last of which writes
+/// its output: splitting a stacked full-size tensor cost two more passes over every map.
 pub(crate) fn cam_outputs(
     b: &mut Builder,
     layers: &[LayerTensors<'_>],
     methods: &[Method],
     hw: (i64, i64),
 ) -> Vec<String> {
-    let upsampled: Vec<String> = layers
+    // Per layer, one (N, 1, h, w) scaled map per method.
+    let scaled: Vec<Vec<String>> = layers
         .iter()
         .map(|l| {
             let a = fold(b, l.activation, l);
@@ -63,19 +65,28 @@ pub(crate) fn cam_outputs(
                 }
             };
             let positive = relu(b, &stacked);
-            let scaled = min_max(b, &positive);
-            upsample(b, &scaled, hw)
+            let scaled = min_max(b, &positive, &[2, 3]);
+            match methods.len() {
+                1 => vec![scaled],
+                m => {
+                    let sizes = b.ints(&vec![1; m]);
+                    b.op_n("Split", &[&scaled, &sizes], m, vec![attr_i("axis", 1)])
+                }
+            }
         })
         .collect();
-    let combined = combine(b, &upsampled);
-    let maps = match methods.len() {
-        1 => vec![combined],
-        m => {
-            let sizes = b.ints(&vec![1; m]);
-            b.op_n("Split", &[&combined, &sizes], m, vec![attr_i("axis", 1)])
-        }
-    };
-    maps.iter().map(|map| b.reshape(map, &[0, hw.0, hw.1])).collect()
+    (0..methods.len())
+        .map(|m| {
+            let upsampled: Vec<String> = scaled
+                .iter()
+                .map(|maps| {
+                    let up = upsample(b, &maps[m], hw);
+                    b.reshape(&up, &[0, hw.0, hw.1])
+                })
+                .collect();
+            combine(b, &upsampled)
+        })
+        .collect()
 }
 
 /// `h · w` of a layer's folded map.
@@ -251,17 +262,17 @@ fn finite_or_zero(b: &mut Builder, x: &str) -> String {
     b.op("Where", &[&bad, &zero, x], vec![])
 }
 
-/// Per image `(x - min) / (max(x - min) + 1e-7)` over the map axes: core's `min_max_in_place`.
-fn min_max(b: &mut Builder, x: &str) -> String {
-    let min = reduce(b, "ReduceMin", x, &[2, 3]);
+/// Per map `(x - min) / (max(x - min) + 1e-7)` over `axes`: core's `min_max_in_place`.
+fn min_max(b: &mut Builder, x: &str, axes: &[i64]) -> String {
+    let min = reduce(b, "ReduceMin", x, axes);
     let shifted = b.op("Sub", &[x, &min], vec![]);
-    let max = reduce(b, "ReduceMax", &shifted, &[2, 3]);
+    let max = reduce(b, "ReduceMax", &shifted, axes);
     let eps = b.scalar(SCALE_EPS as f64, FLOAT);
     let denom = b.op("Add", &[&max, &eps], vec![]);
     b.op("Div", &[&shifted, &denom], vec![])
 }
 
-/// `(N, M, h, w)` to `(N, M, H, W)`: ONNX `Resize`, linear, half-pixel centres (source
+/// `(N, 1, h, w)` to `(N, 1, H, W)`: ONNX `Resize`, linear, half-pixel centres (source
 /// `(d + 0.5)·in/out − 0.5`, clamped at the border), which is OpenCV's `INTER_LINEAR` and core's
 /// `resize_bilinear`.
 fn upsample(b: &mut Builder, x: &str, hw: (i64, i64)) -> String {
@@ -274,7 +285,8 @@ fn upsample(b: &mut Builder, x: &str, hw: (i64, i64)) -> String {
     b.op("Resize", &[x, "", "", &sizes], attrs)
 }
 
-/// Core's `combine_layers`: ReLU, mean over layers, per-image min-max (also for one layer).
+/// Core's `combine_layers` on `(N, H, W)` maps: ReLU, mean over layers, per-image min-max (also
+/// for one layer).
 fn combine(b: &mut Builder, maps: &[String]) -> String {
     let mean = match maps {
         // An upsampled min-max map is already >= 0, and / 1 changes nothing.
@@ -287,7 +299,7 @@ fn combine(b: &mut Builder, maps: &[String]) -> String {
             b.op("Div", &[&sum, &n], vec![])
         }
     };
-    min_max(b, &mean)
+    min_max(b, &mean, &[1, 2])
 }
 
 /// A reduction keeping the reduced axes; axes as an input for `ReduceSum` (opset 13) and every
