@@ -1,0 +1,32 @@
+//! A binary built with `--features tch` or `ort` starts by itself: it finds the libtorch and the
+//! ONNX Runtime it was built against without `LD_LIBRARY_PATH`, `LIBTORCH` or `ORT_DYLIB_PATH`
+//! (the run path and the built-in library path that the root build.rs records).
+
+use super::*;
+
+/// `gradcam layers` on a fixture model with every library-path variable removed.
+fn layers_without_library_env(backend: &str, model: &str) -> Output {
+    let dir = workdir(&format!("native-{backend}"));
+    let model = tests::require(tests::fixtures_dir().join(model));
+    let mut cmd = command(&dir, &["layers", "--backend", backend, "--model", &model.display().to_string()]);
+    for var in ["LD_LIBRARY_PATH", "LIBTORCH", "ORT_DYLIB_PATH"] {
+        cmd.env_remove(var);
+    }
+    cmd.output().expect("the gradcam binary runs")
+}
+
+#[cfg(feature = "tch")]
+#[test]
+fn the_tch_binary_finds_libtorch_by_itself() {
+    let out = layers_without_library_env("tch", "resnet18.traced.pt");
+    assert_success(&out);
+    assert!(stdout(&out).contains("layer4"), "{}", stdout(&out));
+}
+
+#[cfg(feature = "ort")]
+#[test]
+fn the_ort_binary_finds_onnx_runtime_by_itself() {
+    let out = layers_without_library_env("ort", "resnet18.legacy.onnx");
+    assert_success(&out);
+    assert!(stdout(&out).contains("layer4"), "{}", stdout(&out));
+}
