@@ -45,6 +45,7 @@ Which exports a model has (fixed, dynamic or both batch modes) is in the manifes
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -143,7 +144,8 @@ def log(msg):
 
 
 def first_line(e, limit=400):
-    text = f"{type(e).__name__}: {e}".strip()
+    """An exception's first non-empty line, without the terminal colours the dynamo exporter adds."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", f"{type(e).__name__}: {e}").strip()
     lines = [ln for ln in text.splitlines() if ln.strip()]
     return (lines[0] if lines else type(e).__name__)[:limit]
 
