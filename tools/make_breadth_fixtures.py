@@ -114,7 +114,9 @@ MODELS = [
     # ConvNeXt, Swin, MaxViT: channels-last layers
     spec("convnext_atto", "timm", "convnext_atto", "stages.3"),
     spec("convnext_atto_mlp", "timm", "convnext_atto", "stages.3.blocks.1.mlp", layout="nhwc",
-         files_of="convnext_atto", notes=["a channels-last (B, H, W, C) layer inside a ConvNeXt block"]),
+         kwargs={"conv_mlp": False},
+         notes=["a channels-last (B, H, W, C) layer inside a ConvNeXt block: built with conv_mlp=False (timm's "
+                "default for the larger ConvNeXts; convnext_atto's own conv_mlp=True keeps the block NCHW)"]),
     spec("swin_tiny", "timm", "swin_tiny_patch4_window7_224", "layers.3", layout="nhwc",
          notes=["channels-last output (B, H, W, C)"]),
     spec("swin_t", "torchvision", "swin_t", "features.7", layout="nhwc", batch="fixed",
@@ -316,6 +318,11 @@ def references(s, model, x, out):
     shape = list(act[0].shape)
     expect = {"nchw": 4, "nhwc": 4, "tokens": 3}[s["layout"]]
     assert len(shape) == expect, f"{key}: {s['layer']} output {shape} is not {s['layout']}"
+    if expect == 4:  # the spatial axes are a grid of the input at one stride: (1, 2) channels-last, else (2, 3)
+        h, w = shape[1:3] if s["layout"] == "nhwc" else shape[2:4]
+        stride = max(1, round(s["hw"][0] / h))
+        assert (s["hw"][1] // stride, -(-s["hw"][1] // stride)).count(w) and h <= s["hw"][0], \
+            f"{key}: {s['layer']} output {shape} is not {s['layout']}"
     if s["layout"] == "tokens":
         assert shape[1] == s["prefix"] + s["grid"][0] * s["grid"][1], (key, shape)
     os.makedirs(d, exist_ok=True)
