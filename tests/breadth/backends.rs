@@ -6,13 +6,16 @@ use gradcam_core::CamModel;
 use crate::manifest::Case;
 
 /// The columns of the failure matrix: a backend and the file it reads.
+/// A fixed-batch file comes before the dynamic one of the same exporter: the first column of a
+/// backend that opens a model also runs its ScoreCAM and AblationCAM (see `main.rs`), and a fixed
+/// batch is where those differ.
 pub const COLUMNS: [Column; 6] = [
     Column { label: "candle", kind: "safetensors" },
     Column { label: "tch traced", kind: "traced" },
-    Column { label: "ort legacy dyn", kind: "legacy_dynamic" },
     Column { label: "ort legacy fixed", kind: "legacy_fixed" },
-    Column { label: "ort dynamo dyn", kind: "dynamo_dynamic" },
+    Column { label: "ort legacy dyn", kind: "legacy_dynamic" },
     Column { label: "ort dynamo fixed", kind: "dynamo_fixed" },
+    Column { label: "ort dynamo dyn", kind: "dynamo_dynamic" },
 ];
 
 /// One backend reading one kind of file.
@@ -36,6 +39,15 @@ pub enum Slot {
 }
 
 impl Column {
+    /// The backend this column loads with: `candle`, `tch` or `ort`.
+    pub fn backend(self) -> &'static str {
+        match self.kind {
+            "safetensors" => "candle",
+            "traced" => "tch",
+            _ => "ort",
+        }
+    }
+
     /// Whether the backend of this column is compiled in.
     pub fn compiled(self) -> bool {
         match self.kind {

@@ -23,7 +23,10 @@ pub type Failures = Vec<String>;
 ///   [`UPSAMPLED_TOL`] ([`TIE_TOL`] for a gradient method on an image whose gradient crossed a
 ///   tie). Top-1 through [`Target::top_one`], rank 2 through [`Target::rank`] (gradient methods)
 ///   and [`Target::per_image`] (ScoreCAM, AblationCAM, on the first [`HEAVY_IMAGES`] images).
-pub fn check(case: &Case, model: &mut dyn CamModel) -> Failures {
+///
+/// `heavy`: whether to run ScoreCAM and AblationCAM (one forward pass per channel each) in this
+/// column; the suite runs them in one column per backend and model.
+pub fn check(case: &Case, model: &mut dyn CamModel, heavy: bool) -> Failures {
     let mut failures = Vec::new();
     let input = match case.input() {
         Ok(input) => input,
@@ -44,7 +47,7 @@ pub fn check(case: &Case, model: &mut dyn CamModel) -> Failures {
     }
     for reference in &case.targets {
         let flipped = check_capture(case, model, input.view(), reference, &mut failures);
-        check_maps(case, model, input.view(), reference, &flipped, &mut failures);
+        check_maps(case, model, input.view(), reference, &flipped, heavy, &mut failures);
     }
     failures
 }
@@ -121,10 +124,14 @@ fn check_maps(
     input: ArrayView4<f32>,
     reference: &TargetReference,
     flipped: &[bool],
+    run_heavy: bool,
     failures: &mut Failures,
 ) {
-    let (heavy, light): (Vec<Method>, Vec<Method>) =
+    let (mut heavy, light): (Vec<Method>, Vec<Method>) =
         reference.methods.iter().partition(|m| m.needs_forward_passes());
+    if !run_heavy {
+        heavy.clear();
+    }
     let heavy_images = HEAVY_IMAGES.min(input.len_of(Axis(0)));
     let runs = [
         (input, user_target(reference), light),

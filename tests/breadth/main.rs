@@ -6,7 +6,9 @@
 //! One test runs every model in every backend and reports every failure of the run at once, as a
 //! matrix (model × backend and file) followed by each finding. `GRADCAM_BREADTH_MODELS=a,b` and
 //! `GRADCAM_BREADTH_COLUMNS=tch,ort legacy` narrow a run (substrings of the keys and column
-//! labels), for working on one backend.
+//! labels), for working on one backend. ScoreCAM and AblationCAM (one forward pass per channel)
+//! run in the first column of each backend that opens a model, fixed-batch files first; the
+//! gradient methods and EigenCAM run in every column. `--nocapture` shows each cell as it ends.
 
 mod backends;
 mod compare;
@@ -40,22 +42,24 @@ fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {
     format!("panicked: {}", text.lines().next().unwrap_or_default())
 }
 
-/// One model in one column.
-fn run(case: &Case, column: backends::Column) -> Cell {
+/// One model in one column; `heavy`: whether ScoreCAM and AblationCAM run in it. Also says
+/// whether the model opened (and so was compared).
+fn run(case: &Case, column: backends::Column, heavy: bool) -> (Cell, bool) {
     let slot = match catch_unwind(AssertUnwindSafe(|| column.open(case))) {
         Ok(slot) => slot,
-        Err(payload) => return Cell::Fail(vec![format!("load {}", panic_text(payload))]),
+        Err(payload) => return (Cell::Fail(vec![format!("load {}", panic_text(payload))]), false),
     };
     match slot {
-        Slot::Absent => Cell::Absent,
-        Slot::Skipped(e) => Cell::Skipped(e),
-        Slot::Open(Err(e)) => Cell::Fail(vec![format!("load: {e}")]),
+        Slot::Absent => (Cell::Absent, false),
+        Slot::Skipped(e) => (Cell::Skipped(e), false),
+        Slot::Open(Err(e)) => (Cell::Fail(vec![format!("load: {e}")]), false),
         Slot::Open(Ok(mut model)) => {
-            match catch_unwind(AssertUnwindSafe(|| compare::check(case, model.as_mut()))) {
+            let cell = match catch_unwind(AssertUnwindSafe(|| compare::check(case, model.as_mut(), heavy))) {
                 Ok(failures) if failures.is_empty() => Cell::Pass,
                 Ok(failures) => Cell::Fail(failures),
                 Err(payload) => Cell::Fail(vec![panic_text(payload)]),
-            }
+            };
+            (cell, true)
         }
     }
 }
@@ -76,17 +80,34 @@ fn every_model_in_every_backend_matches_pytorch_grad_cam() {
     let mut matrix = Matrix::new(columns.iter().map(|c| c.label).collect());
     let start = Instant::now();
     for case in &cases {
-        let cells: Vec<Cell> = columns
-            .iter()
-            .map(|&column| {
-                let t = Instant::now();
-                let cell = run(case, column);
-                if !matches!(cell, Cell::Absent) {
-                    eprintln!("breadth: {} / {}: {:.1}s", case.key, column.label, t.elapsed().as_secs_f64());
+        // ScoreCAM and AblationCAM cost one forward pass per channel: they run in the first column
+        // of each backend that opens the model (a fixed-batch file first, see COLUMNS).
+        let mut heavy_done: Vec<&str> = Vec::new();
+        let mut cells = Vec::new();
+        for &column in &columns {
+            let t = Instant::now();
+            let heavy = !heavy_done.contains(&column.backend());
+            let (cell, opened) = run(case, column, heavy);
+            if opened && heavy {
+                heavy_done.push(column.backend());
+            }
+            if !matches!(cell, Cell::Absent) {
+                // Progress of a long run (shown with --nocapture); the matrix comes at the end.
+                eprintln!(
+                    "breadth: {} / {}: {} in {:.1}s",
+                    case.key,
+                    column.label,
+                    cell.summary(),
+                    t.elapsed().as_secs_f64()
+                );
+                if let Cell::Fail(findings) = &cell {
+                    for f in findings {
+                        eprintln!("breadth:   {f}");
+                    }
                 }
-                cell
-            })
-            .collect();
+            }
+            cells.push(cell);
+        }
         matrix.push(case.key.clone(), cells);
     }
     let (compared, failed) = matrix.counts();

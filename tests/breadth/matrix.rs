@@ -21,6 +21,18 @@ pub struct Matrix {
     rows: Vec<(String, Vec<Cell>)>,
 }
 
+impl Cell {
+    /// The cell as the table shows it: `ok`, `FAIL n` (n findings), `skip (torch)` or `-`.
+    pub fn summary(&self) -> String {
+        match self {
+            Cell::Pass => "ok".to_string(),
+            Cell::Fail(f) => format!("FAIL {}", f.len()),
+            Cell::Skipped(_) => "skip (torch)".to_string(),
+            Cell::Absent => "-".to_string(),
+        }
+    }
+}
+
 impl Matrix {
     pub fn new(columns: Vec<&'static str>) -> Self {
         Matrix { columns, rows: Vec::new() }
@@ -51,13 +63,7 @@ impl Matrix {
         for (model, cells) in &self.rows {
             let _ = write!(out, "{model:width$}");
             for cell in cells {
-                let text = match cell {
-                    Cell::Pass => "ok".to_string(),
-                    Cell::Fail(f) => format!("FAIL {}", f.len()),
-                    Cell::Skipped(_) => "skip (torch)".to_string(),
-                    Cell::Absent => "-".to_string(),
-                };
-                let _ = write!(out, " | {text:16}");
+                let _ = write!(out, " | {:16}", cell.summary());
             }
             out.push('\n');
         }
