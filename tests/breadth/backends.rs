@@ -82,9 +82,15 @@ impl Column {
                     )
                 }
                 #[cfg(feature = "tch")]
+                // As the command does: `layers()` probes at the size the run will use (a traced
+                // MobileViT or MaxViT runs at its own size only).
                 "traced" => Some(
                     backend_tch::TorchScriptModel::load(path, backend_tch::DeviceChoice::Cpu)
-                        .map(|m| Box::new(m) as Box<dyn CamModel>)
+                        .map(|mut m| {
+                            let (h, w) = case.input_hw();
+                            m.set_probe_size(h, w);
+                            Box::new(m) as Box<dyn CamModel>
+                        })
                         .map_err(|e| e.to_string()),
                 ),
                 #[cfg(feature = "ort")]

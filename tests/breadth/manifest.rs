@@ -103,6 +103,14 @@ impl Case {
         self.entry["skipped"][kind].as_str().map(str::to_string)
     }
 
+    /// The model's input size `(H, W)`.
+    pub fn input_hw(&self) -> (usize, usize) {
+        let hw = &self.entry["input"]["hw"];
+        let side =
+            |i: usize| hw[i].as_u64().unwrap_or_else(|| panic!("manifest: {}: input.hw", self.key)) as usize;
+        (side(0), side(1))
+    }
+
     /// The model's input batch `(B, 3, H, W)`.
     pub fn input(&self) -> Result<Array4<f32>, String> {
         let file = self.entry["input"]["file"].as_str().ok_or("manifest: no input file")?;
