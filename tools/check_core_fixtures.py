@@ -39,6 +39,28 @@ def signed_projection(m):
     return np.float32(res)
 
 
+def gradient_raw_maps(a, g):
+    """Every gradient method's and EigenCAM's raw map (B, h, w) from activations a and gradients g (B, C, h, w),
+    by the formulas of tools/README.md."""
+    sum_a = a.sum((2, 3))[:, :, None, None]
+    g2 = g ** 2
+    aij = np.where(g != 0, g2 / (2 * g2 + sum_a * g2 * g + 1e-6), 0)
+
+    def weighted(w):
+        return (w[:, :, None, None] * a).sum(1)
+
+    return {
+        "gradcam": weighted(g.mean((2, 3))),
+        "gradcampp": weighted((np.maximum(g, 0) * aij).sum((2, 3))),
+        "xgradcam": weighted((g * a / (sum_a + 1e-7)).sum((2, 3))),
+        "hirescam": (g * a).sum(1),
+        "layercam": (np.maximum(g, 0) * a).sum(1),
+        "gradcam_elementwise": np.maximum(g * a, 0).sum(1),
+        "eigencam": signed_projection(a),
+        "eigengradcam": signed_projection(g * a),
+    }
+
+
 def check_case(d):
     meta = json.load(open(os.path.join(d, "meta.json")))
     hw, n_layers = meta["input_hw"], len(meta["layers"])
@@ -55,9 +77,6 @@ def check_case(d):
     errors = {}
     for i in range(n_layers):
         a, g = to_chw(ld(f"activations_{i}.npy")), to_chw(ld(f"gradients_{i}.npy"))
-        sum_a = a.sum((2, 3))[:, :, None, None]
-        g2 = g ** 2
-        aij = np.where(g != 0, g2 / (2 * g2 + sum_a * g2 * g + 1e-6), 0)
         scores = ld(f"scorecam_scores_{i}.npy").astype(np.float64)
         soft = np.exp(scores - scores.max(1, keepdims=True))
         soft /= soft.sum(1, keepdims=True)
@@ -67,18 +86,8 @@ def check_case(d):
         def weighted(w):
             return (w[:, :, None, None] * a).sum(1)
 
-        expect = {
-            "gradcam": weighted(g.mean((2, 3))),
-            "gradcampp": weighted((np.maximum(g, 0) * aij).sum((2, 3))),
-            "xgradcam": weighted((g * a / (sum_a + 1e-7)).sum((2, 3))),
-            "hirescam": (g * a).sum(1),
-            "layercam": (np.maximum(g, 0) * a).sum(1),
-            "gradcam_elementwise": np.maximum(g * a, 0).sum(1),
-            "eigencam": signed_projection(a),
-            "eigengradcam": signed_projection(g * a),
-            "scorecam": weighted(soft),
-            "ablationcam": weighted(abl),
-        }
+        expect = gradient_raw_maps(a, g)
+        expect.update(scorecam=weighted(soft), ablationcam=weighted(abl))
         for m, e in expect.items():
             raw = ld(f"raw_{m}_{i}.npy")
             errors[f"raw_{m}_{i} (rel)"] = float(np.abs(raw - e).max() / max(1e-6, np.abs(raw).max()))

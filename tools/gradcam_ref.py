@@ -30,6 +30,26 @@ def token_reshape(prefix, h, w):
     return reshape_transform
 
 
+def channels_last_reshape(t):
+    """grad-cam's Swin reshape_transform recipe for a channels-last (B, H, W, C) layer output:
+    permute to (B, C, H, W)."""
+    return t.permute(0, 3, 1, 2)
+
+
+def ranked_classes(logits, rank):
+    """Each row's class of `rank` (0 = top-1) among its logits, ties to the lower index (a stable sort of
+    the negated logits, as the Rust side's `Target::rank`)."""
+    order = np.argsort(-np.asarray(logits, dtype=np.float32), axis=1, kind="stable")
+    return [int(c) for c in order[:, rank]]
+
+
+def _clone_outputs(layers):
+    """Forward hooks that hand the rest of the network a copy of each layer's output, so that an in-place
+    op after the layer (torchvision densenet's F.relu(..., inplace=True) after features.norm5) leaves the
+    output as the module defined it. Register them after grad-cam's own hooks: those store the original."""
+    return [layer.register_forward_hook(lambda module, inp, out: out.clone()) for layer in layers]
+
+
 def sign_rule_flip(matrix_chw):
     """The documented eigen sign rule, for one image's (C, h, w) matrix that grad-cam decomposes.
 
@@ -132,18 +152,26 @@ def _make(method, model, layers, reshape_transform, vit, scorecam_batch, ablatio
     return cam
 
 
-def capture_native(model, x, layers):
-    """Logits, native-layout activations and gradients of sum_b logits[b, top1_b] w.r.t. each layer output."""
+def capture_native(model, x, layers, classes=None, clone_output=False):
+    """Logits, native-layout activations and gradients of sum_b logits[b, c_b] w.r.t. each layer output, where
+    c_b is `classes[b]` (default: each image's top-1). `clone_output` hands the rest of the network a copy of
+    the layer's output (see `_clone_outputs`), so the gradient is the one of the output as its module defined
+    it even when an in-place op follows."""
     acts, grads, handles = {}, {}, []
     for i, layer in enumerate(layers):
         def hook(module, inp, out, i=i):
             acts[i] = out.detach().clone()
             out.register_hook(lambda g, i=i: grads.__setitem__(i, g.detach().clone()))
+            if clone_output:
+                return out.clone()
         handles.append(layer.register_forward_hook(hook))
     try:
         model.zero_grad()
         logits = model(x)
-        classes = logits.detach().argmax(dim=1)
+        if classes is None:
+            classes = logits.detach().argmax(dim=1)
+        else:
+            classes = torch.as_tensor(classes, dtype=torch.int64)
         logits.gather(1, classes[:, None]).sum().backward()
     finally:
         for h in handles:
@@ -164,8 +192,11 @@ def scorecam_masks(activations, input_hw, count=4):
 
 
 def run_methods(model, x, layers, methods=METHODS, reshape_transform=None, vit=False, scorecam_batch=16,
-                ablation_batch=32, log=print):
-    """Runs each grad-cam method on (model, x, layers) with top-1 ClassifierOutputTargets.
+                ablation_batch=32, log=print, classes=None, clone_output=False):
+    """Runs each grad-cam method on (model, x, layers) with ClassifierOutputTargets of `classes` (one per image;
+    default: each image's top-1). `clone_output`: the rest of the network gets a copy of each layer's output
+    (`_clone_outputs`), i.e. grad-cam's answer by the definition where an in-place op after the layer would
+    rewrite the activation grad-cam stored (not for AblationCAM, which replaces the layer).
 
     Returns {method: {"cam": (B,H,W), "raw": [per layer (B,h,w)], "scaled": [...], extra keys}}.
     extra: scorecam "scores" [per layer (B,C)]; ablationcam "scores" [per layer (B,C)], "original" (B,),
@@ -175,12 +206,14 @@ def run_methods(model, x, layers, methods=METHODS, reshape_transform=None, vit=F
     import time
 
     model.eval()
-    with torch.no_grad():
-        classes = model(x).argmax(dim=1).tolist()
+    if classes is None:
+        with torch.no_grad():
+            classes = model(x).argmax(dim=1).tolist()
     out = {}
     for method in methods:
         t0 = time.time()
         cam = _make(method, model, layers, reshape_transform, vit, scorecam_batch, ablation_batch)
+        clones = _clone_outputs(layers) if clone_output and method != "ablationcam" else []
         targets = [RecordingTarget(c) for c in classes]
         raws, scores = [], []
         original = None
@@ -220,6 +253,8 @@ def run_methods(model, x, layers, methods=METHODS, reshape_transform=None, vit=F
         if method in ("eigencam", "eigengradcam"):
             entry["projection"], entry["flipped"] = cam.eigen_projections, cam.eigen_flips
         cam.activations_and_grads.release()
+        for handle in clones:
+            handle.remove()
         out[method] = entry
         log(f"  {method}: {time.time() - t0:.1f}s")
     return classes, out

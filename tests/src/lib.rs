@@ -19,6 +19,12 @@ pub const MISSING_FIXTURES: &str = "run scripts/test-all (it generates the model
 /// magnitude: logits, activations, gradients, CAMs before and after upsampling.
 pub const TOL: f32 = 1e-4;
 
+/// The tolerance of a final, upsampled map (what `explain` returns in
+/// [`Explanation::maps`](gradcam_core::Explanation)) against pytorch-grad-cam's, relative to the
+/// reference's largest magnitude: bilinear upsampling and the second min-max of the mean over
+/// layers amplify float noise that stays under [`TOL`] at activation resolution.
+pub const UPSAMPLED_TOL: f32 = 1e-3;
+
 /// The tolerance for a gradient method's CAM of an image whose gradient crossed a kink tie (see
 /// [`assert_close_except_ties`]): the flipped mask moves a few pixels of the map by up to ~2e-3
 /// (HiResCAM, which multiplies gradients pixel by pixel, moves most).
@@ -37,6 +43,35 @@ pub fn fixtures_dir() -> PathBuf {
         dir.display()
     );
     dir
+}
+
+/// The breadth suite's fixtures folder (`tools/make_breadth_fixtures.py`): `$GRADCAM_BREADTH`,
+/// else `$GRADCAM_FIXTURES/breadth`, else `<workspace>/target/fixtures/breadth`. Panics (never
+/// skips) when it holds no complete set: the generator writes `manifest.json` last.
+pub fn breadth_dir() -> PathBuf {
+    let dir = match (std::env::var_os("GRADCAM_BREADTH"), std::env::var_os("GRADCAM_FIXTURES")) {
+        (Some(dir), _) if !dir.is_empty() => PathBuf::from(dir),
+        (_, Some(dir)) if !dir.is_empty() => PathBuf::from(dir).join("breadth"),
+        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("target").join("fixtures").join("breadth"),
+    };
+    assert!(
+        dir.join("manifest.json").is_file(),
+        "breadth fixtures missing in {}: run scripts/make-fixtures (or scripts/test-all), which generates them",
+        dir.display()
+    );
+    dir
+}
+
+/// A `.npy` file of any element type at `path`, or an error naming it: for suites that collect
+/// failures instead of stopping at the first.
+pub fn read_npy<T: ndarray_npy::ReadableElement>(path: &Path) -> Result<ArrayD<T>, String> {
+    ndarray_npy::read_npy(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+/// A JSON file at `path`, or an error naming it.
+pub fn read_json(path: &Path) -> Result<Value, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// `path` (relative to the fixtures folder, or absolute), or a panic telling how to generate it.
@@ -67,6 +102,11 @@ pub fn input() -> Array4<f32> {
 /// The fixture files' name of a method (`cam_<name>.npy`: `gradcam++` → `gradcampp`).
 pub fn fixture_name(method: Method) -> String {
     method.name().replace("++", "pp").replace('-', "_")
+}
+
+/// The method whose [`fixture_name`] is `name` (as manifests list them).
+pub fn method_from_fixture_name(name: &str) -> Option<Method> {
+    Method::ALL.into_iter().find(|m| fixture_name(*m) == name)
 }
 
 /// A layer tensor as a dynamic-rank view, whatever its layout.
@@ -130,8 +170,23 @@ pub fn assert_close_except_ties(
     ties: ArrayViewD<bool>,
     tol: f32,
 ) -> Vec<bool> {
-    assert_eq!(got.shape(), want.shape(), "{what}: shape");
-    assert_eq!(ties.shape(), want.shape(), "{what}: tie mask shape");
+    close_except_ties(got, want, ties, tol).unwrap_or_else(|e| panic!("{what}: {e}"))
+}
+
+/// [`assert_close_except_ties`] as a result: per image, whether a tied element differed, or what
+/// differs beyond the tolerance (shapes, or the worst untied element).
+pub fn close_except_ties(
+    got: ArrayViewD<f32>,
+    want: ArrayViewD<f32>,
+    ties: ArrayViewD<bool>,
+    tol: f32,
+) -> Result<Vec<bool>, String> {
+    if got.shape() != want.shape() {
+        return Err(format!("shape {:?} != reference {:?}", got.shape(), want.shape()));
+    }
+    if ties.shape() != want.shape() {
+        return Err(format!("tie mask shape {:?} != reference {:?}", ties.shape(), want.shape()));
+    }
     let limit = tol * scale(&want);
     let mut flipped = vec![false; want.len_of(Axis(0))];
     let mut worst = (0f32, Vec::new());
@@ -144,13 +199,14 @@ pub fn assert_close_except_ties(
         }
     }
     let skipped = ties.iter().filter(|&&t| t).count();
-    assert!(
-        worst.0 <= limit,
-        "{what}: max |diff| {:e} at {:?} > {limit:e} ({tol:e} x max|reference|; {skipped} tied elements skipped)",
-        worst.0,
-        worst.1
-    );
-    flipped
+    if worst.0 <= limit {
+        Ok(flipped)
+    } else {
+        Err(format!(
+            "max |diff| {:e} at {:?} > {limit:e} ({tol:e} x max|reference|; {skipped} tied elements skipped)",
+            worst.0, worst.1
+        ))
+    }
 }
 
 /// One explained layer of a fixture model, as the manifest lists it.
@@ -207,9 +263,7 @@ pub fn references(key: &str) -> Vec<LayerReference> {
                 .iter()
                 .map(|m| m.as_str().expect("a method name"))
                 .map(|name| {
-                    Method::ALL
-                        .into_iter()
-                        .find(|m| fixture_name(*m) == name)
+                    method_from_fixture_name(name)
                         .unwrap_or_else(|| panic!("unknown method `{name}` in the manifest"))
                 })
                 .collect(),
