@@ -1,7 +1,8 @@
 //! The breadth suite: two dozen architectures people bring (torchvision and timm, traced
 //! TorchScript and both ONNX exporters, fixed and dynamic batch) against pytorch-grad-cam in every
 //! compiled-in backend. The models come from `tools/make_breadth_fixtures.py`
-//! (`$GRADCAM_BREADTH`, else `$GRADCAM_FIXTURES/breadth`; `scripts/make-fixtures` makes them).
+//! (`$GRADCAM_BREADTH`, else `$GRADCAM_FIXTURES/breadth`; `scripts/make-fixtures --breadth` makes
+//! them). `scripts/test-breadth` builds them and runs this ignored test.
 //!
 //! One test runs every model in every backend and reports every failure of the run at once, as a
 //! matrix (model × backend and file) followed by each finding. `GRADCAM_BREADTH_MODELS=a,b` and
@@ -65,6 +66,7 @@ fn run(case: &Case, column: backends::Column, heavy: bool) -> (Cell, bool) {
 }
 
 #[test]
+#[ignore = "needs the breadth fixtures (about 5 GB): run scripts/test-breadth"]
 fn every_model_in_every_backend_matches_pytorch_grad_cam() {
     let dir = tests::breadth_dir();
     let models = filter("GRADCAM_BREADTH_MODELS");
