@@ -49,11 +49,15 @@ pub(crate) fn rows<D: Dimension + RemoveAxis>(
 }
 
 /// The real rows of each part's result, joined along the batch axis.
+/// A result without a batch axis (a scalar from a broken model) is a shape error, not a panic.
 pub(crate) fn join(results: &[(ArrayD<f32>, Part)]) -> Result<ArrayD<f32>, ndarray::ShapeError> {
-    let views: Vec<_> = results
+    let views = results
         .iter()
-        .map(|(a, p)| a.slice_axis(Axis(0), (0..p.len.min(a.len_of(Axis(0)))).into()))
-        .collect();
+        .map(|(a, p)| match a.ndim() {
+            0 => Err(ndarray::ShapeError::from_kind(ndarray::ErrorKind::IncompatibleShape)),
+            _ => Ok(a.slice_axis(Axis(0), (0..p.len.min(a.len_of(Axis(0)))).into())),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     concatenate(Axis(0), &views)
 }
 
@@ -85,5 +89,12 @@ mod tests {
         assert_eq!(rows(x.view(), p[1], Some(0.0)), ndarray::array![[4., 5.], [0., 0.]]);
         let joined = join(&[(rows(x.view(), p[0], None).into_dyn(), p[0]), (last.into_dyn(), p[1])]).unwrap();
         assert_eq!(joined, x.into_dyn());
+    }
+
+    #[test]
+    fn a_result_without_a_batch_axis_is_an_error() {
+        // Fuzz seed 213: a mutated model whose output is a scalar.
+        let scalar = ndarray::arr0(1.0f32).into_dyn();
+        assert!(join(&[(scalar, Part { start: 0, len: 1, size: 1 })]).is_err());
     }
 }

@@ -72,14 +72,30 @@ struct Probe {
     dims: Dims,
 }
 
-/// The two sessions of a capture with a seed, and the names that tie them together.
+/// Dimension `k` of tensor `name` in a run of `batch` images, when the probe tells it: fixed,
+/// or the batch itself (a varying dimension that was the probe's batch size); `None` for a
+/// dimension that varies otherwise (e.g. batch × heads).
+fn static_dim(shapes: &Shapes, dims: &Dims, name: &str, k: usize, batch: usize) -> Option<i64> {
+    let probed = *shapes.get(name)?.shape.get(k)?;
+    match dims.get(name)?.get(k)? {
+        Some(d) => Some(*d),
+        None if probed == PROBE_BATCH => Some(batch as i64),
+        None => None,
+    }
+}
+
+/// The sessions of a capture with a seed, and the names that tie them together.
 struct CaptureSessions {
     forward: Session,
-    backward: Session,
-    logits: String,
-    activation: String,
-    carried: Vec<String>,
-    reads_inputs: Vec<String>,
+    /// The generated models (the backward one is committed per batch size).
+    split: SplitModel,
+    /// Shapes of the backward model's inputs at the probe's batch size, and which of their
+    /// dimensions vary with the batch (`None`).
+    shapes: Shapes,
+    dims: Dims,
+    /// Backward sessions by batch size: each with static input shapes, which ONNX Runtime plans
+    /// in time linear in the graph's depth ([`SplitModel::backward_for`]).
+    backward: HashMap<usize, Session>,
 }
 
 impl std::fmt::Debug for OnnxModel {
@@ -169,7 +185,7 @@ impl OnnxModel {
         width: usize,
     ) -> Result<OnnxGraph, OrtBackendError> {
         let layer = self.graph.find_layer(layer)?;
-        let (graph, shapes) = self.prepared(&layer, Some((height as i64, width as i64)))?;
+        let (graph, shapes, _) = self.prepared(&layer, Some((height as i64, width as i64)))?;
         Ok(graph.backward_model(&layer.tensor, Seed::Tensor, &shapes)?)
     }
 
@@ -182,18 +198,18 @@ impl OnnxModel {
         width: usize,
     ) -> Result<SplitModel, OrtBackendError> {
         let layer = self.graph.find_layer(layer)?;
-        let (graph, shapes) = self.prepared(&layer, Some((height as i64, width as i64)))?;
+        let (graph, shapes, _) = self.prepared(&layer, Some((height as i64, width as i64)))?;
         Ok(graph.backward_split(&layer.tensor, &shapes)?)
     }
 
-    /// The graph to differentiate for `layer` and the shapes of the tensors the backward rules
-    /// read, for inputs of `hw`: shape arithmetic folded for that size
-    /// ([`OnnxGraph::fold_shapes`]), class-token pruned when on.
+    /// The graph to differentiate for `layer`, the shapes of the tensors the backward rules
+    /// read and which of their dimensions follow the batch, for inputs of `hw`: shape arithmetic
+    /// folded for that size ([`OnnxGraph::fold_shapes`]), class-token pruned when on.
     fn prepared(
         &self,
         layer: &Layer,
         hw: Option<(i64, i64)>,
-    ) -> Result<(OnnxGraph, Shapes), OrtBackendError> {
+    ) -> Result<(OnnxGraph, Shapes, Dims), OrtBackendError> {
         let names = |graph: &OnnxGraph| -> Result<Vec<String>, OrtBackendError> {
             let mut names = graph.backward_tensors(&layer.tensor)?;
             names.extend(graph.output_names().into_iter().take(1));
@@ -209,8 +225,8 @@ impl OnnxModel {
             true => graph.prune_tokens(&layer.tensor, &probe.shapes),
             false => (graph, 0),
         };
-        let shapes = if pruned > 0 { self.probe(&graph, &names(&graph)?, hw)?.shapes } else { probe.shapes };
-        Ok((graph, shapes))
+        let probe = if pruned > 0 { self.probe(&graph, &names(&graph)?, hw)? } else { probe };
+        Ok((graph, probe.shapes, probe.dims))
     }
 
     /// Runs the model on zeros (of height and width `hw`, else the model's or 224²) with `names`
@@ -352,20 +368,24 @@ impl OnnxModel {
         let key = format!("{layer}@{h}x{w}");
         if !self.captures.contains_key(&key) {
             let found = self.graph.find_layer(layer).map_err(OrtBackendError::from)?;
-            let (graph, shapes) = self.prepared(&found, Some((h, w)))?;
-            let split = graph.backward_split(&found.tensor, &shapes).map_err(OrtBackendError::from)?;
-            let sessions = CaptureSessions {
-                forward: commit(&split.forward, self.threads)?,
-                backward: commit(&split.backward, self.threads)?,
-                logits: split.logits,
-                activation: split.activation,
-                carried: split.carried,
-                reads_inputs: split.reads_inputs,
-            };
+            let (graph, shapes, dims) = self.prepared(&found, Some((h, w)))?;
+            let mut split = graph.backward_split(&found.tensor, &shapes).map_err(OrtBackendError::from)?;
+            let forward = commit(&split.forward, self.threads)?;
+            // Only the backward model is committed again (per batch size).
+            split.forward = OnnxGraph::from_model(Default::default());
+            let sessions = CaptureSessions { forward, split, shapes, dims, backward: HashMap::new() };
             self.captures.insert(key.clone(), sessions);
         }
         let input_name = self.input.clone();
+        let threads = self.threads;
         let s = self.captures.get_mut(&key).expect("inserted above");
+        for part in &parts {
+            if !s.backward.contains_key(&part.size) {
+                let graph =
+                    s.split.backward_for(|name, k| static_dim(&s.shapes, &s.dims, name, k, part.size));
+                s.backward.insert(part.size, commit(&graph, threads)?);
+            }
+        }
         let (mut logits, mut activations, mut carried) = (Vec::new(), Vec::new(), Vec::new());
         for &part in &parts {
             let feed = tensor(batch::rows(input, part, None).view(), "input")?;
@@ -373,9 +393,9 @@ impl OnnxModel {
                 .forward
                 .run(ort::inputs![input_name.as_str() => feed])
                 .map_err(OrtBackendError::ort(format!("run the model to `{layer}`")))?;
-            logits.push((runtime::array(named(&outputs, &s.logits)?, "the logits")?, part));
-            activations.push((runtime::array(named(&outputs, &s.activation)?, layer)?, part));
-            carried.push(take_outputs(outputs, &s.carried)?);
+            logits.push((runtime::array(named(&outputs, &s.split.logits)?, "the logits")?, part));
+            activations.push((runtime::array(named(&outputs, &s.split.activation)?, layer)?, part));
+            carried.push(take_outputs(outputs, &s.split.carried)?);
         }
         let logits = runtime::logits(joined(&logits)?)?;
         let activation = runtime::layer(joined(&activations)?)?;
@@ -394,14 +414,14 @@ impl OnnxModel {
                 onnx_graph::SEED.into(),
                 tensor(batch::rows(seed.view(), part, Some(0.0)).view(), "seed")?,
             )];
-            for (name, value) in s.carried.iter().zip(values) {
+            for (name, value) in s.split.carried.iter().zip(values) {
                 feeds.push((name.as_str().into(), value.into()));
             }
-            for name in &s.reads_inputs {
+            for name in &s.split.reads_inputs {
                 feeds.push((name.as_str().into(), tensor(batch::rows(input, part, None).view(), "input")?));
             }
-            let outputs = s
-                .backward
+            let backward = s.backward.get_mut(&part.size).expect("committed above");
+            let outputs = backward
                 .run(feeds)
                 .map_err(OrtBackendError::ort(format!("run the backward model of `{layer}`")))?;
             gradients.push((runtime::array(named(&outputs, onnx_graph::GRADIENT)?, "the gradient")?, part));

@@ -41,7 +41,7 @@ fn vi(name: &str) -> ValueInfoProto {
 }
 
 /// A tiny classifier exported "legacy style": `/layer1/conv/Conv`, `/layer1/act/Relu`, pooling,
-/// and a head op `head_op` (e.g. `Sin`, which has no gradient rule).
+/// and a head op `head_op` (e.g. `Asinh`, which has no gradient rule).
 fn tiny_model(head_op: &str) -> Vec<u8> {
     let mut g = GraphProto::new();
     g.name = "tiny".into();
@@ -126,17 +126,17 @@ fn unknown_layer_suggests_near_names() {
 
 #[test]
 fn op_without_a_rule_names_op_and_node() {
-    let path = temp("sin_head.onnx", &tiny_model("Sin"));
+    let path = temp("asinh_head.onnx", &tiny_model("Asinh"));
     let mut model = OnnxModel::load(&path).expect("load");
     // The forward pass is fine; only the gradient needs the missing rule.
     assert_eq!(model.forward(input().view()).unwrap().dim(), (2, 4));
     let err = model.capture(input().view(), "layer1", Some(&Target::top_one())).expect_err("no rule");
     let msg = err.to_string();
-    assert!(msg.contains("`Sin`") && msg.contains("/head/Sin"), "{msg}");
+    assert!(msg.contains("`Asinh`") && msg.contains("/head/Asinh"), "{msg}");
     let CamError::Backend(inner) = err else { panic!("backend error") };
     let inner = inner.downcast::<OrtBackendError>().expect("OrtBackendError");
     assert!(
-        matches!(*inner, OrtBackendError::Graph(GraphError::UnsupportedOp { ref op, ref node }) if op == "Sin" && node == "/head/Sin")
+        matches!(*inner, OrtBackendError::Graph(GraphError::UnsupportedOp { ref op, ref node }) if op == "Asinh" && node == "/head/Asinh")
     );
 }
 
@@ -153,7 +153,7 @@ fn class_out_of_range_is_an_error() {
 #[test]
 fn gradient_free_methods_build_no_backward_graph() {
     use gradcam_core::{explain, CamOptions, Method};
-    let path = temp("sin_head_free.onnx", &tiny_model("Sin"));
+    let path = temp("asinh_head_free.onnx", &tiny_model("Asinh"));
     let mut model = OnnxModel::load(&path).expect("load");
     let methods = [Method::EigenCam, Method::ScoreCam, Method::AblationCam];
     let e =

@@ -174,6 +174,7 @@ impl OnnxGraph {
         let plan = self.plan(activation)?;
         let logits = self.logits_name()?;
         let dtype = shapes.get(&logits).ok_or_else(|| GraphError::MissingShape(logits.clone()))?.dtype;
+        let constants = self.constants();
         let mut grads: HashMap<String, Vec<String>> = HashMap::from([(logits, vec![seed])]);
         for &i in plan.path.iter().rev() {
             let node = &self.nodes()[i];
@@ -193,7 +194,7 @@ impl OnnxGraph {
                 };
                 return Err(GraphError::UnsupportedOp { op, node: node.name.clone() });
             };
-            let mut ctx = Ctx::new(b, self, shapes, node, wants.clone(), dtype);
+            let mut ctx = Ctx::new(b, &constants, shapes, node, wants.clone(), dtype);
             let in_grads = rule(&mut ctx, &out_grads)?;
             for (k, want) in wants.iter().enumerate() {
                 match in_grads.get(k).cloned().flatten() {

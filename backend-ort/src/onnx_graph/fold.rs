@@ -239,7 +239,8 @@ fn gather_by(v: &Value, dims: Vec<usize>, map: impl Fn(&[usize]) -> Option<Vec<u
     let data = (0..n)
         .map(|i| {
             let src = map(&unravel(i, &dims))?;
-            let flat: usize = src.iter().zip(&st).map(|(a, b)| a * b).sum();
+            let flat =
+                src.iter().zip(&st).try_fold(0usize, |acc, (a, b)| acc.checked_add(a.checked_mul(*b)?))?;
             v.data.get(flat).copied()
         })
         .collect::<Option<Vec<_>>>()?;
@@ -519,7 +520,10 @@ fn eval(
                 dims[a] = slice_len(s, e, steps[k]);
             }
             one(gather_by(x, dims, |o| {
-                Some(o.iter().enumerate().map(|(d, &i)| (first[d] + i as i64 * step[d]) as usize).collect())
+                o.iter()
+                    .enumerate()
+                    .map(|(d, &i)| usize::try_from(first[d] + i as i64 * step[d]).ok())
+                    .collect()
             }))
         }
         "Transpose" => {

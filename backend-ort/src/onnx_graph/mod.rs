@@ -228,19 +228,23 @@ impl OnnxGraph {
 
     /// The value of a constant int64 tensor (an initializer or a `Constant` node's output).
     pub fn const_ints(&self, name: &str) -> Option<Vec<i64>> {
-        self.constant(name).and_then(tensor_ints)
+        self.constants().get(name).and_then(|t| tensor_ints(t))
     }
 
-    fn constant(&self, name: &str) -> Option<&TensorProto> {
+    /// Every constant tensor by name: initializers and `Constant` nodes' values, in one pass (a
+    /// lookup per node would make differentiating a deep graph quadratic).
+    pub(crate) fn constants(&self) -> HashMap<&str, &TensorProto> {
         let graph = &self.model.graph;
-        graph.initializer.iter().find(|t| t.name == name).or_else(|| {
-            graph
-                .node
-                .iter()
-                .find(|n| n.op_type == "Constant" && n.output.first().is_some_and(|o| o == name))
-                .and_then(|n| builder::attr(n, "value"))
-                .and_then(|a| a.t.as_ref())
-        })
+        let mut out: HashMap<&str, &TensorProto> =
+            graph.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
+        for node in graph.node.iter().filter(|n| n.op_type == "Constant") {
+            if let (Some(o), Some(t)) =
+                (node.output.first(), builder::attr(node, "value").and_then(|a| a.t.as_ref()))
+            {
+                out.insert(o.as_str(), t);
+            }
+        }
+        out
     }
 
     /// The model with tensor `activation` turned into a graph input named [`ACTIVATION`]

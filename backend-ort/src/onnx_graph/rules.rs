@@ -5,10 +5,12 @@
 //! order (`None` for inputs that need none: weights, shapes, indices). Formulas follow
 //! PyTorch's `derivatives.yaml`; broadcasting is summed back to each input's shape.
 
-use onnx_protobuf::NodeProto;
+use std::collections::HashMap;
+
+use onnx_protobuf::{NodeProto, TensorProto};
 
 use super::builder::{attr_i, attr_ints, attr_s, get_f, get_i, get_ints, get_s, Builder, FLOAT};
-use super::{GraphError, OnnxGraph, Shapes};
+use super::{GraphError, Shapes};
 
 /// Rule result: one optional gradient per input.
 pub type Grads = Result<Vec<Option<String>>, GraphError>;
@@ -16,76 +18,103 @@ pub type Grads = Result<Vec<Option<String>>, GraphError>;
 /// A rule: gradients of outputs in, gradients of inputs out.
 pub type Rule = fn(&mut Ctx, &[Option<String>]) -> Grads;
 
-/// Ops whose outputs carry no gradient (shapes, indices, comparisons, constants, rounding).
-const NON_DIFFERENTIABLE: &[&str] = &[
-    "Shape",
-    "Size",
-    "Constant",
-    "ConstantOfShape",
-    "Range",
-    "EyeLike",
-    "RandomNormal",
-    "RandomUniform",
-    "RandomNormalLike",
-    "RandomUniformLike",
-    "Equal",
-    "Greater",
-    "GreaterOrEqual",
-    "Less",
-    "LessOrEqual",
-    "Not",
-    "And",
-    "Or",
-    "Xor",
-    "IsNaN",
-    "IsInf",
-    "ArgMax",
-    "ArgMin",
-    "NonZero",
-    "Sign",
-    "Floor",
-    "Ceil",
-    "Round",
-    "OneHot",
-    "TopK_indices",
-];
+/// How gradients pass through an op.
+#[derive(Clone, Copy)]
+pub enum Grad {
+    /// Its outputs carry no gradient (shapes, indices, comparisons, constants, rounding).
+    None,
+    /// Its vector-Jacobian product.
+    Rule(Rule),
+}
+
+/// Whether an op treats the positions of a token axis (`(B, N, D)` inputs) independently, so
+/// that class-token pruning ([`super::OnnxGraph::prune_tokens`]) may run it on one token, and which of
+/// its inputs may then carry tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tokens {
+    /// Not token-wise (or not known to be).
+    No,
+    /// Elementwise: every input carries tokens, or is a scalar or a per-feature vector.
+    Elementwise,
+    /// `MatMul` of tokens by a 2-D weight.
+    MatMul,
+    /// Normalisation or softmax over the feature axis (`axis` -1 or 2).
+    LastAxis,
+    /// A reduction with `keepdims` over feature axes (axes attribute).
+    Reduce,
+}
+
+/// One row of the op table: an op of the default ONNX domain and what the backward pass knows
+/// about it.
+#[derive(Clone, Copy)]
+pub struct OpRule {
+    /// The op type.
+    pub op: &'static str,
+    /// Its gradient.
+    pub grad: Grad,
+    /// Whether it is token-wise.
+    pub tokens: Tokens,
+}
+
+impl OpRule {
+    const fn new(op: &'static str, tokens: Tokens, rule: Rule) -> OpRule {
+        OpRule { op, grad: Grad::Rule(rule), tokens }
+    }
+
+    const fn none(op: &'static str) -> OpRule {
+        OpRule { op, grad: Grad::None, tokens: Tokens::No }
+    }
+}
+
+/// The table's row for `op`.
+pub fn op_rule(op: &str) -> Option<&'static OpRule> {
+    RULES.iter().find(|r| r.op == op)
+}
 
 /// Whether `op`'s outputs never carry gradient.
 pub fn is_non_differentiable(op: &str) -> bool {
-    NON_DIFFERENTIABLE.contains(&op)
+    op_rule(op).is_some_and(|r| matches!(r.grad, Grad::None))
 }
 
 /// The rule for an op of the default ONNX domain, if there is one.
 pub fn rule(op: &str) -> Option<Rule> {
-    RULES.iter().find(|(name, _)| *name == op).map(|(_, r)| *r)
+    match op_rule(op)?.grad {
+        Grad::Rule(r) => Some(r),
+        Grad::None => None,
+    }
+}
+
+/// How `op` treats a token axis ([`Tokens::No`] for ops not in the table).
+pub fn tokens(op: &str) -> Tokens {
+    op_rule(op).map_or(Tokens::No, |r| r.tokens)
 }
 
 /// Every op with a gradient rule.
 pub fn supported_ops() -> impl Iterator<Item = &'static str> {
-    RULES.iter().map(|(name, _)| *name)
+    RULES.iter().filter(|r| matches!(r.grad, Grad::Rule(_))).map(|r| r.op)
 }
 
-/// The rules. `c.x(i)`/`c.y(i)`: input/output names; `c.gy(g)`: the output's gradient;
-/// `c.unbroadcast(g, i)`: sum `g` (shaped like output 0) back to input `i`'s shape.
-pub const RULES: &[(&str, Rule)] = &[
-    ("Identity", |c, g| Ok(vec![Some(c.gy(g)?)])),
-    ("Dropout", |c, g| Ok(vec![Some(c.gy(g)?)])),
-    ("Cast", |c, g| {
+/// The op table. In rules, `c.x(i)`/`c.y(i)`: input/output names; `c.gy(g)`: the output's
+/// gradient; `c.unbroadcast(g, i)`: sum `g` (shaped like output 0) back to input `i`'s shape.
+pub const RULES: &[OpRule] = &[
+    OpRule::new("Identity", Tokens::Elementwise, |c, g| Ok(vec![Some(c.gy(g)?)])),
+    OpRule::new("Dropout", Tokens::Elementwise, |c, g| Ok(vec![Some(c.gy(g)?)])),
+    OpRule::new("Cast", Tokens::Elementwise, |c, g| {
         let to = c.dtype_of(c.x(0));
         Ok(vec![Some(c.b.op("Cast", &[&c.gy(g)?], vec![attr_i("to", to as i64)]))])
     }),
-    ("Neg", |c, g| Ok(vec![Some(c.b.op("Neg", &[&c.gy(g)?], vec![]))])),
-    ("Relu", |c, g| {
+    OpRule::new("Neg", Tokens::Elementwise, |c, g| Ok(vec![Some(c.b.op("Neg", &[&c.gy(g)?], vec![]))])),
+    OpRule::new("Relu", Tokens::Elementwise, |c, g| {
         // `y > 0` iff `x > 0`: reading the output lets the forward keep Conv+Relu fused.
         let pos = c.cmp("Greater", c.y(0), 0.0);
         Ok(vec![Some(c.b.mask(&pos, &c.gy(g)?, c.dtype))])
     }),
-    ("LeakyRelu", |c, g| {
+    OpRule::new("LeakyRelu", Tokens::Elementwise, |c, g| {
         let (gy, pos) = (c.gy(g)?, c.cmp("Greater", c.x(0), 0.0));
         let neg = c.b.scale(&gy, get_f(c.node, "alpha", 0.01) as f64, c.dtype);
         Ok(vec![Some(c.b.op("Where", &[&pos, &gy, &neg], vec![]))])
     }),
-    ("Clip", |c, g| {
+    OpRule::new("Clip", Tokens::Elementwise, |c, g| {
         // Gradient only strictly inside the bounds, as PyTorch's hardtanh/ReLU6. The output is
         // strictly inside iff the input is, and reading it keeps Conv+Clip fused in the forward.
         let mut inside: Option<String> = None;
@@ -104,19 +133,19 @@ pub const RULES: &[(&str, Rule)] = &[
             None => gy,
         })])
     }),
-    ("Sigmoid", |c, g| {
+    OpRule::new("Sigmoid", Tokens::Elementwise, |c, g| {
         let one_minus = c.rsub(1.0, c.y(0));
         let d = c.b.op("Mul", &[c.y(0), &one_minus], vec![]);
         Ok(vec![Some(c.b.op("Mul", &[&c.gy(g)?, &d], vec![]))])
     }),
-    ("HardSigmoid", |c, g| {
+    OpRule::new("HardSigmoid", Tokens::Elementwise, |c, g| {
         let (alpha, beta) = (get_f(c.node, "alpha", 0.2) as f64, get_f(c.node, "beta", 0.5) as f64);
         let z = c.affine(c.x(0), alpha, beta);
         let inside = c.between(&z, 0.0, 1.0);
         let ga = c.b.scale(&c.gy(g)?, alpha, c.dtype);
         Ok(vec![Some(c.b.mask(&inside, &ga, c.dtype))])
     }),
-    ("HardSwish", |c, g| {
+    OpRule::new("HardSwish", Tokens::Elementwise, |c, g| {
         // d/dx x·hardsigmoid(x) = 0 below -3, 1 above 3, x/3 + 1/2 between.
         let mid = c.affine(c.x(0), 1.0 / 3.0, 0.5);
         let (above, one) = (c.cmp("Greater", c.x(0), 3.0), c.b.scalar(1.0, c.dtype));
@@ -126,58 +155,60 @@ pub const RULES: &[(&str, Rule)] = &[
         let d = c.b.op("Where", &[&below, &zero, &d], vec![]);
         Ok(vec![Some(c.b.op("Mul", &[&c.gy(g)?, &d], vec![]))])
     }),
-    ("Tanh", |c, g| {
+    OpRule::new("Tanh", Tokens::Elementwise, |c, g| {
         let y2 = c.b.op("Mul", &[c.y(0), c.y(0)], vec![]);
         let d = c.rsub(1.0, &y2);
         Ok(vec![Some(c.b.op("Mul", &[&c.gy(g)?, &d], vec![]))])
     }),
-    ("Erf", |c, g| {
+    OpRule::new("Erf", Tokens::Elementwise, |c, g| {
         let d = c.gauss(c.x(0), std::f64::consts::FRAC_1_SQRT_2, 2.0 / std::f64::consts::PI.sqrt());
         Ok(vec![Some(c.b.op("Mul", &[&c.gy(g)?, &d], vec![]))])
     }),
-    ("Gelu", |c, g| {
+    OpRule::new("Gelu", Tokens::Elementwise, |c, g| {
         let d =
             if get_s(c.node, "approximate", "none") == "tanh" { c.gelu_tanh_grad() } else { c.gelu_grad() };
         Ok(vec![Some(c.b.op("Mul", &[&c.gy(g)?, &d], vec![]))])
     }),
-    ("Sqrt", |c, g| {
+    OpRule::new("Sqrt", Tokens::Elementwise, |c, g| {
         let half = c.b.scale(&c.gy(g)?, 0.5, c.dtype);
         Ok(vec![Some(c.b.op("Div", &[&half, c.y(0)], vec![]))])
     }),
-    ("Exp", |c, g| Ok(vec![Some(c.b.op("Mul", &[&c.gy(g)?, c.y(0)], vec![]))])),
-    ("Log", |c, g| Ok(vec![Some(c.b.op("Div", &[&c.gy(g)?, c.x(0)], vec![]))])),
-    ("Reciprocal", |c, g| {
+    OpRule::new("Exp", Tokens::Elementwise, |c, g| {
+        Ok(vec![Some(c.b.op("Mul", &[&c.gy(g)?, c.y(0)], vec![]))])
+    }),
+    OpRule::new("Log", Tokens::No, |c, g| Ok(vec![Some(c.b.op("Div", &[&c.gy(g)?, c.x(0)], vec![]))])),
+    OpRule::new("Reciprocal", Tokens::Elementwise, |c, g| {
         let y2 = c.b.op("Mul", &[c.y(0), c.y(0)], vec![]);
         let t = c.b.op("Mul", &[&c.gy(g)?, &y2], vec![]);
         Ok(vec![Some(c.b.op("Neg", &[&t], vec![]))])
     }),
-    ("Abs", |c, g| {
+    OpRule::new("Abs", Tokens::Elementwise, |c, g| {
         let s = c.b.op("Sign", &[c.x(0)], vec![]);
         Ok(vec![Some(c.b.op("Mul", &[&c.gy(g)?, &s], vec![]))])
     }),
-    ("Softplus", |c, g| {
+    OpRule::new("Softplus", Tokens::Elementwise, |c, g| {
         let s = c.b.op("Sigmoid", &[c.x(0)], vec![]);
         Ok(vec![Some(c.b.op("Mul", &[&c.gy(g)?, &s], vec![]))])
     }),
-    ("Add", |c, g| {
+    OpRule::new("Add", Tokens::Elementwise, |c, g| {
         let gy = c.gy(g)?;
         c.each_input(|c, i| c.unbroadcast(&gy, i))
     }),
-    ("Sub", |c, g| {
+    OpRule::new("Sub", Tokens::Elementwise, |c, g| {
         let gy = c.gy(g)?;
         c.each_input(|c, i| {
             let gi = if i == 0 { gy.clone() } else { c.b.op("Neg", &[&gy], vec![]) };
             c.unbroadcast(&gi, i)
         })
     }),
-    ("Mul", |c, g| {
+    OpRule::new("Mul", Tokens::Elementwise, |c, g| {
         let gy = c.gy(g)?;
         c.each_input(|c, i| {
             let gi = c.b.op("Mul", &[&gy, c.x(1 - i)], vec![]);
             c.unbroadcast(&gi, i)
         })
     }),
-    ("Div", |c, g| {
+    OpRule::new("Div", Tokens::Elementwise, |c, g| {
         // a / b: da = g / b, db = -g · y / b.
         let (gy, b) = (c.gy(g)?, c.x(1));
         let ga = c.b.op("Div", &[&gy, b], vec![]);
@@ -191,7 +222,7 @@ pub const RULES: &[(&str, Rule)] = &[
             c.unbroadcast(&gi, i)
         })
     }),
-    ("Pow", |c, g| {
+    OpRule::new("Pow", Tokens::Elementwise, |c, g| {
         // a ^ b: da = g · b · a^(b-1), db = g · y · ln a.
         let gy = c.gy(g)?;
         c.each_input(|c, i| {
@@ -207,7 +238,7 @@ pub const RULES: &[(&str, Rule)] = &[
             c.unbroadcast(&gi, i)
         })
     }),
-    ("Where", |c, g| {
+    OpRule::new("Where", Tokens::No, |c, g| {
         let (gy, zero) = (c.gy(g)?, c.b.scalar(0.0, c.dtype));
         c.each_input(|c, i| match i {
             0 => Ok(String::new()),
@@ -221,15 +252,15 @@ pub const RULES: &[(&str, Rule)] = &[
             }
         })
     }),
-    ("Expand", |c, g| {
+    OpRule::new("Expand", Tokens::No, |c, g| {
         let gy = c.gy(g)?;
         Ok(vec![Some(c.unbroadcast(&gy, 0)?)])
     }),
-    ("MatMul", |c, g| matmul(c, &c.gy(g)?)),
-    ("Gemm", |c, g| gemm(c, &c.gy(g)?)),
-    ("Conv", |c, g| conv(c, &c.gy(g)?)),
-    ("ConvTranspose", |c, g| conv_transpose(c, &c.gy(g)?)),
-    ("BatchNormalization", |c, g| {
+    OpRule::new("MatMul", Tokens::MatMul, |c, g| matmul(c, &c.gy(g)?)),
+    OpRule::new("Gemm", Tokens::No, |c, g| gemm(c, &c.gy(g)?)),
+    OpRule::new("Conv", Tokens::No, |c, g| conv(c, &c.gy(g)?)),
+    OpRule::new("ConvTranspose", Tokens::No, |c, g| conv_transpose(c, &c.gy(g)?)),
+    OpRule::new("BatchNormalization", Tokens::No, |c, g| {
         // Inference: y = x · scale / sqrt(var + eps) + shift, per channel (axis 1).
         if get_i(c.node, "training_mode", 0) != 0 || c.node.output.iter().skip(1).any(|o| !o.is_empty()) {
             return Err(c.unsupported("training-mode BatchNormalization"));
@@ -242,42 +273,58 @@ pub const RULES: &[(&str, Rule)] = &[
         let k = c.b.unsqueeze(&k, &(1..rank as i64 - 1).collect::<Vec<_>>());
         Ok(vec![Some(c.b.op("Mul", &[&c.gy(g)?, &k], vec![]))])
     }),
-    ("GlobalAveragePool", |c, g| {
+    OpRule::new("GlobalAveragePool", Tokens::No, |c, g| {
         let xs = c.shape(c.x(0))?;
+        let area: i64 = xs.get(2..).ok_or_else(|| c.unsupported("an input of rank < 2"))?.iter().product();
         let e = c.expand_like(&c.gy(g)?, c.x(0));
-        Ok(vec![Some(c.b.scale(&e, 1.0 / xs[2..].iter().product::<i64>() as f64, c.dtype))])
+        Ok(vec![Some(c.b.scale(&e, 1.0 / area.max(1) as f64, c.dtype))])
     }),
-    ("GlobalMaxPool", |c, g| {
+    OpRule::new("GlobalMaxPool", Tokens::No, |c, g| {
         let hit = c.b.op("Equal", &[c.x(0), c.y(0)], vec![]);
         let e = c.expand_like(&c.gy(g)?, c.x(0));
         Ok(vec![Some(c.b.mask(&hit, &e, c.dtype))])
     }),
-    ("ReduceMean", |c, g| reduce(c, &c.gy(g)?, true)),
-    ("ReduceSum", |c, g| reduce(c, &c.gy(g)?, false)),
-    ("AveragePool", |c, g| average_pool(c, &c.gy(g)?)),
-    ("MaxPool", |c, g| max_pool(c, &c.gy(g)?)),
-    ("Flatten", |c, g| Ok(vec![Some(c.b.reshape_like(&c.gy(g)?, c.x(0)))])),
-    ("Reshape", |c, g| Ok(vec![Some(c.b.reshape_like(&c.gy(g)?, c.x(0)))])),
-    ("Squeeze", |c, g| Ok(vec![Some(c.b.reshape_like(&c.gy(g)?, c.x(0)))])),
-    ("Unsqueeze", |c, g| Ok(vec![Some(c.b.reshape_like(&c.gy(g)?, c.x(0)))])),
-    ("Transpose", |c, g| {
+    OpRule::new("ReduceMean", Tokens::Reduce, |c, g| reduce(c, &c.gy(g)?, Reduce::Mean)),
+    OpRule::new("ReduceSum", Tokens::Reduce, |c, g| reduce(c, &c.gy(g)?, Reduce::Sum)),
+    OpRule::new("ReduceMax", Tokens::Reduce, |c, g| reduce(c, &c.gy(g)?, Reduce::Extreme)),
+    OpRule::new("ReduceMin", Tokens::Reduce, |c, g| reduce(c, &c.gy(g)?, Reduce::Extreme)),
+    OpRule::new("ReduceSumSquare", Tokens::Reduce, |c, g| reduce(c, &c.gy(g)?, Reduce::SumSquare)),
+    OpRule::new("ReduceL1", Tokens::Reduce, |c, g| reduce(c, &c.gy(g)?, Reduce::L1)),
+    OpRule::new("ReduceL2", Tokens::Reduce, |c, g| reduce(c, &c.gy(g)?, Reduce::L2)),
+    OpRule::new("ReduceLogSumExp", Tokens::Reduce, |c, g| reduce(c, &c.gy(g)?, Reduce::LogSumExp)),
+    OpRule::new("AveragePool", Tokens::No, |c, g| average_pool(c, &c.gy(g)?)),
+    OpRule::new("MaxPool", Tokens::No, |c, g| max_pool(c, &c.gy(g)?)),
+    OpRule::new("Flatten", Tokens::No, |c, g| Ok(vec![Some(c.b.reshape_like(&c.gy(g)?, c.x(0)))])),
+    OpRule::new("Reshape", Tokens::No, |c, g| Ok(vec![Some(c.b.reshape_like(&c.gy(g)?, c.x(0)))])),
+    OpRule::new("Squeeze", Tokens::No, |c, g| Ok(vec![Some(c.b.reshape_like(&c.gy(g)?, c.x(0)))])),
+    OpRule::new("Unsqueeze", Tokens::No, |c, g| Ok(vec![Some(c.b.reshape_like(&c.gy(g)?, c.x(0)))])),
+    OpRule::new("Transpose", Tokens::No, |c, g| {
         let rank = c.rank(c.x(0))?;
         let perm = get_ints(c.node, "perm").unwrap_or_else(|| (0..rank as i64).rev().collect());
+        let mut sorted = perm.clone();
+        sorted.sort_unstable();
+        if sorted != (0..rank as i64).collect::<Vec<_>>() {
+            return Err(c.unsupported("a perm that is not a permutation of the axes"));
+        }
         let mut inverse = vec![0; perm.len()];
         for (i, &p) in perm.iter().enumerate() {
             inverse[p as usize] = i as i64;
         }
         Ok(vec![Some(c.b.op("Transpose", &[&c.gy(g)?], vec![attr_ints("perm", &inverse)]))])
     }),
-    ("Concat", |c, g| {
+    OpRule::new("Concat", Tokens::No, |c, g| {
         let axis = c.axis(get_i(c.node, "axis", 0), c.y(0))?;
-        let sizes =
-            c.node.input.iter().map(|x| c.shape(x).map(|s| s[axis])).collect::<Result<Vec<_>, _>>()?;
+        let sizes = c
+            .node
+            .input
+            .iter()
+            .map(|x| c.shape(x)?.get(axis).copied().ok_or_else(|| c.unsupported("inputs of different ranks")))
+            .collect::<Result<Vec<_>, _>>()?;
         let split = c.b.ints(&sizes);
         let parts = c.b.op_n("Split", &[&c.gy(g)?, &split], sizes.len(), vec![attr_i("axis", axis as i64)]);
         Ok(parts.into_iter().map(Some).collect())
     }),
-    ("Split", |c, g| {
+    OpRule::new("Split", Tokens::No, |c, g| {
         let axis = get_i(c.node, "axis", 0);
         let parts: Vec<String> = (0..c.node.output.len())
             .map(|i| g[i].clone().unwrap_or_else(|| c.b.zeros_like(c.y(i), c.dtype)))
@@ -285,10 +332,10 @@ pub const RULES: &[(&str, Rule)] = &[
         let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
         Ok(vec![Some(c.b.op("Concat", &refs, vec![attr_i("axis", axis)]))])
     }),
-    ("Slice", |c, g| slice(c, &c.gy(g)?)),
-    ("Pad", |c, g| pad(c, &c.gy(g)?)),
-    ("Gather", |c, g| gather(c, &c.gy(g)?)),
-    ("Softmax", |c, g| {
+    OpRule::new("Slice", Tokens::No, |c, g| slice(c, &c.gy(g)?)),
+    OpRule::new("Pad", Tokens::No, |c, g| pad(c, &c.gy(g)?)),
+    OpRule::new("Gather", Tokens::No, |c, g| gather(c, &c.gy(g)?)),
+    OpRule::new("Softmax", Tokens::LastAxis, |c, g| {
         // y · (g - Σ g·y) along the axis.
         let axis = get_i(c.node, "axis", -1);
         let gyy = c.b.op("Mul", &[&c.gy(g)?, c.y(0)], vec![]);
@@ -296,20 +343,181 @@ pub const RULES: &[(&str, Rule)] = &[
         let d = c.b.op("Sub", &[&c.gy(g)?, &s], vec![]);
         Ok(vec![Some(c.b.op("Mul", &[c.y(0), &d], vec![]))])
     }),
-    ("LogSoftmax", |c, g| {
+    OpRule::new("LogSoftmax", Tokens::No, |c, g| {
         let axis = get_i(c.node, "axis", -1);
         let s = c.b.reduce_sum(&c.gy(g)?, &[axis], true);
         let p = c.b.op("Exp", &[c.y(0)], vec![]);
         let ps = c.b.op("Mul", &[&p, &s], vec![]);
         Ok(vec![Some(c.b.op("Sub", &[&c.gy(g)?, &ps], vec![]))])
     }),
-    ("LayerNormalization", |c, g| layer_norm(c, &c.gy(g)?)),
+    OpRule::new("LayerNormalization", Tokens::LastAxis, |c, g| layer_norm(c, &c.gy(g)?)),
+    OpRule::new("CastLike", Tokens::Elementwise, |c, g| {
+        let to = c.dtype_of(c.x(0));
+        Ok(vec![Some(c.b.op("Cast", &[&c.gy(g)?], vec![attr_i("to", to as i64)])), None])
+    }),
+    OpRule::new("Sin", Tokens::Elementwise, |c, g| {
+        let d = c.b.op("Cos", &[c.x(0)], vec![]);
+        Ok(vec![Some(c.b.op("Mul", &[&c.gy(g)?, &d], vec![]))])
+    }),
+    OpRule::new("Cos", Tokens::Elementwise, |c, g| {
+        let s = c.b.op("Sin", &[c.x(0)], vec![]);
+        let d = c.b.op("Neg", &[&s], vec![]);
+        Ok(vec![Some(c.b.op("Mul", &[&c.gy(g)?, &d], vec![]))])
+    }),
+    OpRule::new("Elu", Tokens::Elementwise, |c, g| {
+        // x > 0: 1; else alpha·exp(x) = y + alpha.
+        let alpha = get_f(c.node, "alpha", 1.0) as f64;
+        let pos = c.cmp("Greater", c.x(0), 0.0);
+        let (one, neg) = (c.b.scalar(1.0, c.dtype), c.affine(c.y(0), 1.0, alpha));
+        let d = c.b.op("Where", &[&pos, &one, &neg], vec![]);
+        Ok(vec![Some(c.b.op("Mul", &[&c.gy(g)?, &d], vec![]))])
+    }),
+    OpRule::new("Celu", Tokens::Elementwise, |c, g| {
+        // x > 0: 1; else exp(x / alpha).
+        let alpha = get_f(c.node, "alpha", 1.0) as f64;
+        let pos = c.cmp("Greater", c.x(0), 0.0);
+        let e = c.b.scale(c.x(0), 1.0 / alpha, c.dtype);
+        let e = c.b.op("Exp", &[&e], vec![]);
+        let one = c.b.scalar(1.0, c.dtype);
+        let d = c.b.op("Where", &[&pos, &one, &e], vec![]);
+        Ok(vec![Some(c.b.op("Mul", &[&c.gy(g)?, &d], vec![]))])
+    }),
+    OpRule::new("Selu", Tokens::Elementwise, |c, g| {
+        // x > 0: gamma; else gamma·alpha·exp(x) = y + gamma·alpha.
+        let alpha = get_f(c.node, "alpha", 1.673_263_2) as f64;
+        let gamma = get_f(c.node, "gamma", 1.050_701) as f64;
+        let pos = c.cmp("Greater", c.x(0), 0.0);
+        let (gam, neg) = (c.b.scalar(gamma, c.dtype), c.affine(c.y(0), 1.0, gamma * alpha));
+        let d = c.b.op("Where", &[&pos, &gam, &neg], vec![]);
+        Ok(vec![Some(c.b.op("Mul", &[&c.gy(g)?, &d], vec![]))])
+    }),
+    OpRule::new("ThresholdedRelu", Tokens::Elementwise, |c, g| {
+        let above = c.cmp("Greater", c.x(0), get_f(c.node, "alpha", 1.0) as f64);
+        Ok(vec![Some(c.b.mask(&above, &c.gy(g)?, c.dtype))])
+    }),
+    OpRule::new("Softsign", Tokens::Elementwise, |c, g| {
+        // 1 / (1 + |x|)².
+        let a = c.b.op("Abs", &[c.x(0)], vec![]);
+        let a = c.affine(&a, 1.0, 1.0);
+        let a2 = c.b.op("Mul", &[&a, &a], vec![]);
+        Ok(vec![Some(c.b.op("Div", &[&c.gy(g)?, &a2], vec![]))])
+    }),
+    OpRule::new("Mish", Tokens::Elementwise, |c, g| {
+        // d/dx x·tanh(softplus(x)) = tanh(sp) + x·sigmoid(x)·(1 - tanh(sp)²).
+        let sp = c.b.op("Softplus", &[c.x(0)], vec![]);
+        let t = c.b.op("Tanh", &[&sp], vec![]);
+        let t2 = c.b.op("Mul", &[&t, &t], vec![]);
+        let sech2 = c.rsub(1.0, &t2);
+        let sig = c.b.op("Sigmoid", &[c.x(0)], vec![]);
+        let r = c.b.op("Mul", &[c.x(0), &sig], vec![]);
+        let r = c.b.op("Mul", &[&r, &sech2], vec![]);
+        let d = c.b.op("Add", &[&t, &r], vec![]);
+        Ok(vec![Some(c.b.op("Mul", &[&c.gy(g)?, &d], vec![]))])
+    }),
+    OpRule::new("PRelu", Tokens::Elementwise, |c, g| {
+        // x > 0: 1; else the (broadcast) slope. The slope is a weight: no gradient.
+        let gy = c.gy(g)?;
+        let pos = c.cmp("Greater", c.x(0), 0.0);
+        let one = c.b.scalar(1.0, c.dtype);
+        let d = c.b.op("Where", &[&pos, &one, c.x(1)], vec![]);
+        let gx = c.b.op("Mul", &[&gy, &d], vec![]);
+        c.each_input(|c, i| match i {
+            0 => c.unbroadcast(&gx, 0),
+            _ => {
+                let neg = c.b.op("Not", &[&pos], vec![]);
+                let gs = c.b.op("Mul", &[&gy, c.x(0)], vec![]);
+                let gs = c.b.mask(&neg, &gs, c.dtype);
+                c.unbroadcast(&gs, 1)
+            }
+        })
+    }),
+    OpRule::new("Sum", Tokens::Elementwise, |c, g| {
+        let gy = c.gy(g)?;
+        c.each_input(|c, i| c.unbroadcast(&gy, i))
+    }),
+    OpRule::new("Mean", Tokens::Elementwise, |c, g| {
+        let gy = c.b.scale(&c.gy(g)?, 1.0 / c.node.input.len().max(1) as f64, c.dtype);
+        c.each_input(|c, i| c.unbroadcast(&gy, i))
+    }),
+    OpRule::new("Max", Tokens::Elementwise, |c, g| extreme(c, &c.gy(g)?)),
+    OpRule::new("Min", Tokens::Elementwise, |c, g| extreme(c, &c.gy(g)?)),
+    OpRule::new("Tile", Tokens::No, |c, g| tile(c, &c.gy(g)?)),
+    OpRule::new("Einsum", Tokens::No, |c, g| einsum(c, &c.gy(g)?)),
+    OpRule::new("TopK", Tokens::No, |c, g| {
+        // Values: back to the positions the indices output says.
+        let gy = c.gy(g)?;
+        let xs = c.shape(c.x(0))?;
+        let axis = c.axis(get_i(c.node, "axis", -1), c.x(0))?;
+        if axis >= xs.len() {
+            return Err(c.unsupported("an axis out of range"));
+        }
+        let zeros = c.b.zeros_like(c.x(0), c.dtype);
+        let gx = c.b.op("ScatterElements", &[&zeros, c.y(1), &gy], vec![attr_i("axis", axis as i64)]);
+        Ok(vec![Some(gx), None])
+    }),
+    OpRule::new("GatherElements", Tokens::No, |c, g| {
+        if c.b.opset < 16 {
+            return Err(c.unsupported("needs opset 16 (ScatterElements with reduction)"));
+        }
+        let axis = c.axis(get_i(c.node, "axis", 0), c.x(0))?;
+        let zeros = c.b.zeros_like(c.x(0), c.dtype);
+        let attrs = vec![attr_i("axis", axis as i64), attr_s("reduction", "add")];
+        Ok(vec![Some(c.b.op("ScatterElements", &[&zeros, c.x(1), &c.gy(g)?], attrs)), None])
+    }),
+    OpRule::new("CumSum", Tokens::No, |c, g| {
+        // The gradient of a running sum is the running sum the other way.
+        let reverse = 1 - get_i(c.node, "reverse", 0).clamp(0, 1);
+        let attrs = vec![attr_i("exclusive", get_i(c.node, "exclusive", 0)), attr_i("reverse", reverse)];
+        Ok(vec![Some(c.b.op("CumSum", &[&c.gy(g)?, c.x(1)], attrs)), None])
+    }),
+    OpRule::new("InstanceNormalization", Tokens::No, |c, g| {
+        let rank = c.rank(c.x(0))? as i64;
+        let scale = c.b.unsqueeze(c.x(1), &(1..rank - 1).collect::<Vec<_>>());
+        let gh = c.b.op("Mul", &[&c.gy(g)?, &scale], vec![]);
+        let eps = get_f(c.node, "epsilon", 1e-5) as f64;
+        let gx = normalized_grad(c, c.x(0), &gh, &(2..rank).collect::<Vec<_>>(), eps);
+        Ok(vec![Some(gx), None, None])
+    }),
+    OpRule::new("GroupNormalization", Tokens::No, |c, g| group_norm(c, &c.gy(g)?)),
+    OpRule::none("Shape"),
+    OpRule::none("Size"),
+    OpRule::none("Constant"),
+    OpRule::none("ConstantOfShape"),
+    OpRule::none("Range"),
+    OpRule::none("EyeLike"),
+    OpRule::none("RandomNormal"),
+    OpRule::none("RandomUniform"),
+    OpRule::none("RandomNormalLike"),
+    OpRule::none("RandomUniformLike"),
+    OpRule::none("Equal"),
+    OpRule::none("Greater"),
+    OpRule::none("GreaterOrEqual"),
+    OpRule::none("Less"),
+    OpRule::none("LessOrEqual"),
+    OpRule::none("Not"),
+    OpRule::none("And"),
+    OpRule::none("Or"),
+    OpRule::none("Xor"),
+    OpRule::none("IsNaN"),
+    OpRule::none("IsInf"),
+    OpRule::none("ArgMax"),
+    OpRule::none("ArgMin"),
+    OpRule::none("NonZero"),
+    OpRule::none("Sign"),
+    OpRule::none("Floor"),
+    OpRule::none("Ceil"),
+    OpRule::none("Round"),
+    OpRule::none("OneHot"),
+    OpRule::none("Hardmax"),
+    OpRule::none("Mod"),
+    OpRule::none("BitShift"),
+    OpRule::none("NonMaxSuppression"),
 ];
 
 /// What a rule sees: the node, static shapes, and a builder to emit into.
 pub struct Ctx<'a> {
     pub(crate) b: &'a mut Builder,
-    graph: &'a OnnxGraph,
+    constants: &'a HashMap<&'a str, &'a TensorProto>,
     shapes: &'a Shapes,
     pub(crate) node: &'a NodeProto,
     wants: Vec<bool>,
@@ -320,14 +528,14 @@ pub struct Ctx<'a> {
 impl<'a> Ctx<'a> {
     pub(crate) fn new(
         b: &'a mut Builder,
-        graph: &'a OnnxGraph,
+        constants: &'a HashMap<&'a str, &'a TensorProto>,
         shapes: &'a Shapes,
         node: &'a NodeProto,
         wants: Vec<bool>,
         default_dtype: i32,
     ) -> Self {
         let dtype = node.output.first().and_then(|o| shapes.get(o)).map_or(default_dtype, |t| t.dtype);
-        Ctx { b, graph, shapes, node, wants, dtype }
+        Ctx { b, constants, shapes, node, wants, dtype }
     }
 
     /// Input `i`'s name.
@@ -370,7 +578,16 @@ impl<'a> Ctx<'a> {
     /// A non-negative axis of tensor `of`.
     fn axis(&self, axis: i64, of: &str) -> Result<usize, GraphError> {
         let rank = self.rank(of)? as i64;
-        Ok(if axis < 0 { axis + rank } else { axis } as usize)
+        let a = if axis < 0 { axis + rank } else { axis };
+        if !(0..rank).contains(&a) {
+            return Err(self.unsupported(&format!("axis {axis} of a rank-{rank} tensor")));
+        }
+        Ok(a as usize)
+    }
+
+    /// The value of a constant integer tensor.
+    fn const_ints(&self, name: &str) -> Option<Vec<i64>> {
+        self.constants.get(name).and_then(|t| super::tensor_ints(t))
     }
 
     /// The constant integer value of input `i` (`None` if the input is absent).
@@ -378,7 +595,6 @@ impl<'a> Ctx<'a> {
         match self.node.input.get(i).filter(|s| !s.is_empty()) {
             None => Ok(None),
             Some(name) => self
-                .graph
                 .const_ints(name)
                 .map(Some)
                 .ok_or_else(|| self.unsupported(&format!("input {i} (`{name}`) must be a constant"))),
@@ -454,6 +670,59 @@ impl<'a> Ctx<'a> {
         self.b.op("Add", &[&left, &r], vec![])
     }
 
+    /// A constant of ones of static shape `shape` (computed, not stored).
+    fn ones(&mut self, shape: &[i64]) -> String {
+        let shape = self.b.ints(shape);
+        let mut one = super::builder::tensor_scalar("value", 1.0, self.dtype);
+        one.dims = vec![1];
+        self.b.op("ConstantOfShape", &[&shape], vec![super::builder::attr_t("value", one)])
+    }
+
+    /// The gradient of `y = x[map]` along axis `axis` (of a rank-`rank` tensor; `map[i]`: the input
+    /// position output position `i` copies, `None` for a constant) given `g` shaped like `y`:
+    /// `g · M` along that axis, `M[i, map[i]] = 1`, so copies of one element add up.
+    fn unmap_axis(
+        &mut self,
+        g: &str,
+        axis: usize,
+        rank: usize,
+        map: &[Option<usize>],
+        in_len: i64,
+    ) -> Result<String, GraphError> {
+        let in_len = usize::try_from(in_len).map_err(|_| self.unsupported("a negative dimension"))?;
+        let cells = map.len().checked_mul(in_len).filter(|&n| n <= 1 << 26);
+        if cells.is_none() || map.iter().flatten().any(|&j| j >= in_len) {
+            return Err(self.unsupported("an axis too long to map back"));
+        }
+        let mut m = vec![0f64; map.len() * in_len];
+        for (i, j) in map.iter().enumerate() {
+            if let Some(j) = j {
+                m[i * in_len + j] += 1.0;
+            }
+        }
+        let name = self.b.fresh("axis_map");
+        let mut t = super::builder::tensor_scalar(&name, 0.0, self.dtype);
+        t.dims = vec![map.len() as i64, in_len as i64];
+        if self.dtype == super::builder::DOUBLE {
+            t.double_data = m;
+        } else {
+            t.float_data = m.iter().map(|&v| v as f32).collect();
+        }
+        self.b.initializers.push(t);
+        if axis + 1 == rank {
+            return Ok(self.b.op("MatMul", &[g, &name], vec![]));
+        }
+        let mut perm: Vec<i64> = (0..rank as i64).filter(|&a| a != axis as i64).collect();
+        perm.push(axis as i64);
+        let mut inverse = vec![0; rank];
+        for (i, &p) in perm.iter().enumerate() {
+            inverse[p as usize] = i as i64;
+        }
+        let t = self.b.op("Transpose", &[g], vec![attr_ints("perm", &perm)]);
+        let t = self.b.op("MatMul", &[&t, &name], vec![]);
+        Ok(self.b.op("Transpose", &[&t], vec![attr_ints("perm", &inverse)]))
+    }
+
     /// `Expand(g, Shape(like))`.
     fn expand_like(&mut self, g: &str, like: &str) -> String {
         let shape = self.b.op("Shape", &[like], vec![]);
@@ -472,7 +741,10 @@ impl<'a> Ctx<'a> {
         if xs == gs {
             return Ok(g.to_string());
         }
-        let lead = gs.len() - xs.len();
+        let lead = gs
+            .len()
+            .checked_sub(xs.len())
+            .ok_or_else(|| self.unsupported("an input of higher rank than its output"))?;
         let axes: Vec<i64> =
             (lead..gs.len()).filter(|&a| xs[a - lead] == 1 && gs[a] != 1).map(|a| a as i64).collect();
         let mut g = g.to_string();
@@ -515,6 +787,9 @@ fn matmul(c: &mut Ctx, gy: &str) -> Grads {
                 c.unbroadcast_from(&prod, &ps, if i == 0 { a } else { b })
             }
         });
+    }
+    if sy.len() < 2 {
+        return Err(c.unsupported("an output of rank < 2"));
     }
     c.each_input(|c, i| {
         let (prod, this) = if i == 0 {
@@ -560,6 +835,9 @@ fn explicit_pads(
 ) -> Result<Vec<i64>, GraphError> {
     let n = kernel.len();
     let (xs, ys) = (c.shape(c.x(0))?, c.shape(c.y(0))?);
+    if xs.len() != n + 2 || ys.len() != n + 2 || strides.len() != n || dilations.len() != n {
+        return Err(c.unsupported("attributes that do not match the input's rank"));
+    }
     match get_s(c.node, "auto_pad", "NOTSET").as_str() {
         "NOTSET" => Ok(get_ints(c.node, "pads").unwrap_or_else(|| vec![0; 2 * n])),
         "VALID" => Ok(vec![0; 2 * n]),
@@ -583,7 +861,7 @@ fn explicit_pads(
 /// padded at the end (`output_padding`) to the input's size.
 fn conv(c: &mut Ctx, gy: &str) -> Grads {
     let ws = c.shape(c.x(1))?;
-    let kernel = ws[2..].to_vec();
+    let kernel = ws.get(2..).ok_or_else(|| c.unsupported("a weight of rank < 3"))?.to_vec();
     let n = kernel.len();
     let strides = get_ints(c.node, "strides").unwrap_or_else(|| vec![1; n]);
     let dilations = get_ints(c.node, "dilations").unwrap_or_else(|| vec![1; n]);
@@ -616,22 +894,67 @@ fn conv(c: &mut Ctx, gy: &str) -> Grads {
     Ok(out)
 }
 
-/// ConvTranspose: the input's gradient is the convolution of `g` with the same weights.
+/// ConvTranspose: the input's gradient is the convolution of `g` with the same weights, with the
+/// pads the forward used (explicit, or derived from `output_shape`/`auto_pad` and the shapes).
 fn conv_transpose(c: &mut Ctx, gy: &str) -> Grads {
-    if get_ints(c.node, "output_shape").is_some() || get_s(c.node, "auto_pad", "NOTSET") != "NOTSET" {
-        return Err(c.unsupported("output_shape/auto_pad: give explicit pads"));
-    }
     let ws = c.shape(c.x(1))?;
-    let mut attrs = vec![attr_ints("kernel_shape", &ws[2..]), attr_i("group", get_i(c.node, "group", 1))];
-    for key in ["strides", "dilations", "pads"] {
-        if let Some(v) = get_ints(c.node, key) {
-            attrs.push(attr_ints(key, &v));
-        }
+    let kernel = ws.get(2..).ok_or_else(|| c.unsupported("weight of rank < 3"))?.to_vec();
+    let n = kernel.len();
+    let strides = get_ints(c.node, "strides").unwrap_or_else(|| vec![1; n]);
+    let dilations = get_ints(c.node, "dilations").unwrap_or_else(|| vec![1; n]);
+    let out_pad = get_ints(c.node, "output_padding").unwrap_or_else(|| vec![0; n]);
+    let (xs, ys) = (c.shape(c.x(0))?, c.shape(c.y(0))?);
+    if [&strides, &dilations, &out_pad].iter().any(|v| v.len() != n) || xs.len() != n + 2 || ys.len() != n + 2
+    {
+        return Err(c.unsupported("attributes that do not match the kernel's rank"));
     }
+    let auto_pad = get_s(c.node, "auto_pad", "NOTSET");
+    let pads = match get_ints(c.node, "pads") {
+        Some(p) if auto_pad == "NOTSET" && get_ints(c.node, "output_shape").is_none() => p,
+        _ => {
+            // ONNX: total = s·(in-1) + output_padding + (k-1)·d + 1 - out, split by auto_pad.
+            let mut pads = vec![0; 2 * n];
+            for d in 0..n {
+                let total = strides[d] * (xs[d + 2] - 1) + out_pad[d] + (kernel[d] - 1) * dilations[d] + 1
+                    - ys[d + 2];
+                let (begin, end) = if auto_pad == "SAME_UPPER" {
+                    (total / 2, total - total / 2)
+                } else {
+                    (total - total / 2, total / 2)
+                };
+                pads[d] = begin;
+                pads[d + n] = end;
+            }
+            pads
+        }
+    };
+    if pads.len() != 2 * n || pads.iter().any(|&p| p < 0) {
+        return Err(c.unsupported("output larger than its pads allow"));
+    }
+    let attrs = vec![
+        attr_ints("kernel_shape", &kernel),
+        attr_i("group", get_i(c.node, "group", 1)),
+        attr_ints("strides", &strides),
+        attr_ints("dilations", &dilations),
+        attr_ints("pads", &pads),
+    ];
     Ok(vec![Some(c.b.op("Conv", &[gy, c.x(1)], attrs)), None, None])
 }
 
-fn reduce(c: &mut Ctx, gy: &str, mean: bool) -> Grads {
+/// The reductions: `g` expanded back over the reduced axes, times `d y / d x`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reduce {
+    Sum,
+    Mean,
+    /// Max and Min: split evenly among the elements equal to the result, as PyTorch's amax.
+    Extreme,
+    SumSquare,
+    L1,
+    L2,
+    LogSumExp,
+}
+
+fn reduce(c: &mut Ctx, gy: &str, kind: Reduce) -> Grads {
     let xs = c.shape(c.x(0))?;
     let rank = xs.len() as i64;
     let axes = match get_ints(c.node, "axes") {
@@ -640,21 +963,53 @@ fn reduce(c: &mut Ctx, gy: &str, mean: bool) -> Grads {
     };
     let axes: Vec<i64> = match axes.filter(|a| !a.is_empty()) {
         Some(a) => a.iter().map(|&a| if a < 0 { a + rank } else { a }).collect(),
-        None if get_i(c.node, "noop_with_empty_axes", 0) == 1 => return Ok(vec![Some(gy.to_string())]),
+        None if get_i(c.node, "noop_with_empty_axes", 0) == 1 => (0..0).collect(),
         None => (0..rank).collect(),
     };
-    let mut g = gy.to_string();
-    if get_i(c.node, "keepdims", 1) == 0 {
-        let mut sorted = axes.clone();
-        sorted.sort();
+    if axes.iter().any(|&a| !(0..rank).contains(&a)) {
+        return Err(c.unsupported("an axis out of range"));
+    }
+    let mut sorted = axes.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    // The output (and its gradient) with the reduced axes kept, so they broadcast against x.
+    let keep = get_i(c.node, "keepdims", 1) != 0 || sorted.is_empty();
+    let (mut g, mut y) = (gy.to_string(), c.y(0).to_string());
+    if !keep {
         g = c.b.unsqueeze(&g, &sorted);
+        y = c.b.unsqueeze(&y, &sorted);
     }
-    let mut g = c.expand_like(&g, c.x(0));
-    if mean {
-        let n: i64 = axes.iter().map(|&a| xs[a as usize]).product();
-        g = c.b.scale(&g, 1.0 / n as f64, c.dtype);
-    }
-    Ok(vec![Some(g), None])
+    let g = c.expand_like(&g, c.x(0));
+    let x = c.x(0);
+    let d = match kind {
+        Reduce::Sum => return Ok(vec![Some(g), None]),
+        Reduce::Mean => {
+            let n: i64 = sorted.iter().map(|&a| xs[a as usize]).product();
+            return Ok(vec![Some(c.b.scale(&g, 1.0 / n.max(1) as f64, c.dtype)), None]);
+        }
+        Reduce::Extreme => {
+            let hit = c.b.op("Equal", &[x, &y], vec![]);
+            let hit = c.b.op("Cast", &[&hit], vec![attr_i("to", c.dtype as i64)]);
+            let count = c.b.reduce_sum(&hit, &sorted, true);
+            c.b.op("Div", &[&hit, &count], vec![])
+        }
+        Reduce::SumSquare => c.b.scale(x, 2.0, c.dtype),
+        Reduce::L1 => c.b.op("Sign", &[x], vec![]),
+        Reduce::L2 => {
+            // x / ‖x‖, and 0 where the norm is 0 (PyTorch's subgradient).
+            let zero = c.cmp("Equal", &y, 0.0);
+            let one = c.b.scalar(1.0, c.dtype);
+            let safe = c.b.op("Where", &[&zero, &one, &y], vec![]);
+            let d = c.b.op("Div", &[x, &safe], vec![]);
+            let nonzero = c.b.op("Not", &[&zero], vec![]);
+            c.b.mask(&nonzero, &d, c.dtype)
+        }
+        Reduce::LogSumExp => {
+            let diff = c.b.op("Sub", &[x, &y], vec![]);
+            c.b.op("Exp", &[&diff], vec![])
+        }
+    };
+    Ok(vec![Some(c.b.op("Mul", &[&g, &d], vec![])), None])
 }
 
 /// A depthwise all-ones kernel `(C, 1, k...)`.
@@ -672,38 +1027,45 @@ fn ones_kernel(c: &mut Ctx, channels: i64, kernel: &[i64]) -> String {
     name
 }
 
-/// AveragePool is linear: its gradient spreads `g / divisor` over each window, a depthwise
-/// transposed convolution with an all-ones kernel.
+/// AveragePool is linear: each window's `g / divisor` spreads over the window's input elements,
+/// a depthwise transposed convolution with an all-ones kernel. Windows past the input
+/// (`ceil_mode`) become end padding; the divisor, whatever `count_include_pad` and the padding,
+/// is read off the op itself: `AveragePool(1) = real / divisor`, `real` counted by a
+/// convolution of ones.
 fn average_pool(c: &mut Ctx, gy: &str) -> Grads {
     let kernel = get_ints(c.node, "kernel_shape").ok_or_else(|| c.unsupported("no kernel_shape"))?;
     let n = kernel.len();
     let strides = get_ints(c.node, "strides").unwrap_or_else(|| vec![1; n]);
     let dilations = get_ints(c.node, "dilations").unwrap_or_else(|| vec![1; n]);
-    let pads = explicit_pads(c, &kernel, &strides, &dilations)?;
+    let mut pads = explicit_pads(c, &kernel, &strides, &dilations)?;
     let (xs, ys) = (c.shape(c.x(0))?, c.shape(c.y(0))?);
+    if [&strides, &dilations].iter().any(|v| v.len() != n) || pads.len() != 2 * n || xs.len() != n + 2 {
+        return Err(c.unsupported("attributes that do not match the kernel's rank"));
+    }
     let mut out_pad = vec![0; n];
     for d in 0..n {
         let full = strides[d] * (ys[d + 2] - 1) + (kernel[d] - 1) * dilations[d] + 1 - pads[d] - pads[d + n];
         if full > xs[d + 2] {
-            return Err(c.unsupported("ceil_mode windows past the input"));
+            pads[d + n] += full - xs[d + 2];
+        } else {
+            out_pad[d] = xs[d + 2] - full;
         }
-        out_pad[d] = xs[d + 2] - full;
     }
-    let size: i64 = kernel.iter().product();
-    let padded = pads.iter().any(|&p| p != 0);
-    let scaled = if get_i(c.node, "count_include_pad", 0) == 0 && padded {
-        // Divisor = number of real (non-pad) elements in each window.
-        let ones = c.b.zeros_like(c.x(0), c.dtype);
-        let ones = c.affine(&ones, 1.0, 1.0);
-        let mut attrs = vec![attr_ints("kernel_shape", &kernel), attr_ints("strides", &strides)];
-        attrs.push(attr_ints("pads", &pads));
-        attrs.push(attr_i("count_include_pad", 1));
-        let frac = c.b.op("AveragePool", &[&ones], attrs);
-        let count = c.b.scale(&frac, size as f64, c.dtype);
-        c.b.op("Div", &[gy, &count], vec![])
-    } else {
-        c.b.scale(gy, 1.0 / size as f64, c.dtype)
-    };
+    // One image, one channel: the divisor is the same for all.
+    let mut spatial = vec![1, 1];
+    spatial.extend_from_slice(&xs[2..]);
+    let ones = c.ones(&spatial);
+    let per_window = c.b.op("AveragePool", &[&ones], c.node.attribute.clone());
+    let unit = ones_kernel(c, 1, &kernel);
+    let conv_attrs = vec![
+        attr_ints("kernel_shape", &kernel),
+        attr_ints("strides", &strides),
+        attr_ints("dilations", &dilations),
+        attr_ints("pads", &pads),
+    ];
+    let real = c.b.op("Conv", &[&ones, &unit], conv_attrs);
+    let inverse_divisor = c.b.op("Div", &[&per_window, &real], vec![]);
+    let scaled = c.b.op("Mul", &[gy, &inverse_divisor], vec![]);
     let w = ones_kernel(c, xs[1], &kernel);
     let attrs = vec![
         attr_ints("strides", &strides),
@@ -739,46 +1101,115 @@ fn max_pool(c: &mut Ctx, gy: &str) -> Grads {
     Ok(vec![Some(c.b.reshape_like(&scattered, c.x(0)))])
 }
 
-/// Slice with unit steps: pad `g` back with zeros to the input's extent.
+/// Slice: with unit steps, pad `g` back with zeros to the input's extent; with any other steps
+/// (negative ones reverse), move each sliced axis back through its index map ([`Ctx::unmap_axis`]).
 fn slice(c: &mut Ctx, gy: &str) -> Grads {
     let (xs, ys) = (c.shape(c.x(0))?, c.shape(c.y(0))?);
     let rank = xs.len() as i64;
-    let starts = c.const_input(1)?.unwrap_or_default();
+    let starts = c.const_input(1)?.ok_or_else(|| c.unsupported("no starts"))?;
+    let ends = c.const_input(2)?.ok_or_else(|| c.unsupported("no ends"))?;
     let axes = c.const_input(3)?.unwrap_or_else(|| (0..starts.len() as i64).collect());
     let steps = c.const_input(4)?.unwrap_or_else(|| vec![1; starts.len()]);
-    if steps.iter().any(|&s| s != 1) {
-        return Err(c.unsupported("steps other than 1"));
+    if ends.len() != starts.len()
+        || axes.len() != starts.len()
+        || steps.len() != starts.len()
+        || ys.len() != xs.len()
+    {
+        return Err(c.unsupported("starts, ends, axes and steps of different lengths"));
     }
-    let mut pads = vec![0; 2 * xs.len()];
-    for (k, &axis) in axes.iter().enumerate() {
-        let a = if axis < 0 { axis + rank } else { axis } as usize;
+    let mut maps: Vec<(usize, Vec<Option<usize>>)> = Vec::new();
+    for k in 0..starts.len() {
+        let a = if axes[k] < 0 { axes[k] + rank } else { axes[k] };
+        if !(0..rank).contains(&a) || steps[k] == 0 {
+            return Err(c.unsupported("an axis out of range or a zero step"));
+        }
+        let a = a as usize;
         let dim = xs[a];
-        let s = if starts[k] < 0 { starts[k] + dim } else { starts[k] }.clamp(0, dim);
-        pads[a] = s;
-        pads[a + xs.len()] = dim - s - ys[a];
+        let norm = |v: i64| if v < 0 { v.saturating_add(dim) } else { v };
+        let (s, step) = (norm(starts[k]), steps[k]);
+        let first = if step > 0 { s.clamp(0, dim) } else { s.clamp(-1, dim - 1) };
+        let map = (0..ys[a]).map(|i| usize::try_from(first + i * step).ok()).collect();
+        maps.push((a, map));
     }
-    let pads = c.b.ints(&pads);
-    Ok(vec![Some(c.b.op("Pad", &[gy, &pads], vec![]))])
+    if steps.iter().all(|&s| s == 1) {
+        let mut pads = vec![0; 2 * xs.len()];
+        for (a, map) in &maps {
+            let first = map.first().copied().flatten().unwrap_or(0) as i64;
+            pads[*a] = first;
+            pads[a + xs.len()] = xs[*a] - first - ys[*a];
+        }
+        let pads = c.b.ints(&pads);
+        return Ok(vec![Some(c.b.op("Pad", &[gy, &pads], vec![]))]);
+    }
+    let mut g = gy.to_string();
+    for (a, map) in &maps {
+        g = c.unmap_axis(&g, *a, xs.len(), map, xs[*a])?;
+    }
+    Ok(vec![Some(g)])
 }
 
-/// Constant Pad: slice the padding off `g`.
+/// Pad: constant padding slices the padding off `g`; negative pads (cropping) and the reflect,
+/// edge and wrap modes move each padded axis back through its index map ([`Ctx::unmap_axis`]),
+/// which sums the gradient of every copy into its source.
 fn pad(c: &mut Ctx, gy: &str) -> Grads {
-    if get_s(c.node, "mode", "constant") != "constant" {
-        return Err(c.unsupported("only constant padding"));
-    }
+    let mode = get_s(c.node, "mode", "constant");
     let xs = c.shape(c.x(0))?;
     let rank = xs.len() as i64;
     let pads = c.const_input(1)?.ok_or_else(|| c.unsupported("no pads"))?;
     let axes = c.const_input(3)?.unwrap_or_else(|| (0..rank).collect());
     let k = axes.len();
-    if pads.iter().any(|&p| p < 0) {
-        return Err(c.unsupported("negative pads"));
+    if pads.len() != 2 * k {
+        return Err(c.unsupported("pads that do not match the axes"));
     }
-    let axes: Vec<i64> = axes.iter().map(|&a| if a < 0 { a + rank } else { a }).collect();
-    let starts: Vec<i64> = pads[..k].to_vec();
-    let ends: Vec<i64> = axes.iter().zip(&starts).map(|(&a, &s)| s + xs[a as usize]).collect();
-    let (s, e, a) = (c.b.ints(&starts), c.b.ints(&ends), c.b.ints(&axes));
-    Ok(vec![Some(c.b.op("Slice", &[gy, &s, &e, &a], vec![]))])
+    let axes: Vec<usize> = axes
+        .iter()
+        .map(|&a| if a < 0 { a + rank } else { a })
+        .map(|a| usize::try_from(a).ok().filter(|&a| a < xs.len()))
+        .collect::<Option<_>>()
+        .ok_or_else(|| c.unsupported("an axis out of range"))?;
+    if mode == "constant" && pads.iter().all(|&p| p >= 0) {
+        let starts: Vec<i64> = pads[..k].to_vec();
+        let ends: Vec<i64> = axes.iter().zip(&starts).map(|(&a, &s)| s + xs[a]).collect();
+        let axes: Vec<i64> = axes.iter().map(|&a| a as i64).collect();
+        let (s, e, a) = (c.b.ints(&starts), c.b.ints(&ends), c.b.ints(&axes));
+        return Ok(vec![Some(c.b.op("Slice", &[gy, &s, &e, &a], vec![])), None, None, None]);
+    }
+    let mut g = gy.to_string();
+    for (i, &a) in axes.iter().enumerate() {
+        let (begin, end, n) = (pads[i], pads[i + k], xs[a]);
+        if begin == 0 && end == 0 {
+            continue;
+        }
+        let out = n + begin + end;
+        if n <= 0 || out < 0 {
+            return Err(c.unsupported("pads that remove the whole axis"));
+        }
+        let source = |i: i64| -> Option<usize> {
+            let j = i - begin;
+            let j = match mode.as_str() {
+                "edge" => j.clamp(0, n - 1),
+                "wrap" => j.rem_euclid(n),
+                "reflect" if n == 1 => 0,
+                "reflect" => {
+                    let period = 2 * (n - 1);
+                    let r = j.rem_euclid(period);
+                    if r < n {
+                        r
+                    } else {
+                        period - r
+                    }
+                }
+                _ => j,
+            };
+            (0..n).contains(&j).then_some(j as usize)
+        };
+        if !matches!(mode.as_str(), "constant" | "edge" | "wrap" | "reflect") {
+            return Err(c.unsupported(&format!("pad mode `{mode}`")));
+        }
+        let map: Vec<Option<usize>> = (0..out).map(source).collect();
+        g = c.unmap_axis(&g, a, xs.len(), &map, n)?;
+    }
+    Ok(vec![Some(g), None, None, None])
 }
 
 /// Gather along an axis: scatter-add `g` back to the gathered positions.
@@ -786,9 +1217,13 @@ fn gather(c: &mut Ctx, gy: &str) -> Grads {
     let (xs, is) = (c.shape(c.x(0))?, c.shape(c.x(1))?);
     let axis = c.axis(get_i(c.node, "axis", 0), c.x(0))?;
     let rank = xs.len();
-    if let (true, Some(idx)) = (is.is_empty(), c.graph.const_ints(c.x(1))) {
+    if let (true, Some(idx)) = (is.is_empty(), c.const_ints(c.x(1))) {
         // One constant index (a ViT's class token): pad the slice back into place.
-        let i = if idx[0] < 0 { idx[0] + xs[axis] } else { idx[0] };
+        let first = *idx.first().ok_or_else(|| c.unsupported("an empty index"))?;
+        let i = if first < 0 { first + xs[axis] } else { first };
+        if !(0..xs[axis]).contains(&i) {
+            return Err(c.unsupported("an index out of range"));
+        }
         let g = c.b.unsqueeze(gy, &[axis as i64]);
         let mut pads = vec![0; 2 * rank];
         pads[axis] = i;
@@ -813,27 +1248,213 @@ fn gather(c: &mut Ctx, gy: &str) -> Grads {
     Ok(vec![Some(c.b.op("ScatterElements", &[&zeros, &idx, &g], attrs)), None])
 }
 
-/// LayerNormalization over axes `axis..`: `rstd · (ĝ - mean(ĝ) - x̂ · mean(ĝ · x̂))`, `ĝ = g · scale`.
+/// LayerNormalization over axes `axis..`: the normalisation's gradient of `ĝ = g · scale`.
 fn layer_norm(c: &mut Ctx, gy: &str) -> Grads {
     let x = c.x(0);
     let rank = c.rank(x)? as i64;
     let axis = get_i(c.node, "axis", -1);
     let axes: Vec<i64> = ((if axis < 0 { axis + rank } else { axis })..rank).collect();
-    let mean = c.b.reduce_mean(x, &axes, true);
+    let gh = c.b.op("Mul", &[gy, c.x(1)], vec![]);
+    let eps = get_f(c.node, "epsilon", 1e-5) as f64;
+    Ok(vec![Some(normalized_grad(c, x, &gh, &axes, eps))])
+}
+
+/// Variadic Max/Min: each input's gradient where it is the result (ties share it evenly).
+fn extreme(c: &mut Ctx, gy: &str) -> Grads {
+    let ys = c.shape(c.y(0))?;
+    let inputs: Vec<String> = c.node.input.clone();
+    let hits: Vec<String> = inputs
+        .iter()
+        .map(|x| {
+            let hit = c.b.op("Equal", &[x.as_str(), c.y(0)], vec![]);
+            c.b.op("Cast", &[&hit], vec![attr_i("to", c.dtype as i64)])
+        })
+        .collect();
+    let count = sum_all(c.b, &hits);
+    let share = c.b.op("Div", &[gy, &count], vec![]);
+    c.each_input(|c, i| {
+        let gi = c.b.op("Mul", &[&share, &hits[i]], vec![]);
+        // `hits[i]` broadcast `x_i` to the output's shape.
+        c.unbroadcast_from(&gi, &ys, c.x(i))
+    })
+}
+
+/// `Sum` of tensors (the tensor itself for one).
+fn sum_all(b: &mut Builder, xs: &[String]) -> String {
+    if xs.len() == 1 {
+        return xs[0].clone();
+    }
+    let refs: Vec<&str> = xs.iter().map(String::as_str).collect();
+    b.op("Sum", &refs, vec![])
+}
+
+/// Tile: each output element copies `x[i mod n]`, so `g` reshaped to `(r0, n0, r1, n1, …)` and
+/// summed over the repeat axes is the input's gradient.
+fn tile(c: &mut Ctx, gy: &str) -> Grads {
+    let xs = c.shape(c.x(0))?;
+    let repeats = c.const_input(1)?.ok_or_else(|| c.unsupported("no repeats"))?;
+    if repeats.len() != xs.len() || repeats.iter().any(|&r| r < 1) {
+        return Err(c.unsupported("repeats that do not match the input's rank"));
+    }
+    let mut shape = Vec::new();
+    let mut axes = Vec::new();
+    for (k, (&r, &n)) in repeats.iter().zip(&xs).enumerate() {
+        if r == 1 {
+            // The batch axis keeps its runtime size (Reshape's 0 copies it).
+            shape.push(if k == 0 { 0 } else { n });
+        } else {
+            axes.push(shape.len() as i64);
+            shape.push(r);
+            shape.push(n);
+        }
+    }
+    if axes.is_empty() {
+        return Ok(vec![Some(gy.to_string()), None]);
+    }
+    let g = c.b.reshape(gy, &shape);
+    Ok(vec![Some(c.b.reduce_sum(&g, &axes, false)), None])
+}
+
+/// Einsum: operand k's gradient is the einsum of `g` with the other operands into operand k's
+/// subscripts; an index only operand k has (summed away in the forward) is broadcast back.
+fn einsum(c: &mut Ctx, gy: &str) -> Grads {
+    let equation = get_s(c.node, "equation", "").replace(' ', "");
+    let (lhs, rhs) = match equation.split_once("->") {
+        Some((l, r)) => (l.to_string(), Some(r.to_string())),
+        None => (equation.clone(), None),
+    };
+    let ranks: Vec<usize> = c.node.input.iter().map(|x| c.rank(x)).collect::<Result<_, _>>()?;
+    let operands: Vec<String> = lhs.split(',').map(str::to_string).collect();
+    if operands.len() != ranks.len() {
+        return Err(c.unsupported("an equation whose operands do not match the inputs"));
+    }
+    // Ellipses become explicit capital letters, right-aligned across operands.
+    let ellipsis_rank = operands
+        .iter()
+        .zip(&ranks)
+        .filter(|(o, _)| o.contains("..."))
+        .map(|(o, &r)| (r + 3).saturating_sub(o.len()))
+        .max()
+        .unwrap_or(0);
+    if ellipsis_rank > 26 {
+        return Err(c.unsupported("an ellipsis over more than 26 axes"));
+    }
+    let fill: String = (0..ellipsis_rank).map(|i| (b'A' + i as u8) as char).collect();
+    let expand = |term: &str, rank: usize| -> Option<String> {
+        match term.split_once("...") {
+            Some((a, b)) => {
+                let k = rank.checked_sub(a.len() + b.len())?;
+                Some(format!("{a}{}{b}", &fill[fill.len().checked_sub(k)?..]))
+            }
+            None => Some(term.to_string()),
+        }
+    };
+    let terms: Vec<String> = operands
+        .iter()
+        .zip(&ranks)
+        .map(|(o, &r)| expand(o, r))
+        .collect::<Option<_>>()
+        .ok_or_else(|| c.unsupported("an ellipsis longer than its operand"))?;
+    let out = match &rhs {
+        Some(r) => expand(r, c.rank(c.y(0))?).ok_or_else(|| c.unsupported("a bad output term"))?,
+        None => {
+            // Implicit output: ellipsis letters, then the letters used once, alphabetically.
+            let all: String = terms.concat();
+            let mut once: Vec<char> =
+                all.chars().filter(|ch| ch.is_ascii_lowercase() && all.matches(*ch).count() == 1).collect();
+            once.sort_unstable();
+            format!("{fill}{}", once.into_iter().collect::<String>())
+        }
+    };
+    if terms.iter().chain(std::iter::once(&out)).any(|t| {
+        let mut seen = std::collections::HashSet::new();
+        !t.chars().all(|ch| seen.insert(ch))
+    }) {
+        return Err(c.unsupported("repeated indices in one term (diagonals)"));
+    }
+    let xs_all: Vec<Vec<i64>> = c.node.input.iter().map(|x| c.shape(x)).collect::<Result<_, _>>()?;
+    let inputs = c.node.input.clone();
+    c.each_input(|c, k| {
+        let others: String =
+            terms.iter().enumerate().filter(|&(i, _)| i != k).map(|(_, t)| t.as_str()).collect();
+        let available: String = format!("{out}{others}");
+        let kept: String = terms[k].chars().filter(|ch| available.contains(*ch)).collect();
+        let mut eq = out.clone();
+        let mut args = vec![gy.to_string()];
+        for (i, t) in terms.iter().enumerate().filter(|&(i, _)| i != k) {
+            eq.push(',');
+            eq.push_str(t);
+            args.push(inputs[i].clone());
+        }
+        eq.push_str("->");
+        eq.push_str(&kept);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut gk = c.b.op("Einsum", &refs, vec![attr_s("equation", &eq)]);
+        if kept.len() != terms[k].len() {
+            // Indices summed away only in this operand: the gradient is the same along them.
+            let missing: Vec<i64> = terms[k]
+                .chars()
+                .enumerate()
+                .filter(|(_, ch)| !available.contains(*ch))
+                .map(|(i, _)| i as i64)
+                .collect();
+            gk = c.b.unsqueeze(&gk, &missing);
+            let shape = c.b.ints(&xs_all[k]);
+            gk = c.b.op("Expand", &[&gk, &shape], vec![]);
+        }
+        Ok(gk)
+    })
+}
+
+/// The gradient through `x̂ = (x - mean) / sqrt(var + eps)` over `axes`, given `gh = d/dx̂`:
+/// `rstd · (gh - mean(gh) - x̂ · mean(gh · x̂))`.
+fn normalized_grad(c: &mut Ctx, x: &str, gh: &str, axes: &[i64], eps: f64) -> String {
+    let mean = c.b.reduce_mean(x, axes, true);
     let xc = c.b.op("Sub", &[x, &mean], vec![]);
     let sq = c.b.op("Mul", &[&xc, &xc], vec![]);
-    let var = c.b.reduce_mean(&sq, &axes, true);
-    let eps = c.b.scalar(get_f(c.node, "epsilon", 1e-5) as f64, c.dtype);
+    let var = c.b.reduce_mean(&sq, axes, true);
+    let eps = c.b.scalar(eps, c.dtype);
     let var = c.b.op("Add", &[&var, &eps], vec![]);
     let std = c.b.op("Sqrt", &[&var], vec![]);
     let rstd = c.b.op("Reciprocal", &[&std], vec![]);
     let xhat = c.b.op("Mul", &[&xc, &rstd], vec![]);
-    let gh = c.b.op("Mul", &[gy, c.x(1)], vec![]);
-    let m1 = c.b.reduce_mean(&gh, &axes, true);
-    let ghx = c.b.op("Mul", &[&gh, &xhat], vec![]);
-    let m2 = c.b.reduce_mean(&ghx, &axes, true);
+    let m1 = c.b.reduce_mean(gh, axes, true);
+    let ghx = c.b.op("Mul", &[gh, &xhat], vec![]);
+    let m2 = c.b.reduce_mean(&ghx, axes, true);
     let t = c.b.op("Mul", &[&xhat, &m2], vec![]);
-    let d = c.b.op("Sub", &[&gh, &m1], vec![]);
+    let d = c.b.op("Sub", &[gh, &m1], vec![]);
     let d = c.b.op("Sub", &[&d, &t], vec![]);
-    Ok(vec![Some(c.b.op("Mul", &[&d, &rstd], vec![]))])
+    c.b.op("Mul", &[&d, &rstd], vec![])
+}
+
+/// GroupNormalization: normalised per group of channels; scale and bias per channel (opset 21)
+/// or per group (opset 18).
+fn group_norm(c: &mut Ctx, gy: &str) -> Grads {
+    let xs = c.shape(c.x(0))?;
+    let groups = get_i(c.node, "num_groups", 0);
+    let channels = *xs.get(1).ok_or_else(|| c.unsupported("an input of rank < 2"))?;
+    if groups < 1 || channels % groups != 0 {
+        return Err(c.unsupported("a number of groups that does not divide the channels"));
+    }
+    let rank = xs.len() as i64;
+    let scale_len = c.shape(c.x(1))?.first().copied().unwrap_or(0);
+    let scale = if scale_len == channels {
+        c.b.unsqueeze(c.x(1), &(1..rank - 1).collect::<Vec<_>>())
+    } else if scale_len == groups {
+        // Per group: repeat each group's scale over its channels.
+        let s = c.b.unsqueeze(c.x(1), &[1]);
+        let shape = c.b.ints(&[groups, channels / groups]);
+        let s = c.b.op("Expand", &[&s, &shape], vec![]);
+        let s = c.b.reshape(&s, &[channels]);
+        c.b.unsqueeze(&s, &(1..rank - 1).collect::<Vec<_>>())
+    } else {
+        return Err(c.unsupported("a scale that is neither per channel nor per group"));
+    };
+    let gh = c.b.op("Mul", &[gy, &scale], vec![]);
+    let grouped = [0, groups, -1];
+    let xg = c.b.reshape(c.x(0), &grouped);
+    let ghg = c.b.reshape(&gh, &grouped);
+    let eps = get_f(c.node, "epsilon", 1e-5) as f64;
+    let gx = normalized_grad(c, &xg, &ghg, &[2], eps);
+    Ok(vec![Some(c.b.reshape_like(&gx, c.x(0))), None, None])
 }

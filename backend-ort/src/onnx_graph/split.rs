@@ -3,7 +3,8 @@
 
 use std::collections::HashSet;
 
-use onnx_protobuf::{GraphProto, NodeProto};
+use onnx_protobuf::tensor_shape_proto::dimension::Value::DimValue;
+use onnx_protobuf::{type_proto, GraphProto, NodeProto};
 
 use super::backward::{GRADIENT, SEED};
 use super::builder::Builder;
@@ -28,6 +29,31 @@ pub struct SplitModel {
     pub carried: Vec<String>,
     /// Inputs of the original model that `backward` reads too (fed the same values).
     pub reads_inputs: Vec<String>,
+}
+
+impl SplitModel {
+    /// [`Self::backward`] with its inputs' shapes static where `dim(name, k)` knows dimension
+    /// `k` of input `name` (the seed's is asked for under the logits' name). ONNX Runtime plans
+    /// the memory of a graph with symbolic shapes in time quadratic in its depth (its
+    /// buffer-reuse search cannot match sizes), and in linear time with static ones.
+    pub fn backward_for(&self, dim: impl Fn(&str, usize) -> Option<i64>) -> OnnxGraph {
+        let mut out = self.backward.clone();
+        let graph = out.model.graph.mut_or_insert_default();
+        for input in graph.input.iter_mut() {
+            let name = if input.name == SEED { self.logits.clone() } else { input.name.clone() };
+            let Some(type_proto::Value::TensorType(t)) = input.type_.as_mut().and_then(|t| t.value.as_mut())
+            else {
+                continue;
+            };
+            let Some(shape) = t.shape.as_mut() else { continue };
+            for (k, d) in shape.dim.iter_mut().enumerate() {
+                if let Some(v) = dim(&name, k) {
+                    d.value = Some(DimValue(v));
+                }
+            }
+        }
+        out
+    }
 }
 
 impl OnnxGraph {
@@ -108,5 +134,48 @@ impl OnnxGraph {
         outputs.extend(carried.iter().cloned());
         let forward = self.with_outputs(&outputs);
         Ok(SplitModel { forward, backward, logits, activation: activation.into(), carried, reads_inputs })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use onnx_protobuf::tensor_shape_proto::dimension::Value;
+
+    fn dims_of(g: &OnnxGraph, name: &str) -> Vec<Option<Value>> {
+        let input = g.model().graph.input.iter().find(|i| i.name == name).expect("an input");
+        match input.type_.as_ref().and_then(|t| t.value.as_ref()) {
+            Some(type_proto::Value::TensorType(t)) => t.shape.dim.iter().map(|d| d.value.clone()).collect(),
+            _ => panic!("a tensor input"),
+        }
+    }
+
+    /// The backward model is committed with static input shapes (ONNX Runtime plans symbolic
+    /// ones in quadratic time): the seed's from the logits' name, symbolic where unknown.
+    #[test]
+    fn backward_for_makes_known_dims_static() {
+        let mut graph = GraphProto::new();
+        graph.input.push(value_info(SEED, 1, Some(2)));
+        graph.input.push(value_info("carried", 1, Some(3)));
+        let mut model = onnx_protobuf::ModelProto::new();
+        model.graph = Some(graph).into();
+        let split = SplitModel {
+            forward: OnnxGraph::from_model(Default::default()),
+            backward: OnnxGraph::from_model(model),
+            logits: "logits".into(),
+            activation: "act".into(),
+            carried: vec!["carried".into()],
+            reads_inputs: vec![],
+        };
+        let g = split.backward_for(|name, k| match (name, k) {
+            ("logits", 0) => Some(5),
+            ("logits", 1) => Some(10),
+            ("carried", 1) => Some(7),
+            _ => None,
+        });
+        assert_eq!(dims_of(&g, SEED), [Some(Value::DimValue(5)), Some(Value::DimValue(10))]);
+        let carried = dims_of(&g, "carried");
+        assert_eq!(carried[1], Some(Value::DimValue(7)));
+        assert!(matches!(carried[0], Some(Value::DimParam(_))), "unknown dims stay symbolic");
     }
 }

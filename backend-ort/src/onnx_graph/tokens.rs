@@ -9,31 +9,8 @@ use std::collections::{HashMap, HashSet};
 use onnx_protobuf::NodeProto;
 
 use super::builder::{attr_i, get_i, get_ints};
+use super::rules::{self, Tokens};
 use super::{OnnxGraph, Shapes};
-
-/// Ops that act on each position of the token axis independently when their token-carrying
-/// inputs are `(B, N, D)`, given the checks in [`token_inputs`].
-const ELEMENTWISE_UNARY: &[&str] = &[
-    "Relu",
-    "Gelu",
-    "Erf",
-    "Sigmoid",
-    "Tanh",
-    "Identity",
-    "Dropout",
-    "Cast",
-    "Neg",
-    "Sqrt",
-    "Abs",
-    "Exp",
-    "Reciprocal",
-    "HardSigmoid",
-    "HardSwish",
-    "LeakyRelu",
-    "Clip",
-    "Softplus",
-];
-const ELEMENTWISE_BINARY: &[&str] = &["Add", "Sub", "Mul", "Div", "Pow"];
 
 impl OnnxGraph {
     /// The graph with every `Gather(x, k, axis=1)` (scalar constant `k`, `x` of shape
@@ -51,17 +28,18 @@ impl OnnxGraph {
                 consumers.entry(input.as_str()).or_default().push(i);
             }
         }
+        let constants = self.constants();
         let tokens_of = |name: &str| match shapes.get(name).map(|t| t.shape.as_slice()) {
             Some([_, n, _]) => Some(*n),
             _ => None,
         };
         // The token index a node picks, when it is one of the gathers this pass moves.
         let picked = |node: &NodeProto| -> Option<i64> {
-            if node.op_type != "Gather" || get_i(node, "axis", 0) != 1 || tokens_of(&node.input[0]).is_none()
-            {
+            let (data, index) = (node.input.first()?, node.input.get(1)?);
+            if node.op_type != "Gather" || get_i(node, "axis", 0) != 1 || tokens_of(data).is_none() {
                 return None;
             }
-            let index = self.constant(&node.input[1]).filter(|t| t.dims.is_empty())?;
+            let index = constants.get(index.as_str()).filter(|t| t.dims.is_empty())?;
             super::tensor_ints(index)?.first().copied()
         };
 
@@ -87,7 +65,7 @@ impl OnnxGraph {
                     if picked(consumer) == Some(k) && consumer.input[1] != out {
                         return true;
                     }
-                    one_token.contains(consumer.output[0].as_str())
+                    consumer.output.first().is_some_and(|o| one_token.contains(o.as_str()))
                         && consumer
                             .input
                             .iter()
@@ -147,7 +125,7 @@ impl OnnxGraph {
                     *input = name.clone();
                 }
                 drop_token_axis(&mut node);
-            } else if node.op_type == "Gather" && sliced.contains(&node.input[0]) {
+            } else if node.op_type == "Gather" && node.input.first().is_some_and(|i| sliced.contains(i)) {
                 // The head's own gather: its input already holds token k only.
                 node.op_type = "Identity".into();
                 node.input.truncate(1);
@@ -185,45 +163,33 @@ fn token_inputs(
         }
     };
     let axis_after_tokens = |axis: i64| axis == -1 || axis == 2;
-    let inputs = match op {
-        _ if ELEMENTWISE_UNARY.contains(&op) => {
-            let mut v = vec![classify(&node.input[0])?];
-            // Clip's min/max, Dropout's ratio: scalars.
-            for name in &node.input[1..] {
-                v.push(classify(name)?);
-            }
-            v
+    let first = node.input.first()?;
+    let inputs = match rules::tokens(op) {
+        Tokens::No => return None,
+        // Clip's min/max, Dropout's ratio, biases: scalars or per-feature vectors.
+        Tokens::Elementwise => node.input.iter().map(classify).collect::<Option<Vec<bool>>>()?,
+        Tokens::MatMul => {
+            let weight = rank(node.input.get(1)?)? == 2;
+            (weight && classify(first)?).then(|| vec![true, false])?
         }
-        _ if ELEMENTWISE_BINARY.contains(&op) => {
-            node.input.iter().map(classify).collect::<Option<Vec<bool>>>()?
+        Tokens::LastAxis if op == "Softmax" => {
+            axis_after_tokens(get_i(node, "axis", -1)).then(|| vec![classify(first) == Some(true)])?
         }
-        "MatMul" => {
-            let weight = rank(&node.input[1])? == 2;
-            (weight && classify(&node.input[0])?).then(|| vec![true, false])?
-        }
-        "LayerNormalization" => {
+        Tokens::LastAxis => {
             if !axis_after_tokens(get_i(node, "axis", -1)) {
                 return None;
             }
-            let mut v = vec![classify(&node.input[0])?];
-            for name in &node.input[1..] {
-                v.push(classify(name)?);
-            }
-            v
+            node.input.iter().map(classify).collect::<Option<Vec<bool>>>()?
         }
-        "Softmax" => axis_after_tokens(get_i(node, "axis", -1))
-            .then(|| vec![classify(&node.input[0]) == Some(true)])?,
-        "ReduceMean" | "ReduceSum" | "ReduceMax" => {
-            // Only with keepdims and axes (attribute, or the constant second input of opset 18)
-            // after the token axis.
+        Tokens::Reduce => {
+            // Only with keepdims and axes (attribute) after the token axis.
             if get_i(node, "keepdims", 1) != 1 {
                 return None;
             }
             let axes = get_ints(node, "axes")?;
             (!axes.is_empty() && axes.iter().all(|&a| axis_after_tokens(a)) && node.input.len() == 1)
-                .then(|| vec![classify(&node.input[0]) == Some(true)])?
+                .then(|| vec![classify(first) == Some(true)])?
         }
-        _ => return None,
     };
     // At least one token input, and every token input must really be one.
     inputs.iter().any(|&t| t).then_some(inputs)
