@@ -89,7 +89,13 @@ pub(crate) fn array(value: &DynValue, name: &str) -> Result<ArrayD<f32>, OrtBack
 
 /// Logits `(B, K)` from an array.
 pub(crate) fn logits(array: ArrayD<f32>) -> Result<Array2<f32>, OrtBackendError> {
-    array.into_dimensionality().map_err(|e| OrtBackendError::Signature(format!("logits must be (B, K): {e}")))
+    let shape = array.shape().to_vec();
+    array.into_dimensionality().map_err(|_| {
+        OrtBackendError::Signature(format!(
+            "the model's first output has shape {shape:?}, but logits must be (B, K): gradcam explains \
+             classifiers; export the model with its class scores as the first output"
+        ))
+    })
 }
 
 /// A layer output `(B, C, H, W)` or `(B, N, D)` from an array.

@@ -43,6 +43,12 @@ fn vi(name: &str) -> ValueInfoProto {
 /// A tiny classifier exported "legacy style": `/layer1/conv/Conv`, `/layer1/act/Relu`, pooling,
 /// and a head op `head_op` (e.g. `Asinh`, which has no gradient rule).
 fn tiny_model(head_op: &str) -> Vec<u8> {
+    tiny_model_on(head_op, "f")
+}
+
+/// `tiny_model` with the head reading tensor `head_input` (`r`: the 4-D feature map, as a
+/// segmentation model's output).
+fn tiny_model_on(head_op: &str, head_input: &str) -> Vec<u8> {
     let mut g = GraphProto::new();
     g.name = "tiny".into();
     g.input.push(vi("input"));
@@ -63,7 +69,7 @@ fn tiny_model(head_op: &str) -> Vec<u8> {
     axis.i = 1;
     flatten.attribute.push(axis);
     g.node.push(flatten);
-    g.node.push(node(head_op, &format!("/head/{head_op}"), &["f"], "logits"));
+    g.node.push(node(head_op, &format!("/head/{head_op}"), &[head_input], "logits"));
     let mut m = ModelProto::new();
     m.ir_version = 8;
     let mut op = OperatorSetIdProto::new();
@@ -90,6 +96,18 @@ fn a_model_that_works_is_the_baseline() {
         let want = if c == 2 { 1.0 / 20.0 } else { 0.0 };
         assert!((v - want).abs() < 1e-7, "channel {c}: {v}");
     }
+}
+
+/// A model whose first output is not `(B, K)` logits (here a `(B, C, H, W)` map) is refused
+/// with the shape it has, so the user sees why.
+#[test]
+fn a_four_d_output_is_refused_with_its_shape() {
+    let path = temp("map_head.onnx", &tiny_model_on("Identity", "r"));
+    let err = match OnnxModel::load(&path) {
+        Err(e) => e.to_string(),
+        Ok(mut model) => model.capture(input().view(), "layer1", None).map(|_| ()).unwrap_err().to_string(),
+    };
+    assert!(err.contains("[2, 4, 5, 4]") && err.contains("(B, K)"), "{err}");
 }
 
 #[test]
