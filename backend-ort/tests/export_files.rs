@@ -19,13 +19,10 @@ use onnx_protobuf::{
 };
 use tests::{assert_close, require};
 
-const TOL: f32 = 1e-5;
+const TOL: f32 = tests::EXPORT_TOL;
 
 fn out_dir(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("export-files").join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create the test folder");
-    dir
+    tests::scratch_dir(env!("CARGO_TARGET_TMPDIR"), "export-files", name)
 }
 
 /// Every file in `dir`, sorted.

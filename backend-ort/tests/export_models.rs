@@ -14,15 +14,10 @@ use gradcam_core::{argmax, explain, CamModel, CamOptions, Layout, Method, Target
 use ndarray::{concatenate, s, Array4, ArrayView4, Axis};
 use tests::{assert_close, input, require};
 
-/// The bar: the exported CAM and `explain`'s agree to 1e-5 (maps are in [0, 1]).
-const TOL: f32 = 1e-5;
+const TOL: f32 = tests::EXPORT_TOL;
 
-/// A fresh folder for one test's files.
 fn out_dir(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("export-models").join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create the test folder");
-    dir
+    tests::scratch_dir(env!("CARGO_TARGET_TMPDIR"), "export-models", name)
 }
 
 /// Three images: the fixtures' chelsea and coffee, and chelsea mirrored.

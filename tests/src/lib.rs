@@ -30,6 +30,19 @@ pub const UPSAMPLED_TOL: f32 = 1e-3;
 /// (HiResCAM, which multiplies gradients pixel by pixel, moves most).
 pub const TIE_TOL: f32 = 5e-3;
 
+/// The bar between an exported explainer's CAM (`gradcam export`) and `explain`'s: the same math
+/// in ONNX Runtime and in core, maps in [0, 1].
+pub const EXPORT_TOL: f32 = 1e-5;
+
+/// A fresh, empty folder `<tmp>/<group>/<name>` for one test's files (`tmp`: the test's
+/// `CARGO_TARGET_TMPDIR`).
+pub fn scratch_dir(tmp: &str, group: &str, name: &str) -> PathBuf {
+    let dir = PathBuf::from(tmp).join(group).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create the test folder");
+    dir
+}
+
 /// The model fixtures folder: `$GRADCAM_FIXTURES`, else `<workspace>/target/fixtures`. Panics
 /// (never skips) when they have not been generated.
 pub fn fixtures_dir() -> PathBuf {

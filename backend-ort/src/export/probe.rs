@@ -1,18 +1,17 @@
 //! One ONNX Runtime run of the classifier on zeros, reading the types and shapes the backward
 //! rules and the CAM folding need.
 //!
-//! A copy of the minimum of `OnnxModel`'s probe (`model.rs`: the session builder with the
-//! external-data directory, `tensor_info`), kept apart so that the export does not reach into the
-//! model's private state; the two can share one helper once merged. The ONNX Runtime environment
-//! itself is `model.rs`'s: ort allows one per process.
+//! Kept apart from `OnnxModel`'s probe so that the export does not reach into the model's private
+//! state; the environment (ort allows one per process) and `tensor_info` are `runtime.rs`'s.
 
 use std::path::Path;
 
 use ort::session::Session;
-use ort::value::{DynValue, Tensor, TensorElementType};
+use ort::value::Tensor;
 
 use crate::onnx_graph::{OnnxGraph, Shapes, TensorInfo};
 pub(crate) use crate::runtime::environment;
+use crate::runtime::tensor_info;
 use crate::OrtBackendError;
 
 /// ONNX Runtime's session option for external data of a model loaded from memory.
@@ -61,18 +60,4 @@ pub(crate) fn probe(
             .or_insert_with(|| TensorInfo { dtype: t.data_type, shape: t.dims.clone() });
     }
     Ok(shapes)
-}
-
-fn tensor_info(value: &DynValue) -> Option<TensorInfo> {
-    let ty = value.dtype();
-    let dtype = match ty.tensor_type()? {
-        TensorElementType::Float32 => 1,
-        TensorElementType::Float64 => 11,
-        TensorElementType::Float16 => 10,
-        TensorElementType::Int64 => 7,
-        TensorElementType::Int32 => 6,
-        TensorElementType::Bool => 9,
-        _ => 0,
-    };
-    Some(TensorInfo { dtype, shape: ty.tensor_shape()?.to_vec() })
 }
