@@ -63,12 +63,13 @@ fn check(key: &str, arch: &str) {
     let options = reference_options();
     let mut failures = Vec::new();
     let mut compared = 0;
-    for (index, reference) in references(key).iter().enumerate() {
+    for reference in &references(key) {
         let layer = reference.layer.as_str();
         let classes = reference.classes();
+        // The methods grad-cam was run with at this layer (ScoreCAM and AblationCAM at one layer
+        // per model only: they cost a forward pass per channel).
         let (heavy, light): (Vec<Method>, Vec<Method>) =
-            Method::ALL.into_iter().partition(|m| m.needs_forward_passes());
-        let heavy = if index == 0 { heavy } else { Vec::new() };
+            reference.methods.iter().copied().partition(|m| m.needs_forward_passes());
 
         // (backend, method) -> maps; heavy methods hold the first image only.
         let mut maps: Vec<(String, Method, Array3<f32>)> = Vec::new();
