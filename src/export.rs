@@ -51,6 +51,7 @@ pub fn run(args: ExportArgs) -> Result<(), CliError> {
     if !args.model.is_file() {
         return Err(CliError::MissingFile { what: "model", path: args.model });
     }
+    crate::backend::ort::use_built_onnx_runtime();
     let options = ExportOptions {
         layers: args.layers.clone(),
         methods: args.methods.clone(),

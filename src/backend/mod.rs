@@ -13,7 +13,7 @@ use crate::error::CliError;
 #[cfg(feature = "candle")]
 mod candle;
 #[cfg(feature = "ort")]
-mod ort;
+pub mod ort;
 #[cfg(feature = "tch")]
 mod tch;
 

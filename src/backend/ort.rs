@@ -23,13 +23,7 @@ impl Loader for Ort {
                 "the ort backend runs on the CPU execution provider in this build; use --device cpu".into(),
             ));
         }
-        // Start as built: without ORT_DYLIB_PATH, use the ONNX Runtime this binary was built
-        // next to. Nothing else runs yet, so setting it races with no other thread.
-        if std::env::var_os("ORT_DYLIB_PATH").is_none() {
-            if let Some(built) = option_env!("ORT_DYLIB_PATH").filter(|p| std::path::Path::new(p).is_file()) {
-                std::env::set_var("ORT_DYLIB_PATH", built);
-            }
-        }
+        use_built_onnx_runtime();
         let threads = args.threads.map_or(0, |t| t as usize);
         let model =
             backend_ort::OnnxModel::load_with_threads(&path, threads).map_err(|e| load_failed(&path, e))?;
@@ -42,5 +36,15 @@ impl Loader for Ort {
             device: "cpu",
             input_size,
         })
+    }
+}
+
+/// Start as built: without ORT_DYLIB_PATH, use the ONNX Runtime this binary was built next to.
+/// Called before any thread starts, so setting the variable races with nothing.
+pub fn use_built_onnx_runtime() {
+    if std::env::var_os("ORT_DYLIB_PATH").is_none() {
+        if let Some(built) = option_env!("ORT_DYLIB_PATH").filter(|p| std::path::Path::new(p).is_file()) {
+            std::env::set_var("ORT_DYLIB_PATH", built);
+        }
     }
 }

@@ -30,3 +30,18 @@ fn the_ort_binary_finds_onnx_runtime_by_itself() {
     assert_success(&out);
     assert!(stdout(&out).contains("layer4"), "{}", stdout(&out));
 }
+
+#[cfg(feature = "ort")]
+#[test]
+fn gradcam_export_finds_onnx_runtime_by_itself() {
+    let dir = workdir("native-export");
+    let model = tests::require(tests::fixtures_dir().join("resnet18.legacy.onnx"));
+    let mut cmd =
+        command(&dir, &["export", &model.display().to_string(), "--layer", "layer4", "-o", "x.onnx"]);
+    for var in ["LD_LIBRARY_PATH", "LIBTORCH", "ORT_DYLIB_PATH"] {
+        cmd.env_remove(var);
+    }
+    let out = cmd.output().expect("the gradcam binary runs");
+    assert_success(&out);
+    assert!(dir.join("x.onnx").is_file());
+}
