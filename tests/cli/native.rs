@@ -4,15 +4,24 @@
 
 use super::*;
 
-/// `gradcam layers` on a fixture model with every library-path variable removed.
-fn layers_without_library_env(backend: &str, model: &str) -> Output {
-    let dir = workdir(&format!("native-{backend}"));
-    let model = tests::require(tests::fixtures_dir().join(model));
-    let mut cmd = command(&dir, &["layers", "--backend", backend, "--model", &model.display().to_string()]);
+/// The path of fixture model `name`.
+fn fixture(name: &str) -> String {
+    tests::require(tests::fixtures_dir().join(name)).display().to_string()
+}
+
+/// `gradcam ARGS` in `dir` with every library-path variable removed.
+fn without_library_env(dir: &Path, args: &[&str]) -> Output {
+    let mut cmd = command(dir, args);
     for var in ["LD_LIBRARY_PATH", "LIBTORCH", "ORT_DYLIB_PATH"] {
         cmd.env_remove(var);
     }
     cmd.output().expect("the gradcam binary runs")
+}
+
+/// `gradcam layers` on a fixture model with every library-path variable removed.
+fn layers_without_library_env(backend: &str, model: &str) -> Output {
+    let dir = workdir(&format!("native-{backend}"));
+    without_library_env(&dir, &["layers", "--backend", backend, "--model", &fixture(model)])
 }
 
 #[cfg(feature = "tch")]
