@@ -13,7 +13,7 @@ use criterion::measurement::Measurement;
 use criterion::{BenchmarkId, Criterion};
 use gradcam_core::{
     ablation_weights, layer_map, scale_maps, scorecam_weights, tokens_to_grid, upsample_maps, weighted_sum,
-    Method,
+    LegacyRandom, Method,
 };
 use ndarray::{Array2, Array3, Array4, ArrayView4};
 
@@ -30,6 +30,10 @@ fn method_map(method: Method, a: ArrayView4<f32>, g: ArrayView4<f32>, scores: &A
         Method::AblationCam => {
             let original = vec![1.0; scores.nrows()];
             weighted_sum(ablation_weights(&original, scores.view()).view(), a).unwrap()
+        }
+        Method::RandomCam => {
+            let (b, c, _, _) = a.dim();
+            weighted_sum(LegacyRandom::new(0).weights(b, c).view(), a).unwrap()
         }
         _ => layer_map(method, a, Some(g)).unwrap(),
     };

@@ -6,6 +6,7 @@
 use ndarray::{Array2, Array3, ArrayView2, ArrayView3, ArrayView4, Axis, Zip};
 
 use crate::eigen::principal_projection;
+use crate::kernel::kernel_projection;
 use crate::resize::resize_bilinear_into;
 use crate::{CamError, Method};
 
@@ -24,11 +25,16 @@ enum Rule {
     Elementwise(fn(f32, f32) -> f32),
     /// The first principal component of `f(g, a)` (`None`: of the activations alone).
     Eigen(Option<fn(f32, f32) -> f32>),
+    /// Per-channel weights `(B, C)` from the activations alone, then `Σ_c w_c a_c`.
+    ActivationWeights(fn(&[f32]) -> f32),
+    /// A projection of each image's `(C, hw)` activations (no gradients).
+    Projection(fn(ArrayView2<f32>) -> ndarray::Array1<f32>),
 }
 
 fn rule(method: Method) -> Option<Rule> {
     Some(match method {
-        Method::GradCam => Rule::Weights(|_, g| pairwise_sum(g) / g.len() as f32),
+        // FinerCAM is Grad-CAM of its own gradients (`explain` captures them with `FinerSeed`).
+        Method::GradCam | Method::FinerCam => Rule::Weights(|_, g| pairwise_sum(g) / g.len() as f32),
         Method::GradCamPlusPlus => Rule::Weights(gradcam_pp_weight),
         Method::XGradCam => Rule::Weights(|a, g| {
             let denom = pairwise_sum(a) + XGRADCAM_EPS;
@@ -39,7 +45,9 @@ fn rule(method: Method) -> Option<Rule> {
         Method::GradCamElementWise => Rule::Elementwise(|g, a| (g * a).max(0.0)),
         Method::EigenCam => Rule::Eigen(None),
         Method::EigenGradCam => Rule::Eigen(Some(|g, a| g * a)),
-        Method::ScoreCam | Method::AblationCam => return None,
+        Method::Fem => Rule::ActivationWeights(fem_weight),
+        Method::KpcaCam => Rule::Projection(kernel_projection),
+        Method::ScoreCam | Method::AblationCam | Method::RandomCam => return None,
     })
 }
 
@@ -106,13 +114,30 @@ fn gradcam_pp_weight(a: &[f32], g: &[f32]) -> f32 {
     }))
 }
 
+/// FEM's `k` in the `mean + k std` threshold (pytorch-grad-cam's default).
+pub const FEM_K: f32 = 2.0;
+
+/// FEM's channel weight: the fraction of the channel's pixels strictly above `mean + 2 std`
+/// (population std), with numpy's `f32` arithmetic for the mean and the std.
+fn fem_weight(a: &[f32]) -> f32 {
+    let n = a.len() as f32;
+    let mean = pairwise_sum(a) / n;
+    let var = sum_terms(a.len(), |i| {
+        let d = a[i] - mean;
+        d * d
+    }) / n;
+    let threshold = mean + FEM_K * var.sqrt();
+    (a.iter().filter(|&&v| v > threshold).count() as f64 / a.len() as f64) as f32
+}
+
 /// The raw map `(B, h, w)` (before ReLU) of a gradient or eigen method for one layer:
 /// what pytorch-grad-cam's `get_cam_image` returns. `activations` and `gradients` are
 /// `(B, C, h, w)` (fold tokens first with [`crate::tokens_to_grid`]).
 ///
 /// ScoreCAM and AblationCAM need extra forward passes of the model: compute their weights with
 /// [`scorecam_weights`] / [`ablation_weights`] and apply them with [`weighted_sum`], or use
-/// [`crate::explain`].
+/// [`crate::explain`]. RandomCAM's weights come from [`crate::LegacyRandom::weights`]. For
+/// FinerCAM, `gradients` must be those of [`crate::FinerSeed`]'s score.
 ///
 /// ```
 /// use gradcam_core::{layer_map, Method};
@@ -128,7 +153,7 @@ pub fn layer_map(
     gradients: Option<ArrayView4<f32>>,
 ) -> Result<Array3<f32>, CamError> {
     let rule = rule(method).ok_or_else(|| {
-        CamError::Unsupported(format!("{method} needs forward passes of the model: use `explain`"))
+        CamError::Unsupported(format!("{method} needs forward passes or a seed: use `explain`"))
     })?;
     let gradients = match (method.needs_gradients(), gradients) {
         (true, None) => return Err(CamError::Unsupported(format!("{method} needs gradients"))),
@@ -181,6 +206,20 @@ pub fn layer_map(
                     _ => image,
                 };
                 out.assign(&principal_projection(image));
+            }
+            out
+        }
+        Rule::ActivationWeights(weight) => {
+            let mut weights = Array2::zeros((batch, channels));
+            Zip::from(&mut weights)
+                .and(a.lanes(Axis(2)))
+                .for_each(|w, a| *w = weight(a.as_slice().expect("standard layout")));
+            weighted_sum_flat(weights.view(), a)
+        }
+        Rule::Projection(project) => {
+            let mut out = Array2::zeros((batch, h * w));
+            for (mut out, image) in out.outer_iter_mut().zip(a.outer_iter()) {
+                out.assign(&project(image));
             }
             out
         }

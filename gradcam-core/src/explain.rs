@@ -12,7 +12,10 @@ use crate::cam::{
 use crate::layout::nhwc_to_nchw;
 use crate::resize::upsample_align_corners;
 use crate::tokens::fold_tokens;
-use crate::{CamError, CamModel, LayerTensor, LayerView, Layout, Method, Seed, Target, TokenGrid};
+use crate::{
+    CamError, CamModel, FinerSeed, LayerTensor, LayerView, Layout, LegacyRandom, Method, Seed, Target,
+    TokenGrid,
+};
 
 /// Progress callback: `(done, total)` forward passes of ScoreCAM / AblationCAM.
 pub type Progress = Arc<dyn Fn(usize, usize) + Send + Sync>;
@@ -30,11 +33,23 @@ pub struct CamOptions {
     /// Called after every extra forward pass with `(done, total)` images, counted over all
     /// layers and methods of the call.
     pub progress: Option<Progress>,
+    /// RandomCAM's seed: its weights are `np.random.seed(seed); np.random.uniform(-1, 1, (B, C))`
+    /// per layer, in layer order (default 0).
+    pub seed: u32,
+    /// FinerCAM's `alpha` (default 1; must be finite).
+    pub finer_alpha: f32,
 }
 
 impl Default for CamOptions {
     fn default() -> Self {
-        CamOptions { layout: None, token_grid: None, batch_size: 32, progress: None }
+        CamOptions {
+            layout: None,
+            token_grid: None,
+            batch_size: 32,
+            progress: None,
+            seed: 0,
+            finer_alpha: 1.0,
+        }
     }
 }
 
@@ -45,6 +60,8 @@ impl fmt::Debug for CamOptions {
             .field("token_grid", &self.token_grid)
             .field("batch_size", &self.batch_size)
             .field("progress", &self.progress.as_ref().map(|_| "Fn(done, total)"))
+            .field("seed", &self.seed)
+            .field("finer_alpha", &self.finer_alpha)
             .finish()
     }
 }
@@ -150,13 +167,97 @@ pub fn explain(
     } else {
         layers.to_vec()
     };
-    let need_gradients = methods.iter().any(|m| m.needs_gradients());
+    if !options.finer_alpha.is_finite() {
+        return Err(CamError::Unsupported(format!(
+            "FinerCAM's alpha must be a finite number, not {}",
+            options.finer_alpha
+        )));
+    }
+    // FinerCAM back-propagates its own score; the other gradient methods the target's. The
+    // activations are the same in both captures.
+    let finer = methods.contains(&Method::FinerCam);
+    let plain_gradients = methods.iter().any(|m| m.needs_gradients() && *m != Method::FinerCam);
+    let finer_seed = FinerSeed { target, alpha: options.finer_alpha };
+    let seed: Option<&dyn Seed> = if plain_gradients {
+        Some(target)
+    } else if finer {
+        Some(&finer_seed)
+    } else {
+        None
+    };
+    let (logits, captured) = capture_layers(model, input, &layers, target, seed, options)?;
+    let finer_captured = match (finer, plain_gradients) {
+        (true, true) => Some(capture_layers(model, input, &layers, target, Some(&finer_seed), options)?.1),
+        _ => None,
+    };
+    let classes = target.resolve(logits.view())?;
+    let original_scores = target.scores(logits.view(), &classes);
 
+    let total: usize = methods
+        .iter()
+        .filter(|m| m.needs_forward_passes())
+        .map(|_| captured.iter().map(|l| batch * l.channels()).sum::<usize>())
+        .sum();
+    let mut passes = ForwardPasses { done: 0, total, options };
+
+    let mut explanations = Vec::with_capacity(methods.len());
+    for &method in methods {
+        let mut layer_cams = Vec::with_capacity(captured.len());
+        let mut upsampled = Vec::with_capacity(captured.len());
+        let mut random = LegacyRandom::new(options.seed);
+        for (index, layer) in captured.iter().enumerate() {
+            let activations = layer.activations();
+            let raw = match method {
+                Method::RandomCam => {
+                    let (batch, channels, _, _) = activations.dim();
+                    weighted_sum(random.weights(batch, channels).view(), activations)?
+                }
+                Method::FinerCam => {
+                    let gradients = finer_captured.as_ref().map_or(&layer.gradient, |f| &f[index].gradient);
+                    layer_map(method, activations, gradients.as_ref().map(|g| g.view()))?
+                }
+                Method::ScoreCam => {
+                    let scores = passes.scorecam_scores(model, input, activations, target, &classes)?;
+                    weighted_sum(scorecam_weights(scores.view()).view(), activations)?
+                }
+                Method::AblationCam => {
+                    let scores = passes.ablation_scores(model, input, layer, target, &classes)?;
+                    weighted_sum(ablation_weights(&original_scores, scores.view()).view(), activations)?
+                }
+                _ => layer_map(method, activations, layer.gradient.as_ref().map(|g| g.view()))?,
+            };
+            let scaled = scale_maps(raw.view());
+            upsampled.push(upsample_maps(scaled.view(), in_h, in_w));
+            layer_cams.push(LayerCam { layer: layer.name.clone(), layout: layer.layout, raw, scaled });
+        }
+        explanations.push(Explanation {
+            method,
+            logits: logits.clone(),
+            classes: classes.clone(),
+            maps: combine_layers(&upsampled)?,
+            layers: layer_cams,
+        });
+    }
+    Ok(explanations)
+}
+
+/// Captures every layer of `layers` for `input` with `seed` (gradients only with a seed): the
+/// logits of the first capture, and each layer's activations (and gradient) folded to
+/// `(B, C, h, w)`. `target`'s class is checked against the first logits.
+fn capture_layers(
+    model: &mut dyn CamModel,
+    input: ArrayView4<f32>,
+    layers: &[&str],
+    target: &Target,
+    seed: Option<&dyn Seed>,
+    options: &CamOptions,
+) -> Result<(Array2<f32>, Vec<LayerData>), CamError> {
+    let (batch, _, in_h, in_w) = input.dim();
+    let need_gradients = seed.is_some();
     let mut logits = None;
-    let mut classes = Vec::new();
     let mut captured = Vec::with_capacity(layers.len());
-    for &layer in &layers {
-        let capture = model.capture(input, layer, need_gradients.then_some(target as &dyn Seed))?;
+    for &layer in layers {
+        let capture = model.capture(input, layer, seed)?;
         if capture.activation.batch() != batch {
             return Err(CamError::Shape(format!(
                 "layer `{layer}` returned a batch of {} for {batch} images",
@@ -170,7 +271,8 @@ pub fn explain(
             )));
         }
         if logits.is_none() {
-            classes = target.resolve(capture.logits.view())?;
+            // Resolved here so that a bad class fails before the other layers run.
+            target.resolve(capture.logits.view())?;
             logits = Some(capture.logits.clone());
         }
         let shape = capture.activation.shape();
@@ -207,46 +309,8 @@ pub fn explain(
             gradient,
         });
     }
-    let logits = logits.expect("at least one layer");
-    let original_scores = target.scores(logits.view(), &classes);
-
-    let total: usize = methods
-        .iter()
-        .filter(|m| m.needs_forward_passes())
-        .map(|_| captured.iter().map(|l| batch * l.channels()).sum::<usize>())
-        .sum();
-    let mut passes = ForwardPasses { done: 0, total, options };
-
-    let mut explanations = Vec::with_capacity(methods.len());
-    for &method in methods {
-        let mut layer_cams = Vec::with_capacity(captured.len());
-        let mut upsampled = Vec::with_capacity(captured.len());
-        for layer in &captured {
-            let activations = layer.activations();
-            let raw = match method {
-                Method::ScoreCam => {
-                    let scores = passes.scorecam_scores(model, input, activations, target, &classes)?;
-                    weighted_sum(scorecam_weights(scores.view()).view(), activations)?
-                }
-                Method::AblationCam => {
-                    let scores = passes.ablation_scores(model, input, layer, target, &classes)?;
-                    weighted_sum(ablation_weights(&original_scores, scores.view()).view(), activations)?
-                }
-                _ => layer_map(method, activations, layer.gradient.as_ref().map(|g| g.view()))?,
-            };
-            let scaled = scale_maps(raw.view());
-            upsampled.push(upsample_maps(scaled.view(), in_h, in_w));
-            layer_cams.push(LayerCam { layer: layer.name.clone(), layout: layer.layout, raw, scaled });
-        }
-        explanations.push(Explanation {
-            method,
-            logits: logits.clone(),
-            classes: classes.clone(),
-            maps: combine_layers(&upsampled)?,
-            layers: layer_cams,
-        });
-    }
-    Ok(explanations)
+    let logits = logits.ok_or_else(|| CamError::Shape("no layer to capture".into()))?;
+    Ok((logits, captured))
 }
 
 /// The extra forward passes of ScoreCAM and AblationCAM, with progress accounting.

@@ -81,25 +81,31 @@ mod cam;
 mod eigen;
 mod error;
 mod explain;
+mod finer;
+mod kernel;
 mod layer;
 mod layout;
 mod method;
 mod model;
+mod random;
 mod resize;
 mod target;
 mod tokens;
 
 pub use cam::{
     ablation_weights, combine_layers, layer_map, scale_maps, scorecam_weights, upsample_maps, weighted_sum,
-    GRADCAM_PP_EPS, SCALE_EPS, XGRADCAM_EPS,
+    FEM_K, GRADCAM_PP_EPS, SCALE_EPS, XGRADCAM_EPS,
 };
 pub use eigen::principal_projection;
 pub use error::CamError;
 pub use explain::{ablation_value, explain, scorecam_mask, CamOptions, Explanation, LayerCam, Progress};
+pub use finer::{finer_comparisons, FinerSeed, FINER_COMPARISONS, FINER_EPS};
+pub use kernel::{kernel_projection, KPCA_COEF0};
 pub use layer::{near_matches, Activations, Gradients, LayerTensor, LayerView};
 pub use layout::Layout;
 pub use method::Method;
 pub use model::{default_layer_among, CamModel, Capture, LayerInfo};
+pub use random::LegacyRandom;
 pub use resize::{resize_bilinear, resize_bilinear_into, upsample_align_corners};
 pub use target::{argmax, softmax_rows, Classes, Seed, Target, TargetScore};
 pub use tokens::{grid_to_tokens, tokens_to_grid, TokenGrid, MAX_PREFIX_TOKENS};

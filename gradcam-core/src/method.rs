@@ -14,6 +14,7 @@ use crate::CamError;
 /// assert_eq!(m, Method::GradCamPlusPlus);
 /// assert_eq!(m.to_string(), "gradcam++");
 /// assert!(!Method::EigenCam.needs_gradients());
+/// assert_eq!("kpcacam".parse::<Method>().unwrap(), Method::KpcaCam);
 /// assert!("gradcam+".parse::<Method>().is_err());
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -42,11 +43,25 @@ pub enum Method {
     /// (one extra forward pass per channel, no gradients; ablation values as
     /// [`crate::ablation_value`]).
     AblationCam,
+    /// FEM (Feature Explanation Method, k = 2): channel weight = the fraction of the channel's
+    /// pixels above `mean + 2 std` of that channel (no gradients).
+    Fem,
+    /// KPCA-CAM: the first kernel principal component of the pixels (sigmoid kernel,
+    /// `gamma = 1 / C`, `coef0 = 1`, scikit-learn `KernelPCA`'s sign rule; no gradients). See
+    /// [`crate::kernel_projection`].
+    KpcaCam,
+    /// FinerCAM with GradCAM as its base: Grad-CAM of the explained class's logit minus
+    /// `alpha` × the logits of the 3 classes closest to it, weighted by their softmax
+    /// probabilities ([`crate::FinerSeed`]; `alpha` is [`crate::CamOptions::finer_alpha`]).
+    FinerCam,
+    /// RandomCAM, a sanity baseline: channel weights drawn uniformly from `[-1, 1)` by numpy's
+    /// legacy generator seeded with [`crate::CamOptions::seed`] ([`crate::LegacyRandom`]).
+    RandomCam,
 }
 
 impl Method {
     /// Every method, in a fixed order.
-    pub const ALL: [Method; 10] = [
+    pub const ALL: [Method; 14] = [
         Method::GradCam,
         Method::GradCamPlusPlus,
         Method::XGradCam,
@@ -57,6 +72,10 @@ impl Method {
         Method::EigenGradCam,
         Method::ScoreCam,
         Method::AblationCam,
+        Method::Fem,
+        Method::KpcaCam,
+        Method::FinerCam,
+        Method::RandomCam,
     ];
 
     /// The command-line name (`gradcam`, `gradcam++`, ...).
@@ -72,12 +91,24 @@ impl Method {
             Method::EigenGradCam => "eigengradcam",
             Method::ScoreCam => "scorecam",
             Method::AblationCam => "ablationcam",
+            Method::Fem => "fem",
+            Method::KpcaCam => "kpcacam",
+            Method::FinerCam => "finercam",
+            Method::RandomCam => "randomcam",
         }
     }
 
     /// Whether the method needs `d target / d activation` (a backward pass).
     pub fn needs_gradients(self) -> bool {
-        !matches!(self, Method::EigenCam | Method::ScoreCam | Method::AblationCam)
+        !matches!(
+            self,
+            Method::EigenCam
+                | Method::ScoreCam
+                | Method::AblationCam
+                | Method::Fem
+                | Method::KpcaCam
+                | Method::RandomCam
+        )
     }
 
     /// Whether the method runs extra forward passes of the model (ScoreCAM, AblationCAM).

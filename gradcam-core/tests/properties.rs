@@ -161,7 +161,7 @@ fn reference_map(method: Method, a: &ArrayView4<f32>, g: &ArrayView4<f32>) -> Ma
         Method::GradCamElementWise => elementwise(a, g, |g, a| (g * a).max(0.0)),
         Method::EigenCam => eigen_reference(a),
         Method::EigenGradCam => eigen_reference(&(&a.to_owned() * g).view()),
-        Method::ScoreCam | Method::AblationCam => unreachable!("tested through explain"),
+        other => unreachable!("{other} is tested through explain or its own properties"),
     }
 }
 
