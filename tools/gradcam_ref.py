@@ -8,8 +8,8 @@ subclasses so the rest of grad-cam's pipeline (ReLU, scale_cam_image, resize, mu
 """
 import numpy as np
 import torch
-from pytorch_grad_cam import (AblationCAM, EigenCAM, EigenGradCAM, GradCAM, GradCAMElementWise,
-                              GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM, XGradCAM)
+from pytorch_grad_cam import (FEM, AblationCAM, EigenCAM, EigenGradCAM, FinerCAM, GradCAM, GradCAMElementWise,
+                              GradCAMPlusPlus, HiResCAM, KPCA_CAM, LayerCAM, RandomCAM, ScoreCAM, XGradCAM)
 from pytorch_grad_cam.ablation_layer import AblationLayer, AblationLayerVit
 from pytorch_grad_cam.utils.image import scale_cam_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -17,7 +17,12 @@ from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
 
 GRADIENT_METHODS = ["gradcam", "gradcampp", "xgradcam", "hirescam", "layercam", "gradcam_elementwise",
                     "eigengradcam"]
-METHODS = GRADIENT_METHODS[:6] + ["eigencam", "eigengradcam", "scorecam", "ablationcam"]
+METHODS = GRADIENT_METHODS[:6] + ["eigencam", "eigengradcam", "scorecam", "ablationcam", "fem", "kpcacam",
+                                  "finercam", "randomcam"]
+# RandomCAM draws its weights from numpy's global legacy generator: seeded with this before each call (the
+# Rust side's default `--seed`). FinerCAM's alpha: grad-cam's default (the Rust side's `--finer-alpha`).
+RANDOM_SEED = 0
+FINER_ALPHA = 1.0
 
 
 def token_reshape(prefix, h, w):
@@ -139,7 +144,8 @@ def _recording_ablation_layer(base):
 def _make(method, model, layers, reshape_transform, vit, scorecam_batch, ablation_batch):
     cls = {"gradcam": GradCAM, "gradcampp": GradCAMPlusPlus, "xgradcam": XGradCAM, "hirescam": HiResCAM,
            "layercam": LayerCAM, "gradcam_elementwise": GradCAMElementWise, "eigencam": SignedEigenCAM,
-           "eigengradcam": SignedEigenGradCAM, "scorecam": ScoreCAM}
+           "eigengradcam": SignedEigenGradCAM, "scorecam": ScoreCAM, "fem": FEM, "kpcacam": KPCA_CAM,
+           "finercam": FinerCAM, "randomcam": RandomCAM}
     if method == "ablationcam":
         layer = _recording_ablation_layer(AblationLayerVit if vit else AblationLayer)
         return AblationCAM(model, layers, reshape_transform=reshape_transform, ablation_layer=layer,
@@ -150,6 +156,32 @@ def _make(method, model, layers, reshape_transform, vit, scorecam_batch, ablatio
     if method in ("eigencam", "eigengradcam"):
         cam.eigen_projections, cam.eigen_flips = [], []
     return cam
+
+
+def _base(cam):
+    """The BaseCAM doing the work (FinerCAM wraps a GradCAM)."""
+    return cam.base_cam if isinstance(cam, FinerCAM) else cam
+
+
+def _call(method, cam, x, targets, classes, top1):
+    """grad-cam's call for `method`. FinerCAM picks its own FinerWeightedTargets: with targets=None for
+    top-1 classes, target_idx for one class for every image, else the targets its code would build."""
+    if method == "randomcam":
+        np.random.seed(RANDOM_SEED)
+    if method != "finercam":
+        return cam(input_tensor=x, targets=targets)
+    if list(classes) == list(top1):
+        return cam(x, alpha=FINER_ALPHA)
+    if len(set(classes)) == 1:
+        return cam(x, alpha=FINER_ALPHA, target_idx=int(classes[0]))
+    from pytorch_grad_cam.utils.model_targets import FinerWeightedTarget
+    with torch.no_grad():
+        logits = cam.base_cam.model(x).numpy()
+    finer = []
+    for i, c in enumerate(classes):
+        order = np.argsort(np.abs(logits[i] - logits[i, c]))
+        finer.append(FinerWeightedTarget(int(c), [int(j) for j in order[1:4]], FINER_ALPHA))
+    return cam(x, targets=finer, alpha=FINER_ALPHA)
 
 
 def capture_native(model, x, layers, classes=None, clone_output=False):
@@ -206,9 +238,10 @@ def run_methods(model, x, layers, methods=METHODS, reshape_transform=None, vit=F
     import time
 
     model.eval()
+    with torch.no_grad():
+        top1 = model(x).argmax(dim=1).tolist()
     if classes is None:
-        with torch.no_grad():
-            classes = model(x).argmax(dim=1).tolist()
+        classes = top1
     out = {}
     for method in methods:
         t0 = time.time()
@@ -217,7 +250,7 @@ def run_methods(model, x, layers, methods=METHODS, reshape_transform=None, vit=F
         targets = [RecordingTarget(c) for c in classes]
         raws, scores = [], []
         original = None
-        inner = cam.get_cam_image
+        inner = _base(cam).get_cam_image
 
         def recording_get_cam_image(*args, **kwargs):
             for t in targets:
@@ -233,8 +266,8 @@ def run_methods(model, x, layers, methods=METHODS, reshape_transform=None, vit=F
             return r
 
         nonlocal_original = []
-        cam.get_cam_image = recording_get_cam_image
-        result = cam(input_tensor=x, targets=targets)
+        _base(cam).get_cam_image = recording_get_cam_image
+        result = _call(method, cam, x, targets, classes, top1)
         entry = {"cam": np.float32(result), "raw": raws,
                  "scaled": [scale_cam_image(np.maximum(r, 0)) for r in raws]}
         if method == "scorecam":
@@ -252,7 +285,7 @@ def run_methods(model, x, layers, methods=METHODS, reshape_transform=None, vit=F
                 pos += n * len(classes)
         if method in ("eigencam", "eigengradcam"):
             entry["projection"], entry["flipped"] = cam.eigen_projections, cam.eigen_flips
-        cam.activations_and_grads.release()
+        _base(cam).activations_and_grads.release()
         for handle in clones:
             handle.remove()
         out[method] = entry

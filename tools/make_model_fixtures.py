@@ -18,7 +18,10 @@ tf_efficientnet_lite0 with assets/models/tf_efficientnet_lite0.safetensors) it w
   <key>/<layer>/ties.npy            bool, same layout: gradient elements that depend on a unit within float
                                     noise of a ReLU/ReLU6/... kink after the layer (tools/ties.py)
   <key>/<layer>/cam_<m>.npy         (2, 224, 224) grad-cam 1.5.7's output for method m, top-1 targets
-                                    (eigen methods with the sign rule of tools/gradcam_ref.py)
+                                    (eigen methods with the sign rule of tools/gradcam_ref.py; RandomCAM
+                                    after np.random.seed(0); FinerCAM with alpha 1)
+  <key>/<layer>/cam_<m>_rank1.npy   the same for the methods in RANK1_METHODS, explaining each image's
+                                    runner-up class (manifest: layer "rank1")
 and input.npy (2, 3, 224, 224): chelsea and coffee, preprocessed as in tools/common.py, plus manifest.json.
 
 ScoreCAM/AblationCAM on 224² need one forward per channel and image; to keep the run short on 2 CPU cores the
@@ -38,7 +41,8 @@ from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import ASSETS, preprocess  # noqa: E402
-from gradcam_ref import METHODS, capture_native, run_methods, token_reshape  # noqa: E402
+from gradcam_ref import (FINER_ALPHA, METHODS, RANDOM_SEED, capture_native, ranked_classes,  # noqa: E402
+                         run_methods, token_reshape)
 from ties import TIE_EPS, tie_mask  # noqa: E402
 
 LITE0_WEIGHTS = os.path.join(ASSETS, "models", "tf_efficientnet_lite0.safetensors")
@@ -53,6 +57,8 @@ GRADIENT_FREE_LAYERS = {"resnet18": ["layer4"], "vit_tiny": ["blocks.11.norm1"],
 SCORECAM_BATCH = 64
 ABLATION_BATCH = 32  # grad-cam's default; the ViT ablation value depends on it (tools/README.md)
 IMAGES = ["chelsea", "coffee"]
+# Methods also explained for each image's runner-up class (cheap: gradient methods only).
+RANK1_METHODS = ["gradcam", "finercam"]
 
 
 def log(msg):
@@ -168,6 +174,8 @@ def main():
         "scorecam_batch_size": SCORECAM_BATCH,
         "ablation_batch_size": ABLATION_BATCH,
         "tie_eps": TIE_EPS,
+        "random_seed": RANDOM_SEED,
+        "finer_alpha": FINER_ALPHA,
         "eigen_sign_rule": "v . mean_row(uncentred matrix) >= 0, ties: largest-|v| component positive",
         "models": {},
     }
@@ -207,6 +215,12 @@ def main():
                     os.remove(os.path.join(d, f))
             for m in methods:
                 np.save(os.path.join(d, f"cam_{m}.npy"), results[m]["cam"])
+            rank1 = ranked_classes(logits, 1)
+            _, rank1_results = run_methods(model, x, [layer], methods=RANK1_METHODS, reshape_transform=reshape,
+                                           vit="grid" in spec, classes=rank1,
+                                           log=lambda s: log(f"[{key}/{name} rank 1]{s}"))
+            for m in RANK1_METHODS:
+                np.save(os.path.join(d, f"cam_{m}_rank1.npy"), rank1_results[m]["cam"])
             layer_entry = {
                 "dir": f"{key}/{name}",
                 "layout": "tokens" if "grid" in spec else "spatial",
@@ -217,6 +231,7 @@ def main():
                 "skipped": {m: "gradient-free method on a layer outside GRADIENT_FREE_LAYERS (CI time budget); "
                                "set GRADCAM_FIXTURES_FULL=1 to generate it"
                             for m in METHODS if m not in methods},
+                "rank1": {"classes": rank1, "methods": RANK1_METHODS},
                 "tie_units": tie_units,
                 "tie_elements": int(ties.sum()),
                 "eigen_sign_flipped": {m: results[m]["flipped"][0] for m in ("eigencam", "eigengradcam")},

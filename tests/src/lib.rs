@@ -231,6 +231,10 @@ pub struct LayerReference {
     pub dir: PathBuf,
     /// The methods grad-cam was run with there.
     pub methods: Vec<Method>,
+    /// The methods grad-cam also ran for each image's runner-up class (`cam_<m>_rank1.npy`).
+    pub rank1_methods: Vec<Method>,
+    /// Those runner-up classes, per image.
+    pub rank1_classes: Vec<usize>,
 }
 
 impl LayerReference {
@@ -248,6 +252,11 @@ impl LayerReference {
         self.file(&format!("cam_{}.npy", fixture_name(method)))
     }
 
+    /// The reference CAM of `method` for each image's runner-up class `(B, H, W)`.
+    pub fn cam_rank1(&self, method: Method) -> ArrayD<f32> {
+        self.file(&format!("cam_{}_rank1.npy", fixture_name(method)))
+    }
+
     /// The gradient elements tied to a kink ([`assert_close_except_ties`]).
     pub fn ties(&self) -> ArrayD<bool> {
         self.file("ties.npy")
@@ -257,6 +266,22 @@ impl LayerReference {
     pub fn images_with_ties(&self) -> Vec<bool> {
         self.ties().outer_iter().map(|t| t.iter().any(|&x| x)).collect()
     }
+}
+
+/// The methods a manifest lists at `list` (none when absent).
+fn manifest_methods(list: &Value) -> Vec<Method> {
+    list.as_array()
+        .map(|names| {
+            names
+                .iter()
+                .map(|m| m.as_str().expect("a method name"))
+                .map(|name| {
+                    method_from_fixture_name(name)
+                        .unwrap_or_else(|| panic!("unknown method `{name}` in the manifest"))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Every explained layer of fixture model `key`, from the manifest.
@@ -270,25 +295,25 @@ pub fn references(key: &str) -> Vec<LayerReference> {
         .map(|(layer, spec)| LayerReference {
             layer: layer.clone(),
             dir: PathBuf::from(spec["dir"].as_str().expect("a layer's dir")),
-            methods: spec["methods"]
+            methods: manifest_methods(&spec["methods"]),
+            rank1_methods: manifest_methods(&spec["rank1"]["methods"]),
+            rank1_classes: spec["rank1"]["classes"]
                 .as_array()
-                .expect("a layer's methods")
-                .iter()
-                .map(|m| m.as_str().expect("a method name"))
-                .map(|name| {
-                    method_from_fixture_name(name)
-                        .unwrap_or_else(|| panic!("unknown method `{name}` in the manifest"))
-                })
-                .collect(),
+                .map(|c| c.iter().map(|c| c.as_u64().expect("a class") as usize).collect())
+                .unwrap_or_default(),
         })
         .collect()
 }
 
 /// The explain options the references were made with (AblationCAM's batch size changes its
-/// values, as grad-cam's).
+/// values, as grad-cam's; RandomCAM's seed and FinerCAM's alpha, when the manifest says).
 pub fn reference_options() -> CamOptions {
-    let batch_size = manifest()["ablation_batch_size"].as_u64().map_or(32, |b| b as usize);
-    CamOptions { batch_size, ..CamOptions::default() }
+    let manifest = manifest();
+    let defaults = CamOptions::default();
+    let batch_size = manifest["ablation_batch_size"].as_u64().map_or(defaults.batch_size, |b| b as usize);
+    let seed = manifest["random_seed"].as_u64().map_or(defaults.seed, |s| s as u32);
+    let finer_alpha = manifest["finer_alpha"].as_f64().map_or(defaults.finer_alpha, |a| a as f32);
+    CamOptions { batch_size, seed, finer_alpha, ..defaults }
 }
 
 /// The whole comparison of fixture model `key`, opened in one backend as `model` (`label` names
@@ -352,18 +377,35 @@ pub fn check_model(label: &str, model: &mut dyn CamModel, key: &str, methods: im
             .unwrap_or_else(|e| panic!("{what}: forward_with_activation: {e}"));
         assert_close(&format!("{what} forward_with_activation"), replaced.view(), capture.logits.view(), TOL);
 
-        let methods: Vec<Method> = reference.methods.iter().copied().filter(|m| methods(*m)).collect();
-        assert!(
-            methods.iter().filter(|m| m.needs_gradients()).count() >= 6,
-            "{what}: too few methods {methods:?}"
-        );
-        let explanations = explain(model, input.view(), &[layer], &methods, &target, &reference_options())
+        let kept: Vec<Method> = reference.methods.iter().copied().filter(|m| methods(*m)).collect();
+        assert!(kept.iter().filter(|m| m.needs_gradients()).count() >= 6, "{what}: too few methods {kept:?}");
+        let explanations = explain(model, input.view(), &[layer], &kept, &target, &reference_options())
             .unwrap_or_else(|e| panic!("{what}: explain: {e}"));
         for e in explanations {
             let want = reference.cam(e.method);
             for (b, got) in e.maps.outer_iter().enumerate() {
                 let tol = if flipped[b] && e.method.needs_gradients() { TIE_TOL } else { TOL };
                 let name = format!("{what} {} image {b}", e.method);
+                assert_close(&name, got, want.index_axis(Axis(0), b), tol);
+            }
+        }
+
+        // Each image's runner-up class (a non-top-1 target), where the reference has it.
+        let rank1: Vec<Method> = reference.rank1_methods.iter().copied().filter(|m| methods(*m)).collect();
+        if rank1.is_empty() {
+            continue;
+        }
+        let explanations =
+            explain(model, input.view(), &[layer], &rank1, &Target::rank(1), &reference_options())
+                .unwrap_or_else(|e| panic!("{what}: explain rank 1: {e}"));
+        // The tie mask is the top-1 gradient's; which units sit on a kink does not depend on the class.
+        let tied = reference.images_with_ties();
+        for e in explanations {
+            assert_eq!(e.classes, reference.rank1_classes, "{what} {}: runner-up classes", e.method);
+            let want = reference.cam_rank1(e.method);
+            for (b, got) in e.maps.outer_iter().enumerate() {
+                let tol = if tied[b] { TIE_TOL } else { TOL };
+                let name = format!("{what} {} rank 1 image {b}", e.method);
                 assert_close(&name, got, want.index_axis(Axis(0), b), tol);
             }
         }
