@@ -140,7 +140,8 @@ pub struct ExplainArgs {
     #[arg(long = "layer", value_name = "PATH")]
     pub layers: Vec<String>,
     /// CAM method(s): gradcam, gradcam++, xgradcam, hirescam, layercam, gradcam-elementwise,
-    /// eigencam, eigengradcam, scorecam, ablationcam; repeat or comma-separate for several.
+    /// eigencam, eigengradcam, scorecam, ablationcam, fem, kpcacam, finercam, randomcam; repeat
+    /// or comma-separate for several.
     #[arg(long = "method", value_name = "NAME", default_value = "gradcam", value_delimiter = ',')]
     pub methods: Vec<Method>,
     /// How the layers' outputs are laid out: nchw, nhwc (channels-last: Swin, ConvNeXt blocks)
@@ -156,6 +157,13 @@ pub struct ExplainArgs {
     /// Explain the softmax probability of the class instead of its raw logit.
     #[arg(long)]
     pub softmax: bool,
+    /// FinerCAM's alpha: how much of the 3 closest classes' logits is subtracted from the
+    /// explained class's (0 = plain Grad-CAM of the class), a finite number.
+    #[arg(long, value_name = "X", default_value_t = 1.0, value_parser = parse_finer_alpha, allow_negative_numbers = true)]
+    pub finer_alpha: f32,
+    /// RandomCAM's seed: its weights are numpy's `np.random.seed(N); np.random.uniform(-1, 1, ...)`.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub seed: u32,
     /// Colormap of the heatmaps.
     #[arg(long, value_enum, default_value = "jet")]
     pub colormap: ColormapName,
@@ -236,6 +244,13 @@ fn parse_alpha(s: &str) -> Result<f64, String> {
     }
 }
 
+fn parse_finer_alpha(s: &str) -> Result<f32, String> {
+    match s.trim().parse::<f32>() {
+        Ok(a) if a.is_finite() => Ok(a),
+        _ => Err(format!("`{s}` is not a finite number: give FinerCAM's alpha as a number such as 1 or 0.5")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,5 +272,10 @@ mod tests {
         assert!(parse_shard("4/4").is_err() && parse_shard("0/0").is_err() && parse_shard("1").is_err());
         assert!(parse_alpha("1.5").is_err());
         assert_eq!(parse_alpha("0.25"), Ok(0.25));
+        assert_eq!(parse_finer_alpha("0.5"), Ok(0.5));
+        assert_eq!(parse_finer_alpha("-2"), Ok(-2.0));
+        for bad in ["nan", "inf", "-inf", "1e40", "x", ""] {
+            assert!(parse_finer_alpha(bad).unwrap_err().contains("not a finite number"), "{bad}");
+        }
     }
 }

@@ -117,6 +117,8 @@ pub fn run(args: ExplainArgs, stop: &Stop) -> Result<Ending, CliError> {
         options: CamOptions {
             layout: args.layout,
             progress: passes_callback(&progress),
+            seed: args.seed,
+            finer_alpha: args.finer_alpha,
             ..CamOptions::default()
         },
         batch: args.batch as usize,

@@ -16,6 +16,8 @@ use serde_json::Value;
 mod faults;
 #[cfg(feature = "candle")]
 mod hostile;
+#[cfg(feature = "candle")]
+mod methods;
 #[cfg(any(feature = "tch", feature = "ort"))]
 mod native;
 #[cfg(feature = "candle")]
