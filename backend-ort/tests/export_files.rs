@@ -376,6 +376,18 @@ fn refusals_leave_every_file_as_it_was() {
 
     let scorecam = ExportOptions { methods: vec![Method::ScoreCam], ..ExportOptions::default() };
     assert!(matches!(export(scorecam), Err(ExportError::Method { method: Method::ScoreCam, .. })));
+    // The methods beyond grad-cam's classic ten are explain-only; each refusal says why.
+    for (method, why) in [
+        (Method::KpcaCam, "kernel PCA"),
+        (Method::FinerCam, "second score"),
+        (Method::Fem, "gradient-weighted methods only"),
+        (Method::RandomCam, "gradient-weighted methods only"),
+    ] {
+        let err =
+            export(ExportOptions { methods: vec![method], ..ExportOptions::default() }).expect_err("refused");
+        assert!(matches!(err, ExportError::Method { method: m, .. } if m == method), "{err}");
+        assert!(err.to_string().contains(why), "{err}");
+    }
     assert!(matches!(
         export(ExportOptions { methods: vec![], ..ExportOptions::default() }),
         Err(ExportError::NoMethod)

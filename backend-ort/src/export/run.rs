@@ -141,7 +141,14 @@ fn check_methods(methods: &[Method]) -> Result<Vec<Method>, ExportError> {
                 Method::EigenCam | Method::EigenGradCam => {
                     "its map is a singular vector (an SVD), not an ONNX op"
                 }
-                _ => "it runs one extra forward pass of the model per channel",
+                Method::ScoreCam | Method::AblationCam => {
+                    "it runs one extra forward pass of the model per channel"
+                }
+                Method::KpcaCam => "its map is a kernel PCA (an eigendecomposition), not an ONNX op",
+                Method::FinerCam => {
+                    "it back-propagates a second score (the nearest classes'), not yet exported"
+                }
+                _ => "exported explainers hold the gradient-weighted methods only",
             };
             return Err(ExportError::Method { method, reason });
         }
