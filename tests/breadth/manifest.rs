@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use gradcam_core::{Layout, Method};
 use ndarray::{Array4, ArrayD, Ix4};
 use serde_json::Value;
-use tests::{method_from_fixture_name, read_json, read_npy};
+use tests::{method_from_fixture_name, read_json, read_npy, TOL};
 
 /// One model of the suite, at its one layer.
 #[derive(Clone, Debug)]
@@ -92,6 +92,20 @@ fn case(dir: &Path, key: &str, entry: &Value, ablation_batch_size: usize) -> Cas
 }
 
 impl Case {
+    /// The tolerance for `quantity` (`activations`, `gradients`, `logits`, or `scaled.<method>`
+    /// for a per-layer map): [`TOL`], or twice the reference's own fold noise where that is
+    /// larger. The generator records, as `fold_noise`, how far the reference moves when its
+    /// BatchNorms are folded into the convolutions, as backend-tch and ONNX Runtime fold them;
+    /// deep random networks amplify that rounding past [`TOL`] (inception_v3's activations).
+    pub fn tolerance(&self, quantity: &str) -> f32 {
+        let noise = quantity
+            .split('.')
+            .try_fold(&self.entry["fold_noise"], |v, part| v.get(part))
+            .and_then(Value::as_f64)
+            .unwrap_or(0.0) as f32;
+        TOL.max(2.0 * noise)
+    }
+
     /// The export of `kind` (`traced`, `legacy_fixed`, `dynamo_dynamic`, `safetensors`, …), when
     /// the generator made one.
     pub fn file(&self, kind: &str) -> Option<PathBuf> {
