@@ -114,6 +114,10 @@ fn gradcam_pp_weight(a: &[f32], g: &[f32]) -> f32 {
     }))
 }
 
+/// The most positions (h·w) KPCA-CAM takes: a 64×64 layer's kernel is 134 MB of f64, and its
+/// eigendecomposition grows with the cube of the positions.
+pub const KPCA_MAX_POSITIONS: usize = 4096;
+
 /// FEM's `k` in the `mean + k std` threshold (pytorch-grad-cam's default).
 pub const FEM_K: f32 = 2.0;
 
@@ -167,6 +171,15 @@ pub fn layer_map(
         (_, g) => g,
     };
     let (batch, channels, h, w) = activations.dim();
+    if matches!(rule, Rule::Projection(_)) && h * w > KPCA_MAX_POSITIONS {
+        // The kernel is (hw)² f64 and its eigendecomposition O((hw)³): refuse before allocating.
+        return Err(CamError::Unsupported(format!(
+            "{method} on a {h}x{w} layer needs a {n}x{n} kernel matrix ({mb} MB) and its \
+             eigendecomposition: choose a deeper layer (at most {KPCA_MAX_POSITIONS} positions)",
+            n = h * w,
+            mb = (h * w) * (h * w) * 8 / 1_000_000,
+        )));
+    }
     let a = activations.as_standard_layout();
     let a = a.view().into_shape_with_order((batch, channels, h * w)).expect("standard layout");
     let g = gradients.as_ref().map(|g| g.as_standard_layout());

@@ -94,7 +94,7 @@ mod tokens;
 
 pub use cam::{
     ablation_weights, combine_layers, layer_map, scale_maps, scorecam_weights, upsample_maps, weighted_sum,
-    FEM_K, GRADCAM_PP_EPS, SCALE_EPS, XGRADCAM_EPS,
+    FEM_K, GRADCAM_PP_EPS, KPCA_MAX_POSITIONS, SCALE_EPS, XGRADCAM_EPS,
 };
 pub use eigen::principal_projection;
 pub use error::CamError;

@@ -113,3 +113,15 @@ proptest! {
 fn is_close(a: ArrayView1<f32>, b: ArrayView1<f32>, tol: f32) -> bool {
     a.iter().zip(b.iter()).all(|(x, y)| (x - y).abs() <= tol)
 }
+
+/// A KPCA-CAM layer too large for its (hw)² kernel is a typed error, raised before the kernel is
+/// allocated; one at the limit runs.
+#[test]
+fn kpca_refuses_a_layer_too_large_before_allocating() {
+    let side = (gradcam_core::KPCA_MAX_POSITIONS as f64).sqrt() as usize;
+    let big = Array4::<f32>::zeros((1, 2, side + 1, side));
+    let err = layer_map(Method::KpcaCam, big.view(), None).expect_err("too large");
+    assert!(err.to_string().contains("deeper layer"), "{err}");
+    let small = Array4::<f32>::from_shape_fn((1, 2, 8, 8), |(_, c, y, x)| (c + y * x) as f32);
+    assert_eq!(layer_map(Method::KpcaCam, small.view(), None).expect("runs").dim(), (1, 8, 8));
+}
