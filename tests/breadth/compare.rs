@@ -3,7 +3,7 @@
 
 use gradcam_core::{explain, CamModel, Method, Target};
 use ndarray::{s, ArrayView4, Axis, Ix3};
-use tests::{close, close_except_ties, fixture_name, layer_view, TIE_TOL, TOL, UPSAMPLED_TOL};
+use tests::{close, close_except_ties, fixture_name, layer_view, TIE_TOL, UPSAMPLED_TOL};
 
 use crate::manifest::{Case, TargetReference};
 
@@ -16,11 +16,11 @@ pub type Failures = Vec<String>;
 
 /// Compares `model` (the case's model in one backend) with the references:
 /// - the layer is listed by [`CamModel::layers`];
-/// - per target, a capture's logits, classes, activations to [`TOL`], and gradients to [`TOL`]
+/// - per target, a capture's logits, classes, activations to [`tests::TOL`], and gradients to [`tests::TOL`]
 ///   except the reference's kink ties (each tolerance raised to the reference's own fold noise
 ///   where that is larger, [`Case::tolerance`]);
 /// - per target, every method grad-cam ran, through [`explain`]: the class explained, the layout
-///   chosen, the per-layer map before upsampling to [`TOL`] and the final map to
+///   chosen, the per-layer map before upsampling to [`tests::TOL`] and the final map to
 ///   [`UPSAMPLED_TOL`] ([`TIE_TOL`] for a gradient method on an image whose gradient crossed a
 ///   tie). Top-1 through [`Target::top_one`], rank 2 through [`Target::rank`] (gradient methods)
 ///   and [`Target::per_image`] (ScoreCAM, AblationCAM, on the first [`HEAVY_IMAGES`] images).
@@ -95,8 +95,9 @@ fn check_capture(
         );
         compare(
             "activations",
-            case.npy::<f32>("activations.npy")
-                .and_then(|w| close(layer_view(&capture.activation), w.view(), case.tolerance("activations"))),
+            case.npy::<f32>("activations.npy").and_then(|w| {
+                close(layer_view(&capture.activation), w.view(), case.tolerance("activations"))
+            }),
         );
     }
     match target.resolve(capture.logits.view()) {
