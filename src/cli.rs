@@ -162,7 +162,7 @@ pub struct ExplainArgs {
     #[arg(long, value_name = "X", default_value_t = 1.0, value_parser = parse_finer_alpha, allow_negative_numbers = true)]
     pub finer_alpha: f32,
     /// RandomCAM's seed: its weights are numpy's `np.random.seed(N); np.random.uniform(-1, 1, ...)`.
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = parse_seed, allow_negative_numbers = true)]
     pub seed: u32,
     /// Colormap of the heatmaps.
     #[arg(long, value_enum, default_value = "jet")]
@@ -244,6 +244,12 @@ fn parse_alpha(s: &str) -> Result<f64, String> {
     }
 }
 
+fn parse_seed(s: &str) -> Result<u32, String> {
+    s.trim()
+        .parse::<u32>()
+        .map_err(|_| format!("`{s}` is not a seed: give a whole number from 0 to {}", u32::MAX))
+}
+
 fn parse_finer_alpha(s: &str) -> Result<f32, String> {
     match s.trim().parse::<f32>() {
         Ok(a) if a.is_finite() => Ok(a),
@@ -272,6 +278,10 @@ mod tests {
         assert!(parse_shard("4/4").is_err() && parse_shard("0/0").is_err() && parse_shard("1").is_err());
         assert!(parse_alpha("1.5").is_err());
         assert_eq!(parse_alpha("0.25"), Ok(0.25));
+        assert_eq!(parse_seed("7"), Ok(7));
+        for bad in ["-1", "4294967296", "1.5", ""] {
+            assert!(parse_seed(bad).unwrap_err().contains("is not a seed"), "{bad}");
+        }
         assert_eq!(parse_finer_alpha("0.5"), Ok(0.5));
         assert_eq!(parse_finer_alpha("-2"), Ok(-2.0));
         for bad in ["nan", "inf", "-inf", "1e40", "x", ""] {

@@ -80,6 +80,8 @@ fn bad_finer_alpha_and_seed() {
         assert_failure(&out, 2, "not a finite number", &dir, &[]);
         assert!(stderr(&out).contains("--finer-alpha"), "names the flag: {}", stderr(&out));
     }
+    // A negative seed reaches the flag's own check (not clap's "unexpected argument '-1'").
     let out = gradcam(&dir, &["explain", &chelsea(), "--method", "randomcam", "--seed", "-1"]);
-    assert_failure(&out, 2, "--seed", &dir, &[]);
+    assert_failure(&out, 2, "is not a seed", &dir, &[]);
+    assert!(stderr(&out).contains("--seed"), "names the flag: {}", stderr(&out));
 }
