@@ -84,9 +84,9 @@ def spec(key, source, arch, layer, *, hw=(224, 224), kwargs=None, layout="nchw",
     is written). definition: the reference is computed by the definition where grad-cam's is an artefact (the
     layer's output is copied before the rest of the network runs; see gradcam_ref._clone_outputs). files_of:
     another layer of the same model, whose exports this one reads (the other key must come first). head: the
-    hidden width of a VGG classifier (its three Linear layers are rebuilt at that width). arch: a torchvision
-    builder function, or a class path under torchvision.models (`swin_transformer.SwinTransformer`) built from
-    kwargs."""
+    hidden width of a VGG classifier (its three Linear layers are rebuilt at that width). arch: a timm model name, a
+    torchvision builder function, or a class path under timm.models or torchvision.models
+    (`swin_transformer.SwinTransformer`) built from kwargs."""
     return {"key": key, "source": source, "arch": arch, "layer": layer, "hw": list(hw), "kwargs": kwargs or {},
             "layout": layout, "prefix": prefix, "grid": grid, "batch": batch, "full": full, "candle": candle,
             "definition": definition, "files_of": files_of, "head": head, "notes": list(notes)}
@@ -151,8 +151,10 @@ MODELS = [
     spec("deit_tiny_distilled", "timm", "deit_tiny_distilled_patch16_224", "blocks.11.norm1", layout="tokens",
          prefix=2, grid=[14, 14], full=True, candle=True, batch="both",
          notes=["class + distillation token"]),
-    spec("mixer_s16", "timm", "mixer_s16_224", "blocks.3.norm1", layout="tokens", prefix=0, grid=[14, 14],
-         kwargs={"num_blocks": 4}, notes=["MLP-Mixer: tokens without a class token", "4 blocks instead of 8"]),
+    spec("mixer_s16", "timm", "mlp_mixer.MlpMixer", "blocks.3.norm1", layout="tokens", prefix=0, grid=[14, 14],
+         kwargs={"patch_size": 16, "num_blocks": 4, "embed_dim": 512},
+         notes=["MLP-Mixer: tokens without a class token", "mixer_s16_224's class with 4 blocks instead of 8 "
+                "(its builder does not let num_blocks be overridden)"]),
     spec("mobilevit_xxs", "timm", "mobilevit_xxs", "stages.4", hw=(256, 256), batch="fixed",
          notes=["its own input size 256x256 (unfold/fold reshapes depend on it)"]),
 ]
@@ -172,7 +174,10 @@ def first_line(e, limit=400):
 def build(s):
     """The model, with random weights, adjusted as the module docstring says; returns (model, init notes)."""
     torch.manual_seed(0)
-    if s["source"] == "timm":
+    if s["source"] == "timm" and "." in s["arch"]:  # a class under timm.models, built from kwargs
+        module, _, name = s["arch"].rpartition(".")
+        model = getattr(getattr(timm.models, module), name)(**s["kwargs"])
+    elif s["source"] == "timm":
         model = timm.create_model(s["arch"], pretrained=False, **s["kwargs"])
     else:
         module, _, name = s["arch"].rpartition(".")
