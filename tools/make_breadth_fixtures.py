@@ -671,9 +671,14 @@ def main():
             f.write(args.stamp + "\n")
     manifest_path = os.path.join(work, "manifest.json")
     previous = {}
-    if args.only and os.path.exists(manifest_path):
-        with open(manifest_path) as f:
-            previous = json.load(f)["models"]
+    if args.only:
+        # The other models' entries, from each one's entry.json: a failed --only run has removed the
+        # manifest, and the next one must not drop the models it did not name.
+        for key in keys:
+            path = os.path.join(work, key, "entry.json")
+            if key not in wanted and os.path.exists(path):
+                with open(path) as f:
+                    previous[key] = json.load(f)
     remove(manifest_path)  # a folder with a manifest is a complete one
 
     t_start, cpu_start = time.time(), time.process_time()
