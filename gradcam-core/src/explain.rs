@@ -167,17 +167,12 @@ pub fn explain(
     } else {
         layers.to_vec()
     };
-    if !options.finer_alpha.is_finite() {
-        return Err(CamError::Unsupported(format!(
-            "FinerCAM's alpha must be a finite number, not {}",
-            options.finer_alpha
-        )));
-    }
+    let finer_seed = FinerSeed { target, alpha: options.finer_alpha };
+    finer_seed.check()?;
     // FinerCAM back-propagates its own score; the other gradient methods the target's. The
     // activations are the same in both captures.
     let finer = methods.contains(&Method::FinerCam);
     let plain_gradients = methods.iter().any(|m| m.needs_gradients() && *m != Method::FinerCam);
-    let finer_seed = FinerSeed { target, alpha: options.finer_alpha };
     let seed: Option<&dyn Seed> = if plain_gradients {
         Some(target)
     } else if finer {

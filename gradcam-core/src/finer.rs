@@ -48,6 +48,18 @@ pub fn finer_comparisons(row: ArrayView1<f32>, main: usize) -> Vec<usize> {
 }
 
 impl FinerSeed<'_> {
+    /// Refuses a non-finite `alpha`; [`crate::explain`] calls it before capturing anything.
+    pub fn check(&self) -> Result<(), CamError> {
+        if self.alpha.is_finite() {
+            Ok(())
+        } else {
+            Err(CamError::Unsupported(format!(
+                "FinerCAM's alpha must be a finite number, not {}",
+                self.alpha
+            )))
+        }
+    }
+
     /// `d S / d y` for one row of logits (see [`FinerSeed`]), in `f64`.
     fn row_seed(&self, row: ArrayView1<f32>, main: usize) -> Vec<f64> {
         let y: Vec<f64> = row.iter().map(|&v| f64::from(v)).collect();
@@ -82,12 +94,7 @@ impl FinerSeed<'_> {
 
 impl Seed for FinerSeed<'_> {
     fn seed(&self, logits: ArrayView2<f32>) -> Result<Array2<f32>, CamError> {
-        if !self.alpha.is_finite() {
-            return Err(CamError::Unsupported(format!(
-                "FinerCAM's alpha must be a finite number, not {}",
-                self.alpha
-            )));
-        }
+        self.check()?;
         let classes = self.target.resolve(logits)?;
         let mut seed = Array2::zeros(logits.raw_dim());
         for ((mut out, row), &main) in seed.outer_iter_mut().zip(logits.outer_iter()).zip(&classes) {
