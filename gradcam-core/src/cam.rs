@@ -17,6 +17,31 @@ pub const GRADCAM_PP_EPS: f32 = 1e-6;
 /// XGradCAM's epsilon in `Σ g·a / (Σ a + 1e-7)`.
 pub const XGRADCAM_EPS: f32 = 1e-7;
 
+/// How the weighted activations of one image, `(C, hw)`, become its raw map: pytorch-grad-cam's
+/// `get_cam_image` sums them over channels, or with `eigen_smooth=True` projects them onto their
+/// first principal component.
+///
+/// ```
+/// use gradcam_core::{layer_map_with, Method, Reduction};
+/// use ndarray::Array4;
+/// let a = Array4::from_shape_fn((1, 3, 2, 2), |(_, c, y, x)| (c * y + x) as f32);
+/// let g = Array4::from_elem((1, 3, 2, 2), 1.0f32);
+/// let smooth = layer_map_with(Method::GradCam, a.view(), Some(g.view()), Reduction::FirstComponent).unwrap();
+/// // The maps' pixels differ, but their mean over the image is 0: the projection is centred.
+/// assert!(smooth.sum().abs() < 1e-5);
+/// assert!(Method::GradCam.supports_eigen_smooth() && !Method::EigenCam.supports_eigen_smooth());
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Reduction {
+    /// `Σ_c` over channels.
+    #[default]
+    Sum,
+    /// The first principal component ([`principal_projection`], EigenCAM's sign rule):
+    /// `--eigen-smooth`. The methods that have no weighted activations (EigenCAM, EigenGradCAM,
+    /// FEM, KPCA-CAM) ignore it, as in pytorch-grad-cam ([`Method::supports_eigen_smooth`]).
+    FirstComponent,
+}
+
 /// How a method turns one layer's activations (and gradients) into a map.
 enum Rule {
     /// Per-channel weights `(B, C)` from `(activations, gradients)`, then `Σ_c w_c a_c`.
@@ -156,6 +181,16 @@ pub fn layer_map(
     activations: ArrayView4<f32>,
     gradients: Option<ArrayView4<f32>>,
 ) -> Result<Array3<f32>, CamError> {
+    layer_map_with(method, activations, gradients, Reduction::Sum)
+}
+
+/// [`layer_map`] with the channel reduction of pytorch-grad-cam's `eigen_smooth` flag.
+pub fn layer_map_with(
+    method: Method,
+    activations: ArrayView4<f32>,
+    gradients: Option<ArrayView4<f32>>,
+    reduction: Reduction,
+) -> Result<Array3<f32>, CamError> {
     let rule = rule(method).ok_or_else(|| {
         CamError::Unsupported(format!("{method} needs forward passes or a seed: use `explain`"))
     })?;
@@ -192,7 +227,14 @@ pub fn layer_map(
                 .and(a.lanes(Axis(2)))
                 .and(g.lanes(Axis(2)))
                 .for_each(|w, a, g| *w = weight(a.as_slice().unwrap(), g.as_slice().unwrap()));
-            weighted_sum_flat(weights.view(), a)
+            reduce_weighted(weights.view(), a, reduction)
+        }
+        Rule::Elementwise(f) if reduction == Reduction::FirstComponent => {
+            let g = g.expect("checked above");
+            first_components(a.dim(), |b, buffer| {
+                let (a, g) = (a.index_axis(Axis(0), b), g.index_axis(Axis(0), b));
+                buffer.extend(a.iter().zip(g.iter()).map(|(&a, &g)| f(g, a)));
+            })
         }
         Rule::Elementwise(f) => {
             let g = g.expect("checked above");
@@ -204,24 +246,16 @@ pub fn layer_map(
                 _ => channel_sum(a, g, f),
             }
         }
-        Rule::Eigen(f) => {
-            let mut out = Array2::zeros((batch, h * w));
-            let mut buffer = Vec::new();
-            for (b, mut out) in out.outer_iter_mut().enumerate() {
-                let image = a.index_axis(Axis(0), b);
-                let image = match (f, &g) {
-                    (Some(f), Some(g)) => {
-                        buffer.clear();
-                        let g = g.index_axis(Axis(0), b);
-                        buffer.extend(image.iter().zip(g.iter()).map(|(&a, &g)| f(g, a)));
-                        ArrayView2::from_shape((channels, h * w), &buffer).expect("same size")
-                    }
-                    _ => image,
-                };
-                out.assign(&principal_projection(image));
+        Rule::Eigen(f) => first_components(a.dim(), |b, buffer| {
+            let image = a.index_axis(Axis(0), b);
+            match (f, &g) {
+                (Some(f), Some(g)) => {
+                    let g = g.index_axis(Axis(0), b);
+                    buffer.extend(image.iter().zip(g.iter()).map(|(&a, &g)| f(g, a)));
+                }
+                _ => buffer.extend(image.iter()),
             }
-            out
-        }
+        }),
         Rule::ActivationWeights(weight) => {
             let mut weights = Array2::zeros((batch, channels));
             Zip::from(&mut weights)
@@ -256,8 +290,46 @@ fn channel_sum(a: ArrayView3<f32>, g: ArrayView3<f32>, f: impl Fn(f32, f32) -> f
     out
 }
 
+/// Each image's `(C, hw)` matrix, written by `fill(b, buffer)` into an empty buffer in
+/// row-major order, projected onto its first principal component: `(B, hw)`.
+fn first_components(
+    (batch, channels, hw): (usize, usize, usize),
+    mut fill: impl FnMut(usize, &mut Vec<f32>),
+) -> Array2<f32> {
+    let mut out = Array2::zeros((batch, hw));
+    let mut buffer = Vec::with_capacity(channels * hw);
+    for (b, mut row) in out.outer_iter_mut().enumerate() {
+        buffer.clear();
+        fill(b, &mut buffer);
+        let matrix = ArrayView2::from_shape((channels, hw), &buffer).expect("fill writes C x hw values");
+        row.assign(&principal_projection(matrix));
+    }
+    out
+}
+
+/// `Σ_c weights[b, c] * activations[b, c]` (or its first principal component), `(B, hw)`.
+fn reduce_weighted(weights: ArrayView2<f32>, a: ArrayView3<f32>, reduction: Reduction) -> Array2<f32> {
+    match reduction {
+        Reduction::Sum => weighted_sum_flat(weights, a),
+        Reduction::FirstComponent => first_components(a.dim(), |b, buffer| {
+            for (channel, &w) in a.index_axis(Axis(0), b).outer_iter().zip(weights.row(b)) {
+                buffer.extend(channel.iter().map(|&x| w * x));
+            }
+        }),
+    }
+}
+
 /// `Σ_c weights[b, c] * activations[b, c]`: the map of a channel-weight method, `(B, h, w)`.
 pub fn weighted_sum(weights: ArrayView2<f32>, activations: ArrayView4<f32>) -> Result<Array3<f32>, CamError> {
+    weighted_map(weights, activations, Reduction::Sum)
+}
+
+/// [`weighted_sum`] with the channel reduction of pytorch-grad-cam's `eigen_smooth` flag.
+pub fn weighted_map(
+    weights: ArrayView2<f32>,
+    activations: ArrayView4<f32>,
+    reduction: Reduction,
+) -> Result<Array3<f32>, CamError> {
     let (batch, channels, h, w) = activations.dim();
     if weights.dim() != (batch, channels) {
         return Err(CamError::Shape(format!(
@@ -268,7 +340,7 @@ pub fn weighted_sum(weights: ArrayView2<f32>, activations: ArrayView4<f32>) -> R
     }
     let a = activations.as_standard_layout();
     let a = a.view().into_shape_with_order((batch, channels, h * w)).expect("standard layout");
-    Ok(weighted_sum_flat(weights, a).into_shape_with_order((batch, h, w)).expect("same size"))
+    Ok(reduce_weighted(weights, a, reduction).into_shape_with_order((batch, h, w)).expect("same size"))
 }
 
 fn weighted_sum_flat(weights: ArrayView2<f32>, a: ArrayView3<f32>) -> Array2<f32> {

@@ -4,17 +4,18 @@
 use std::fmt;
 use std::sync::Arc;
 
-use ndarray::{s, Array2, Array3, Array4, ArrayView2, ArrayView4, Axis};
+use ndarray::{s, Array2, Array3, Array4, ArrayView2, ArrayView3, ArrayView4, Axis};
 
 use crate::cam::{
-    ablation_weights, combine_layers, layer_map, scale_maps, scorecam_weights, upsample_maps, weighted_sum,
+    ablation_weights, combine_layers, layer_map_with, scale_maps, scorecam_weights, upsample_maps,
+    weighted_map, Reduction,
 };
 use crate::layout::nhwc_to_nchw;
 use crate::resize::upsample_align_corners;
 use crate::tokens::fold_tokens;
 use crate::{
-    CamError, CamModel, FinerSeed, LayerTensor, LayerView, Layout, LegacyRandom, Method, Seed, Target,
-    TokenGrid,
+    CamError, CamModel, Classes, FinerSeed, LayerTensor, LayerView, Layout, LegacyRandom, Method, Seed,
+    Target, TokenGrid,
 };
 
 /// Progress callback: `(done, total)` forward passes of ScoreCAM / AblationCAM.
@@ -38,6 +39,13 @@ pub struct CamOptions {
     pub seed: u32,
     /// FinerCAM's `alpha` (default 1; must be finite).
     pub finer_alpha: f32,
+    /// pytorch-grad-cam's `eigen_smooth`: each layer's map is the first principal component of
+    /// the weighted activations instead of their sum over channels ([`Reduction`]; methods
+    /// without weighted activations ignore it, [`Method::supports_eigen_smooth`]).
+    pub eigen_smooth: bool,
+    /// pytorch-grad-cam's `aug_smooth`: the mean of the maps of six augmented inputs
+    /// ([`AUGMENTATIONS`]), at six times the cost.
+    pub aug_smooth: bool,
 }
 
 impl Default for CamOptions {
@@ -49,6 +57,8 @@ impl Default for CamOptions {
             progress: None,
             seed: 0,
             finer_alpha: 1.0,
+            eigen_smooth: false,
+            aug_smooth: false,
         }
     }
 }
@@ -62,6 +72,8 @@ impl fmt::Debug for CamOptions {
             .field("progress", &self.progress.as_ref().map(|_| "Fn(done, total)"))
             .field("seed", &self.seed)
             .field("finer_alpha", &self.finer_alpha)
+            .field("eigen_smooth", &self.eigen_smooth)
+            .field("aug_smooth", &self.aug_smooth)
             .finish()
     }
 }
@@ -93,6 +105,11 @@ pub struct LayerCam {
     pub raw: Array3<f32>,
     /// `raw` after ReLU and per-image min-max, `(B, h, w)` in `[0, 1]`.
     pub scaled: Array3<f32>,
+    /// The layer's own final map `(B, H_in, W_in)` in `[0, 1]`: what pytorch-grad-cam returns
+    /// for this layer alone (`scaled` upsampled, then min-max; [`Explanation::maps`] when it is the
+    /// only layer). With [`CamOptions::aug_smooth`] it is the mean over the augmentations, while
+    /// `raw` and `scaled` are those of the unaugmented input.
+    pub map: Array3<f32>,
 }
 
 /// One layer's capture: the native output, and it and its gradient folded to `(B, C, h, w)`.
@@ -145,6 +162,12 @@ fn fold(
 /// `options.token_grid`). ScoreCAM and AblationCAM run their extra forward passes through
 /// [`CamModel::forward`] / [`CamModel::forward_with_activation`] in batches of
 /// `options.batch_size`, reporting to `options.progress`.
+///
+/// With [`CamOptions::aug_smooth`] all of this runs once per augmentation ([`AUGMENTATIONS`]) and
+/// the maps are averaged after un-flipping, as pytorch-grad-cam's `aug_smooth=True`. The class is
+/// resolved once, on the unaugmented input (its pass is one of the six), and every augmented pass
+/// explains that class; pytorch-grad-cam with `targets=None` takes each augmented input's own
+/// top-1 instead, which differs only where a flip or a 10 % contrast change moves the top-1.
 pub fn explain(
     model: &mut dyn CamModel,
     input: ArrayView4<f32>,
@@ -167,8 +190,108 @@ pub fn explain(
     } else {
         layers.to_vec()
     };
+    FinerSeed { target, alpha: options.finer_alpha }.check()?;
+    let passes = if options.aug_smooth { AUGMENTATIONS.len() } else { 1 };
+    let mut forward = ForwardPasses { done: 0, total: 0, passes, options };
+    if !options.aug_smooth {
+        return explain_pass(model, input, &layers, methods, target, 0, &mut forward);
+    }
+
+    // The unaugmented pass first: it resolves the classes every other pass explains.
+    let identity = AUGMENTATIONS.iter().position(|a| *a == Augmentation::IDENTITY).expect("listed");
+    let first = explain_pass(model, input, &layers, methods, target, identity, &mut forward)?;
+    let fixed = Target { classes: Classes::PerImage(first[0].classes.clone()), score: target.score };
+    let mut per_pass: Vec<Option<Vec<Explanation>>> = vec![None; AUGMENTATIONS.len()];
+    for (index, augmentation) in AUGMENTATIONS.iter().enumerate() {
+        if index == identity {
+            continue;
+        }
+        let augmented = augmentation.apply(input);
+        let mut explanations =
+            explain_pass(model, augmented.view(), &layers, methods, &fixed, index, &mut forward)?;
+        for e in &mut explanations {
+            e.maps = augmentation.undo(e.maps.view());
+            for layer in &mut e.layers {
+                layer.map = augmentation.undo(layer.map.view());
+            }
+        }
+        per_pass[index] = Some(explanations);
+    }
+    let mut merged = first;
+    // The mean in the reference's order (ttach's), one pass after the other, then / 6.
+    for (m, explanation) in merged.iter_mut().enumerate() {
+        let mut maps = Array3::<f32>::zeros(explanation.maps.raw_dim());
+        let mut layer_maps: Vec<Array3<f32>> =
+            explanation.layers.iter().map(|l| Array3::zeros(l.map.raw_dim())).collect();
+        for (index, pass) in per_pass.iter().enumerate() {
+            let e = if index == identity { &*explanation } else { &pass.as_ref().expect("run above")[m] };
+            maps += &e.maps;
+            for (sum, layer) in layer_maps.iter_mut().zip(&e.layers) {
+                *sum += &layer.map;
+            }
+        }
+        let n = AUGMENTATIONS.len() as f32;
+        explanation.maps = maps.mapv(|v| v / n);
+        for (layer, sum) in explanation.layers.iter_mut().zip(layer_maps) {
+            layer.map = sum.mapv(|v| v / n);
+        }
+    }
+    Ok(merged)
+}
+
+/// One test-time augmentation of `aug_smooth`: an optional horizontal flip, then a factor.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Augmentation {
+    /// Flip the input left to right (and the maps back).
+    pub flip: bool,
+    /// Multiply the input by this.
+    pub factor: f32,
+}
+
+impl Augmentation {
+    const IDENTITY: Augmentation = Augmentation { flip: false, factor: 1.0 };
+
+    /// The augmented copy of `input` `(B, C, H, W)`.
+    pub fn apply(&self, input: ArrayView4<f32>) -> Array4<f32> {
+        let input = if self.flip { input.slice_move(s![.., .., .., ..;-1]) } else { input };
+        input.mapv(|x| x * self.factor)
+    }
+
+    /// Maps `(B, H, W)` of the augmented input, back in the original's frame.
+    pub fn undo(&self, maps: ArrayView3<f32>) -> Array3<f32> {
+        if self.flip {
+            maps.slice(s![.., .., ..;-1]).to_owned()
+        } else {
+            maps.to_owned()
+        }
+    }
+}
+
+/// pytorch-grad-cam's `aug_smooth` transforms in ttach's order: `tta.Compose([HorizontalFlip(),
+/// Multiply(factors=[0.9, 1, 1.1])])`.
+pub const AUGMENTATIONS: [Augmentation; 6] = [
+    Augmentation { flip: false, factor: 0.9 },
+    Augmentation { flip: false, factor: 1.0 },
+    Augmentation { flip: false, factor: 1.1 },
+    Augmentation { flip: true, factor: 0.9 },
+    Augmentation { flip: true, factor: 1.0 },
+    Augmentation { flip: true, factor: 1.1 },
+];
+
+/// One pass of [`explain`] over an input (the `pass`-th of `forward.passes`: RandomCAM's weights
+/// continue numpy's stream where the earlier passes left it, as in pytorch-grad-cam).
+fn explain_pass(
+    model: &mut dyn CamModel,
+    input: ArrayView4<f32>,
+    layers: &[&str],
+    methods: &[Method],
+    target: &Target,
+    pass: usize,
+    forward: &mut ForwardPasses,
+) -> Result<Vec<Explanation>, CamError> {
+    let options = forward.options;
+    let (batch, _, in_h, in_w) = input.dim();
     let finer_seed = FinerSeed { target, alpha: options.finer_alpha };
-    finer_seed.check()?;
     // FinerCAM back-propagates its own score; the other gradient methods the target's. The
     // activations are the same in both captures.
     let finer = methods.contains(&Method::FinerCam);
@@ -180,56 +303,85 @@ pub fn explain(
     } else {
         None
     };
-    let (logits, captured) = capture_layers(model, input, &layers, target, seed, options)?;
+    let (logits, captured) = capture_layers(model, input, layers, target, seed, options)?;
     let finer_captured = match (finer, plain_gradients) {
-        (true, true) => Some(capture_layers(model, input, &layers, target, Some(&finer_seed), options)?.1),
+        (true, true) => Some(capture_layers(model, input, layers, target, Some(&finer_seed), options)?.1),
         _ => None,
     };
     let classes = target.resolve(logits.view())?;
     let original_scores = target.scores(logits.view(), &classes);
 
-    let total: usize = methods
-        .iter()
-        .filter(|m| m.needs_forward_passes())
-        .map(|_| captured.iter().map(|l| batch * l.channels()).sum::<usize>())
-        .sum();
-    let mut passes = ForwardPasses { done: 0, total, options };
+    if forward.total == 0 {
+        let per_pass: usize = methods
+            .iter()
+            .filter(|m| m.needs_forward_passes())
+            .map(|_| captured.iter().map(|l| batch * l.channels()).sum::<usize>())
+            .sum();
+        forward.total = per_pass * forward.passes;
+    }
+    // RandomCAM draws `B x C` weights per layer and pass.
+    let draws_per_pass: usize = captured.iter().map(|l| batch * l.channels()).sum();
 
     let mut explanations = Vec::with_capacity(methods.len());
     for &method in methods {
+        let reduction = match (options.eigen_smooth, method.supports_eigen_smooth()) {
+            (true, true) => Reduction::FirstComponent,
+            _ => Reduction::Sum,
+        };
         let mut layer_cams = Vec::with_capacity(captured.len());
         let mut upsampled = Vec::with_capacity(captured.len());
         let mut random = LegacyRandom::new(options.seed);
+        random.skip(pass * draws_per_pass);
         for (index, layer) in captured.iter().enumerate() {
             let activations = layer.activations();
             let raw = match method {
                 Method::RandomCam => {
                     let (batch, channels, _, _) = activations.dim();
-                    weighted_sum(random.weights(batch, channels).view(), activations)?
+                    weighted_map(random.weights(batch, channels).view(), activations, reduction)?
                 }
                 Method::FinerCam => {
                     let gradients = finer_captured.as_ref().map_or(&layer.gradient, |f| &f[index].gradient);
-                    layer_map(method, activations, gradients.as_ref().map(|g| g.view()))?
+                    layer_map_with(method, activations, gradients.as_ref().map(|g| g.view()), reduction)?
                 }
                 Method::ScoreCam => {
-                    let scores = passes.scorecam_scores(model, input, activations, target, &classes)?;
-                    weighted_sum(scorecam_weights(scores.view()).view(), activations)?
+                    let scores = forward.scorecam_scores(model, input, activations, target, &classes)?;
+                    weighted_map(scorecam_weights(scores.view()).view(), activations, reduction)?
                 }
                 Method::AblationCam => {
-                    let scores = passes.ablation_scores(model, input, layer, target, &classes)?;
-                    weighted_sum(ablation_weights(&original_scores, scores.view()).view(), activations)?
+                    let scores = forward.ablation_scores(model, input, layer, target, &classes)?;
+                    weighted_map(
+                        ablation_weights(&original_scores, scores.view()).view(),
+                        activations,
+                        reduction,
+                    )?
                 }
-                _ => layer_map(method, activations, layer.gradient.as_ref().map(|g| g.view()))?,
+                _ => {
+                    layer_map_with(method, activations, layer.gradient.as_ref().map(|g| g.view()), reduction)?
+                }
             };
             let scaled = scale_maps(raw.view());
-            upsampled.push(upsample_maps(scaled.view(), in_h, in_w));
-            layer_cams.push(LayerCam { layer: layer.name.clone(), layout: layer.layout, raw, scaled });
+            let up = upsample_maps(scaled.view(), in_h, in_w);
+            // A layer's own final map: what pytorch-grad-cam returns for it alone.
+            let map =
+                if captured.len() == 1 { None } else { Some(combine_layers(std::slice::from_ref(&up))?) };
+            upsampled.push(up);
+            layer_cams.push(LayerCam {
+                layer: layer.name.clone(),
+                layout: layer.layout,
+                raw,
+                scaled,
+                map: map.unwrap_or_default(),
+            });
+        }
+        let maps = combine_layers(&upsampled)?;
+        if let [only] = layer_cams.as_mut_slice() {
+            only.map = maps.clone();
         }
         explanations.push(Explanation {
             method,
             logits: logits.clone(),
             classes: classes.clone(),
-            maps: combine_layers(&upsampled)?,
+            maps,
             layers: layer_cams,
         });
     }
@@ -311,7 +463,10 @@ fn capture_layers(
 /// The extra forward passes of ScoreCAM and AblationCAM, with progress accounting.
 struct ForwardPasses<'o> {
     done: usize,
+    /// Counted at the first pass's capture (the channel counts are known then).
     total: usize,
+    /// How many times `explain` runs everything (6 under `aug_smooth`).
+    passes: usize,
     options: &'o CamOptions,
 }
 

@@ -93,12 +93,16 @@ mod target;
 mod tokens;
 
 pub use cam::{
-    ablation_weights, combine_layers, layer_map, scale_maps, scorecam_weights, upsample_maps, weighted_sum,
-    FEM_K, GRADCAM_PP_EPS, KPCA_MAX_POSITIONS, SCALE_EPS, XGRADCAM_EPS,
+    ablation_weights, combine_layers, layer_map, layer_map_with, scale_maps, scorecam_weights, upsample_maps,
+    weighted_map, weighted_sum, Reduction, FEM_K, GRADCAM_PP_EPS, KPCA_MAX_POSITIONS, SCALE_EPS,
+    XGRADCAM_EPS,
 };
 pub use eigen::principal_projection;
 pub use error::CamError;
-pub use explain::{ablation_value, explain, scorecam_mask, CamOptions, Explanation, LayerCam, Progress};
+pub use explain::{
+    ablation_value, explain, scorecam_mask, Augmentation, CamOptions, Explanation, LayerCam, Progress,
+    AUGMENTATIONS,
+};
 pub use finer::{finer_comparisons, FinerSeed, FINER_COMPARISONS, FINER_EPS};
 pub use kernel::{kernel_projection, KPCA_COEF0};
 pub use layer::{near_matches, Activations, Gradients, LayerTensor, LayerView};

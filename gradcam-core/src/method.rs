@@ -111,6 +111,13 @@ impl Method {
         )
     }
 
+    /// Whether pytorch-grad-cam's `eigen_smooth` changes the method: every method whose map is a
+    /// channel reduction of weighted activations. EigenCAM and EigenGradCAM already are a first
+    /// principal component; FEM and KPCA-CAM ignore the flag there.
+    pub fn supports_eigen_smooth(self) -> bool {
+        !matches!(self, Method::EigenCam | Method::EigenGradCam | Method::Fem | Method::KpcaCam)
+    }
+
     /// Whether the method runs extra forward passes of the model (ScoreCAM, AblationCAM).
     pub fn needs_forward_passes(self) -> bool {
         matches!(self, Method::ScoreCam | Method::AblationCam)

@@ -69,6 +69,14 @@ impl LegacyRandom {
         low + (high - low) * self.next_f64()
     }
 
+    /// Draws and discards `n` doubles: the stream position after `n` calls of
+    /// [`LegacyRandom::next_f64`] (RandomCAM's earlier passes under `aug_smooth`).
+    pub fn skip(&mut self, n: usize) {
+        for _ in 0..n {
+            self.next_f64();
+        }
+    }
+
     /// `np.random.uniform(-1, 1, size=(rows, cols))` in row-major order, as `f32`: RandomCAM's
     /// channel weights for a batch of `rows` images with `cols` channels.
     pub fn weights(&mut self, rows: usize, cols: usize) -> Array2<f32> {

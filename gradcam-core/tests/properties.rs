@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{ChannelsLast, Toy};
+use common::{tensor, toy, ChannelsLast, Toy};
 use gradcam_core::{
     ablation_value, explain, grid_to_tokens, layer_map, principal_projection, resize_bilinear, scale_maps,
     tokens_to_grid, upsample_align_corners, CamOptions, Layout, Method, Target, TokenGrid,
@@ -188,11 +188,6 @@ fn assert_maps_close(
 
 // ---------- strategies ----------
 
-fn tensor(shape: (usize, usize, usize, usize), lo: f32, hi: f32) -> impl Strategy<Value = Array4<f32>> {
-    let n = shape.0 * shape.1 * shape.2 * shape.3;
-    proptest::collection::vec(lo..hi, n).prop_map(move |v| Array4::from_shape_vec(shape, v).unwrap())
-}
-
 /// (activations, gradients) of a random shape; activations mostly non-negative like post-ReLU maps.
 fn layer() -> impl Strategy<Value = (Array4<f32>, Array4<f32>)> {
     (1usize..=3, 1usize..=6, 1usize..=5, 1usize..=5)
@@ -209,26 +204,6 @@ const LOCAL_METHODS: [Method; 8] = [
     Method::EigenCam,
     Method::EigenGradCam,
 ];
-
-fn toy() -> impl Strategy<Value = (Toy, Array4<f32>)> {
-    (1usize..=2, 1usize..=5, 2usize..=6, 2usize..=6, 2usize..=4).prop_flat_map(|(b, c, h, w, k)| {
-        (
-            proptest::collection::vec(-1.0f32..1.0, c * 3),
-            proptest::collection::vec(-0.3f32..0.3, c),
-            proptest::collection::vec(-1.0f32..1.0, k * c),
-            tensor((b, 3, h, w), -1.0, 1.0),
-        )
-            .prop_map(move |(mix, bias, head, input)| {
-                let toy = Toy {
-                    mix: Array2::from_shape_vec((c, 3), mix).unwrap(),
-                    bias,
-                    head: Array2::from_shape_vec((k, c), head).unwrap(),
-                    forwards: 0,
-                };
-                (toy, input)
-            })
-    })
-}
 
 // ---------- properties ----------
 

@@ -3,6 +3,7 @@
 
 use gradcam_core::{CamError, CamModel, Capture, LayerInfo, LayerTensor, LayerView, Seed};
 use ndarray::{Array2, Array4, ArrayView4, Axis};
+use proptest::prelude::*;
 
 /// `features = relu(mix · input + bias)` per pixel (`C` channels), `logits = head · mean_px(features)`.
 /// Its gradient is analytic: `d logit_k / d features[c, y, x] = head[k, c] / (h w)`.
@@ -137,4 +138,29 @@ impl CamModel for ChannelsLast {
             tokens => self.0.forward_with_activation(input, layer, tokens),
         }
     }
+}
+
+pub fn tensor(shape: (usize, usize, usize, usize), lo: f32, hi: f32) -> impl Strategy<Value = Array4<f32>> {
+    let n = shape.0 * shape.1 * shape.2 * shape.3;
+    proptest::collection::vec(lo..hi, n).prop_map(move |v| Array4::from_shape_vec(shape, v).unwrap())
+}
+
+pub fn toy() -> impl Strategy<Value = (Toy, Array4<f32>)> {
+    (1usize..=2, 1usize..=5, 2usize..=6, 2usize..=6, 2usize..=4).prop_flat_map(|(b, c, h, w, k)| {
+        (
+            proptest::collection::vec(-1.0f32..1.0, c * 3),
+            proptest::collection::vec(-0.3f32..0.3, c),
+            proptest::collection::vec(-1.0f32..1.0, k * c),
+            tensor((b, 3, h, w), -1.0, 1.0),
+        )
+            .prop_map(move |(mix, bias, head, input)| {
+                let toy = Toy {
+                    mix: Array2::from_shape_vec((c, 3), mix).unwrap(),
+                    bias,
+                    head: Array2::from_shape_vec((k, c), head).unwrap(),
+                    forwards: 0,
+                };
+                (toy, input)
+            })
+    })
 }
