@@ -14,6 +14,10 @@ from pytorch_grad_cam.ablation_layer import AblationLayer, AblationLayerVit
 from pytorch_grad_cam.utils.image import scale_cam_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
+import pytorch_grad_cam.base_cam
+import pytorch_grad_cam.grad_cam_elementwise
+import pytorch_grad_cam.hirescam
+import pytorch_grad_cam.layer_cam
 
 GRADIENT_METHODS = ["gradcam", "gradcampp", "xgradcam", "hirescam", "layercam", "gradcam_elementwise",
                     "eigengradcam"]
@@ -75,6 +79,20 @@ def sign_rule_flip(matrix_chw):
     if d == 0.0:
         return bool(v[int(np.argmax(np.abs(v)))] < 0)
     return d < 0
+
+
+def signed_2d_projection(activation_batch):
+    """grad-cam's get_2d_projection (the `eigen_smooth=True` reduction), then the sign rule on each image's
+    matrix: installed below in the modules whose get_cam_image calls it for eigen_smooth, so that grad-cam's
+    pipeline runs unchanged with a deterministic sign (EigenCAM / EigenGradCAM flip in their subclasses)."""
+    projection = get_2d_projection(activation_batch)
+    signs = np.float32([-1.0 if sign_rule_flip(m) else 1.0 for m in activation_batch])
+    return projection * signs[:, None, None]
+
+
+for _module in (pytorch_grad_cam.base_cam, pytorch_grad_cam.grad_cam_elementwise, pytorch_grad_cam.hirescam,
+                pytorch_grad_cam.layer_cam):
+    _module.get_2d_projection = signed_2d_projection
 
 
 class _SignedEigen:
@@ -163,17 +181,31 @@ def _base(cam):
     return cam.base_cam if isinstance(cam, FinerCAM) else cam
 
 
-def _call(method, cam, x, targets, classes, top1):
+def _call(method, cam, x, targets, classes, top1, eigen_smooth=False, aug_smooth=False):
     """grad-cam's call for `method`. FinerCAM picks its own FinerWeightedTargets: with targets=None for
-    top-1 classes, target_idx for one class for every image, else the targets its code would build."""
+    top-1 classes, target_idx for one class for every image, else the targets its code would build.
+    `aug_smooth`: grad-cam's own for every method but FinerCAM, whose call has no aug_smooth; for it, the same
+    loop as BaseCAM.forward_augmentation_smoothing around FinerCAM.forward, each augmented input compared with
+    its own nearest classes."""
     if method == "randomcam":
         np.random.seed(RANDOM_SEED)
     if method != "finercam":
-        return cam(input_tensor=x, targets=targets)
+        return cam(input_tensor=x, targets=targets, eigen_smooth=eigen_smooth, aug_smooth=aug_smooth)
+    if aug_smooth:
+        cams = []
+        for transform in cam.base_cam.tta_transforms:
+            c = _finer_call(cam, transform.augment_image(x), classes, eigen_smooth)
+            cams.append(transform.deaugment_mask(torch.from_numpy(c[:, None]))[:, 0].numpy())
+        return np.mean(np.float32(cams), axis=0)
     if list(classes) == list(top1):
-        return cam(x, alpha=FINER_ALPHA)
+        return cam(x, alpha=FINER_ALPHA, eigen_smooth=eigen_smooth)
     if len(set(classes)) == 1:
-        return cam(x, alpha=FINER_ALPHA, target_idx=int(classes[0]))
+        return cam(x, alpha=FINER_ALPHA, target_idx=int(classes[0]), eigen_smooth=eigen_smooth)
+    return _finer_call(cam, x, classes, eigen_smooth)
+
+
+def _finer_call(cam, x, classes, eigen_smooth):
+    """FinerCAM of `classes` on `x` with the FinerWeightedTargets its code builds from x's logits."""
     from pytorch_grad_cam.utils.model_targets import FinerWeightedTarget
     with torch.no_grad():
         logits = cam.base_cam.model(x).numpy()
@@ -181,7 +213,7 @@ def _call(method, cam, x, targets, classes, top1):
     for i, c in enumerate(classes):
         order = np.argsort(np.abs(logits[i] - logits[i, c]))
         finer.append(FinerWeightedTarget(int(c), [int(j) for j in order[1:4]], FINER_ALPHA))
-    return cam(x, targets=finer, alpha=FINER_ALPHA)
+    return cam(x, targets=finer, alpha=FINER_ALPHA, eigen_smooth=eigen_smooth)
 
 
 def capture_native(model, x, layers, classes=None, clone_output=False):
@@ -224,11 +256,14 @@ def scorecam_masks(activations, input_hw, count=4):
 
 
 def run_methods(model, x, layers, methods=METHODS, reshape_transform=None, vit=False, scorecam_batch=16,
-                ablation_batch=32, log=print, classes=None, clone_output=False):
+                ablation_batch=32, log=print, classes=None, clone_output=False, eigen_smooth=False,
+                aug_smooth=False):
     """Runs each grad-cam method on (model, x, layers) with ClassifierOutputTargets of `classes` (one per image;
     default: each image's top-1). `clone_output`: the rest of the network gets a copy of each layer's output
     (`_clone_outputs`), i.e. grad-cam's answer by the definition where an in-place op after the layer would
-    rewrite the activation grad-cam stored (not for AblationCAM, which replaces the layer).
+    rewrite the activation grad-cam stored (not for AblationCAM, which replaces the layer). `eigen_smooth`,
+    `aug_smooth`: grad-cam's flags of the same names (see `_call`); the classes then come from the unaugmented
+    input, so every augmented pass explains the same class.
 
     Returns {method: {"cam": (B,H,W), "raw": [per layer (B,h,w)], "scaled": [...], extra keys}}.
     extra: scorecam "scores" [per layer (B,C)]; ablationcam "scores" [per layer (B,C)], "original" (B,),
@@ -267,7 +302,7 @@ def run_methods(model, x, layers, methods=METHODS, reshape_transform=None, vit=F
 
         nonlocal_original = []
         _base(cam).get_cam_image = recording_get_cam_image
-        result = _call(method, cam, x, targets, classes, top1)
+        result = _call(method, cam, x, targets, classes, top1, eigen_smooth, aug_smooth)
         entry = {"cam": np.float32(result), "raw": raws,
                  "scaled": [scale_cam_image(np.maximum(r, 0)) for r in raws]}
         if method == "scorecam":

@@ -22,6 +22,10 @@ tf_efficientnet_lite0 with assets/models/tf_efficientnet_lite0.safetensors) it w
                                     after np.random.seed(0); FinerCAM with alpha 1)
   <key>/<layer>/cam_<m>_rank1.npy   the same for the methods in RANK1_METHODS, explaining each image's
                                     runner-up class (manifest: layer "rank1")
+  <key>/<layer>/cam_<m>_<variant>.npy
+                                    with grad-cam's eigen_smooth and/or aug_smooth (VARIANTS, at
+                                    VARIANT_LAYERS; manifest: layer "variants", with the flags, the class
+                                    rank and the classes)
 and input.npy (2, 3, 224, 224): chelsea and coffee, preprocessed as in tools/common.py, plus manifest.json.
 
 ScoreCAM/AblationCAM on 224² need one forward per channel and image; to keep the run short on 2 CPU cores the
@@ -59,6 +63,22 @@ ABLATION_BATCH = 32  # grad-cam's default; the ViT ablation value depends on it 
 IMAGES = ["chelsea", "coffee"]
 # Methods also explained for each image's runner-up class (cheap: gradient methods only).
 RANK1_METHODS = ["gradcam", "finercam"]
+# grad-cam's smoothing flags, per variant: cam_<m>_<variant>.npy for each method listed, for the class of
+# `rank` (0: top-1) of the unaugmented input, at one layer per model (VARIANT_LAYERS; CI time: aug_smooth is 6
+# passes).
+# eigen_smooth: every method it changes but ScoreCAM/AblationCAM, whose weights go through the same
+# weighted-activation reduction as RandomCAM's. aug_smooth's loop is the same for every method: one of each
+# kind of rule (channel weights, element-wise, eigen, activation weights, kernel projection) plus the two
+# with their own pass logic (RandomCAM's random stream, FinerCAM's comparison classes).
+VARIANTS = {
+    "eigensmooth": {"eigen_smooth": True, "methods": ["gradcam", "gradcampp", "xgradcam", "hirescam", "layercam",
+                                                      "gradcam_elementwise", "finercam", "randomcam"]},
+    "augsmooth": {"aug_smooth": True, "methods": ["gradcam", "hirescam", "eigencam", "fem", "kpcacam", "finercam",
+                                                  "randomcam"]},
+    "augsmooth_eigensmooth": {"aug_smooth": True, "eigen_smooth": True, "methods": ["gradcam"]},
+    "augsmooth_rank1": {"aug_smooth": True, "rank": 1, "methods": ["gradcam", "finercam"]},
+}
+VARIANT_LAYERS = {"resnet18": "layer3", "vit_tiny": "blocks.11.norm1", "lite0": "blocks.6"}
 
 
 def log(msg):
@@ -221,6 +241,17 @@ def main():
                                            log=lambda s: log(f"[{key}/{name} rank 1]{s}"))
             for m in RANK1_METHODS:
                 np.save(os.path.join(d, f"cam_{m}_rank1.npy"), rank1_results[m]["cam"])
+            variants = {}
+            for variant, vspec in (VARIANTS.items() if name == VARIANT_LAYERS[key] else []):
+                rank = vspec.get("rank", 0)
+                vclasses = ranked_classes(logits, rank)
+                flags = {"eigen_smooth": vspec.get("eigen_smooth", False), "aug_smooth": vspec.get("aug_smooth", False)}
+                _, vresults = run_methods(model, x, [layer], methods=vspec["methods"], reshape_transform=reshape,
+                                          vit="grid" in spec, classes=vclasses,
+                                          log=lambda s: log(f"[{key}/{name} {variant}]{s}"), **flags)
+                for m in vspec["methods"]:
+                    np.save(os.path.join(d, f"cam_{m}_{variant}.npy"), vresults[m]["cam"])
+                variants[variant] = {**flags, "rank": rank, "classes": vclasses, "methods": vspec["methods"]}
             layer_entry = {
                 "dir": f"{key}/{name}",
                 "layout": "tokens" if "grid" in spec else "spatial",
@@ -232,6 +263,7 @@ def main():
                                "set GRADCAM_FIXTURES_FULL=1 to generate it"
                             for m in METHODS if m not in methods},
                 "rank1": {"classes": rank1, "methods": RANK1_METHODS},
+                "variants": variants,
                 "tie_units": tie_units,
                 "tie_elements": int(ties.sum()),
                 "eigen_sign_flipped": {m: results[m]["flipped"][0] for m in ("eigencam", "eigengradcam")},

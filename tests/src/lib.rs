@@ -235,6 +235,25 @@ pub struct LayerReference {
     pub rank1_methods: Vec<Method>,
     /// Those runner-up classes, per image.
     pub rank1_classes: Vec<usize>,
+    /// grad-cam's runs with its smoothing flags (`cam_<m>_<variant>.npy`).
+    pub variants: Vec<Variant>,
+}
+
+/// One run of grad-cam with `eigen_smooth` / `aug_smooth`, as the manifest lists it.
+#[derive(Clone, Debug)]
+pub struct Variant {
+    /// The files' suffix (`augsmooth`, ...).
+    pub name: String,
+    /// grad-cam's `eigen_smooth`.
+    pub eigen_smooth: bool,
+    /// grad-cam's `aug_smooth`.
+    pub aug_smooth: bool,
+    /// The rank of the explained class among the unaugmented input's logits (0: top-1).
+    pub rank: usize,
+    /// The classes explained, per image.
+    pub classes: Vec<usize>,
+    /// The methods run.
+    pub methods: Vec<Method>,
 }
 
 impl LayerReference {
@@ -255,6 +274,11 @@ impl LayerReference {
     /// The reference CAM of `method` for each image's runner-up class `(B, H, W)`.
     pub fn cam_rank1(&self, method: Method) -> ArrayD<f32> {
         self.file(&format!("cam_{}_rank1.npy", fixture_name(method)))
+    }
+
+    /// The reference CAM of `method` in `variant` `(B, H, W)`.
+    pub fn cam_variant(&self, method: Method, variant: &Variant) -> ArrayD<f32> {
+        self.file(&format!("cam_{}_{}.npy", fixture_name(method), variant.name))
     }
 
     /// The gradient elements tied to a kink ([`assert_close_except_ties`]).
@@ -284,6 +308,13 @@ fn manifest_methods(list: &Value) -> Vec<Method> {
         .unwrap_or_default()
 }
 
+/// A manifest's list of classes (none when absent).
+fn manifest_classes(list: &Value) -> Vec<usize> {
+    list.as_array()
+        .map(|c| c.iter().map(|c| c.as_u64().expect("a class") as usize).collect())
+        .unwrap_or_default()
+}
+
 /// Every explained layer of fixture model `key`, from the manifest.
 pub fn references(key: &str) -> Vec<LayerReference> {
     let manifest = manifest();
@@ -297,9 +328,22 @@ pub fn references(key: &str) -> Vec<LayerReference> {
             dir: PathBuf::from(spec["dir"].as_str().expect("a layer's dir")),
             methods: manifest_methods(&spec["methods"]),
             rank1_methods: manifest_methods(&spec["rank1"]["methods"]),
-            rank1_classes: spec["rank1"]["classes"]
-                .as_array()
-                .map(|c| c.iter().map(|c| c.as_u64().expect("a class") as usize).collect())
+            rank1_classes: manifest_classes(&spec["rank1"]["classes"]),
+            variants: spec["variants"]
+                .as_object()
+                .map(|variants| {
+                    variants
+                        .iter()
+                        .map(|(name, v)| Variant {
+                            name: name.clone(),
+                            eigen_smooth: v["eigen_smooth"].as_bool().unwrap_or(false),
+                            aug_smooth: v["aug_smooth"].as_bool().unwrap_or(false),
+                            rank: v["rank"].as_u64().unwrap_or(0) as usize,
+                            classes: manifest_classes(&v["classes"]),
+                            methods: manifest_methods(&v["methods"]),
+                        })
+                        .collect()
+                })
                 .unwrap_or_default(),
         })
         .collect()
@@ -323,7 +367,9 @@ pub fn reference_options() -> CamOptions {
 ///   reference's kink ties; a capture without seed has the same activation and no gradient;
 /// - replacing the layer's output by itself gives the same logits (AblationCAM's pass);
 /// - every method grad-cam ran that `methods` keeps, in one `explain` call, to [`TOL`] (a gradient
-///   method on an image whose gradient crossed a tie: [`TIE_TOL`]).
+///   method on an image whose gradient crossed a tie: [`TIE_TOL`]);
+/// - the same for each image's runner-up class, and for each smoothing variant (`eigen_smooth`,
+///   `aug_smooth`, a runner-up class under `aug_smooth`).
 pub fn check_model(label: &str, model: &mut dyn CamModel, key: &str, methods: impl Fn(Method) -> bool) {
     let input = input();
     let listed: Vec<String> = model
@@ -390,6 +436,32 @@ pub fn check_model(label: &str, model: &mut dyn CamModel, key: &str, methods: im
             }
         }
 
+        // The tie mask is the top-1 gradient's; which units sit on a kink does not depend on the class.
+        let tied = reference.images_with_ties();
+        for variant in &reference.variants {
+            let kept: Vec<Method> = variant.methods.iter().copied().filter(|m| methods(*m)).collect();
+            if kept.is_empty() {
+                continue;
+            }
+            let options = CamOptions {
+                eigen_smooth: variant.eigen_smooth,
+                aug_smooth: variant.aug_smooth,
+                ..reference_options()
+            };
+            let explanations =
+                explain(model, input.view(), &[layer], &kept, &Target::rank(variant.rank), &options)
+                    .unwrap_or_else(|e| panic!("{what}: explain {}: {e}", variant.name));
+            for e in explanations {
+                assert_eq!(e.classes, variant.classes, "{what} {} {}: classes", e.method, variant.name);
+                let want = reference.cam_variant(e.method, variant);
+                for (b, got) in e.maps.outer_iter().enumerate() {
+                    let tol = if tied[b] && e.method.needs_gradients() { TIE_TOL } else { TOL };
+                    let name = format!("{what} {} {} image {b}", e.method, variant.name);
+                    assert_close(&name, got, want.index_axis(Axis(0), b), tol);
+                }
+            }
+        }
+
         // Each image's runner-up class (a non-top-1 target), where the reference has it.
         let rank1: Vec<Method> = reference.rank1_methods.iter().copied().filter(|m| methods(*m)).collect();
         if rank1.is_empty() {
@@ -398,8 +470,6 @@ pub fn check_model(label: &str, model: &mut dyn CamModel, key: &str, methods: im
         let explanations =
             explain(model, input.view(), &[layer], &rank1, &Target::rank(1), &reference_options())
                 .unwrap_or_else(|e| panic!("{what}: explain rank 1: {e}"));
-        // The tie mask is the top-1 gradient's; which units sit on a kink does not depend on the class.
-        let tied = reference.images_with_ties();
         for e in explanations {
             assert_eq!(e.classes, reference.rank1_classes, "{what} {}: runner-up classes", e.method);
             let want = reference.cam_rank1(e.method);
