@@ -161,6 +161,16 @@ pub struct ExplainArgs {
     /// explained class's (0 = plain Grad-CAM of the class), a finite number.
     #[arg(long, value_name = "X", default_value_t = 1.0, value_parser = parse_finer_alpha, allow_negative_numbers = true)]
     pub finer_alpha: f32,
+    /// Average each map over six augmented copies of the image (horizontal flip × brightness 0.9,
+    /// 1, 1.1), as pytorch-grad-cam's `aug_smooth`: smoother maps, at six times the cost. The class
+    /// is chosen once, on the image itself.
+    #[arg(long)]
+    pub aug_smooth: bool,
+    /// Reduce each layer's weighted activations to their first principal component instead of
+    /// summing them, as pytorch-grad-cam's `eigen_smooth`: less noise. EigenCAM, EigenGradCAM, FEM
+    /// and KPCA-CAM have nothing to reduce and ignore it.
+    #[arg(long)]
+    pub eigen_smooth: bool,
     /// RandomCAM's seed: its weights are numpy's `np.random.seed(N); np.random.uniform(-1, 1, ...)`.
     #[arg(long, value_name = "N", default_value_t = 0, value_parser = parse_seed, allow_negative_numbers = true)]
     pub seed: u32,

@@ -38,6 +38,28 @@ pub enum Ending {
     Interrupted(u8),
 }
 
+/// The header's line on smoothing (empty without it): what each flag does to these methods.
+fn smoothing_note(methods: &[Method], aug: bool, eigen: bool) -> String {
+    let mut parts = Vec::new();
+    if aug {
+        parts.push("--aug-smooth: each map is the mean over 6 augmented copies".to_string());
+    }
+    if eigen {
+        let (smoothed, ignored): (Vec<Method>, Vec<Method>) =
+            methods.iter().partition(|m| m.supports_eigen_smooth());
+        let names = |list: &[Method]| list.iter().map(|m| m.name()).collect::<Vec<_>>().join(", ");
+        let mut part = format!(
+            "--eigen-smooth: {}",
+            if smoothed.is_empty() { "no method".into() } else { names(&smoothed) }
+        );
+        if !ignored.is_empty() {
+            part.push_str(&format!(" ({} ignore it: nothing to reduce)", names(&ignored)));
+        }
+        parts.push(part);
+    }
+    parts.join("; ")
+}
+
 pub fn run(args: ExplainArgs, stop: &Stop) -> Result<Ending, CliError> {
     let out = output_folder(&args);
     if out.exists() && !out.is_dir() {
@@ -108,6 +130,7 @@ pub fn run(args: ExplainArgs, stop: &Stop) -> Result<Ending, CliError> {
         device: loaded.device,
         auto_layer,
         methods: methods.iter().map(|m| m.to_string()).collect(),
+        smoothing: smoothing_note(&methods, args.aug_smooth, args.eigen_smooth),
     };
     let top = args.top.map_or(1, |k| k as usize);
     let settings = Settings {
@@ -119,6 +142,8 @@ pub fn run(args: ExplainArgs, stop: &Stop) -> Result<Ending, CliError> {
             progress: passes_callback(&progress),
             seed: args.seed,
             finer_alpha: args.finer_alpha,
+            aug_smooth: args.aug_smooth,
+            eigen_smooth: args.eigen_smooth,
             ..CamOptions::default()
         },
         batch: args.batch as usize,
@@ -233,6 +258,13 @@ pub fn run(args: ExplainArgs, stop: &Stop) -> Result<Ending, CliError> {
         "layer_chosen_automatically": auto_layer,
         "methods": methods.iter().map(|m| m.name()).collect::<Vec<_>>(),
         "target": if args.softmax { "softmax" } else { "logit" },
+        "aug_smooth": args.aug_smooth,
+        // The methods --eigen-smooth changed (the others have no weighted activations).
+        "eigen_smooth": methods
+            .iter()
+            .filter(|m| args.eigen_smooth && m.supports_eigen_smooth())
+            .map(|m| m.name())
+            .collect::<Vec<_>>(),
         "out_dir": path_json(&out),
         "npy_out": npy_written.as_ref().map(|(p, _)| path_json(p)),
         "manifest": manifest_path.as_deref().map(path_json),

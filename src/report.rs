@@ -78,6 +78,8 @@ pub struct Header {
     pub device: &'static str,
     pub auto_layer: bool,
     pub methods: Vec<String>,
+    /// What --aug-smooth / --eigen-smooth do in this run (empty without them).
+    pub smoothing: String,
 }
 
 /// Where the per-image output goes.
@@ -166,6 +168,9 @@ impl Reporter {
             text.push_str(&format!("layers   {}\n", layers.join(", ")));
         }
         text.push_str(&format!("methods  {}\n", h.methods.join(", ")));
+        if !h.smoothing.is_empty() {
+            text.push_str(&format!("smooth   {}\n", h.smoothing));
+        }
         text
     }
 

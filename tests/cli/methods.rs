@@ -85,3 +85,49 @@ fn bad_finer_alpha_and_seed() {
     assert_failure(&out, 2, "is not a seed", &dir, &[]);
     assert!(stderr(&out).contains("--seed"), "names the flag: {}", stderr(&out));
 }
+
+/// `--aug-smooth` and `--eigen-smooth` reach core: each changes the maps it should and no other,
+/// the JSON says what was smoothed, and the augmentation is undone in the right frame: six flip
+/// and brightness copies are a set closed under flipping, so smoothing the mirrored photo gives
+/// the mirrored map (a missing or doubled un-flip breaks it).
+#[test]
+fn smoothing_flags_reach_core() {
+    let dir = workdir("smoothing");
+    let both = ["--method", "gradcam,eigencam", "--class", CLASS];
+    let plain = final_maps(&dir, &run(&dir, &both));
+
+    let out = run(&dir, &[&both[..], &["--eigen-smooth"]].concat());
+    assert_eq!(json(&out)["eigen_smooth"], serde_json::json!(["gradcam"]), "{}", stdout(&out));
+    assert_eq!(json(&out)["aug_smooth"], false);
+    let eigen = final_maps(&dir, &out);
+    assert!(
+        max_diff(map_of(&plain, "gradcam"), map_of(&eigen, "gradcam")) > 0.01,
+        "eigen-smooth changed nothing"
+    );
+    assert_eq!(map_of(&plain, "eigencam"), map_of(&eigen, "eigencam"), "EigenCAM ignores --eigen-smooth");
+
+    let out = run(&dir, &[&both[..], &["--aug-smooth"]].concat());
+    assert_eq!(json(&out)["aug_smooth"], true);
+    let aug = final_maps(&dir, &out);
+    for method in ["gradcam", "eigencam"] {
+        let (p, a) = (map_of(&plain, method), map_of(&aug, method));
+        assert!(max_diff(p, a) > 0.01, "{method}: aug-smooth changed nothing");
+        assert!(a.iter().all(|v| (0.0..=1.0).contains(v)), "{method}: outside [0, 1]");
+    }
+
+    let photo = image::open(chelsea()).unwrap();
+    let mirrored = dir.join("mirrored.png");
+    photo.fliph().save(&mirrored).unwrap();
+    let mut args = vec!["explain", mirrored.to_str().unwrap(), "--json", "--pictures", "heatmap"];
+    args.extend(["--npy-out", "maps.npy", "--aug-smooth", "--method", "gradcam,eigencam", "--class", CLASS]);
+    let _ = std::fs::remove_dir_all(dir.join("gradcam-out"));
+    let _ = std::fs::remove_file(dir.join("maps.npy"));
+    let out = gradcam(&dir, &args);
+    assert_success(&out);
+    let flipped = final_maps(&dir, &out);
+    for method in ["gradcam", "eigencam"] {
+        let want = map_of(&aug, method).slice(ndarray::s![.., ..;-1]).to_owned();
+        let diff = max_diff(map_of(&flipped, method), &want);
+        assert!(diff < 1e-4, "{method}: smoothing the mirrored photo vs mirroring the smoothed map: {diff}");
+    }
+}
