@@ -27,6 +27,13 @@ pub const ROAD_NEIGHBOURS: [((isize, isize), f64); 8] = [
 /// can tell, so the result is the exact solution (SciPy's direct `spsolve`) to `f32` precision.
 const CG_TOLERANCE: f64 = 1e-11;
 
+/// Removed pixels from which the channels are solved on threads of their own.
+const PARALLEL_UNKNOWNS: usize = 4096;
+
+/// The over-relaxation of the SSOR preconditioner: on 224x224 maps it needs 2.7x fewer
+/// iterations than 1 (symmetric Gauss-Seidel), and fewer than 1.5, 1.9 or 1.95.
+const SSOR_OMEGA: f64 = 1.8;
+
 /// The `q`-th percentile (0..=100) of `values`, exactly as numpy's `np.percentile` (method
 /// `linear`) computes it on a `float32` array: the virtual index `(n - 1) q / 100` in `f64`,
 /// then the interpolation between its two neighbours in `f32`. `None` for no values.
@@ -124,10 +131,12 @@ struct System {
     pixels: Vec<usize>,
     /// `s_i`.
     diagonal: Vec<f64>,
-    /// Removed neighbours of unknown `i`: `neighbours[offsets[i]..offsets[i + 1]]`, as
-    /// (unknown index, weight).
-    offsets: Vec<usize>,
-    neighbours: Vec<(usize, f64)>,
+    /// Removed neighbours of unknown `i` before it: `lower[lower_offsets[i]..lower_offsets[i + 1]]`,
+    /// as (unknown index, weight); and after it, in `upper` likewise.
+    lower_offsets: Vec<usize>,
+    lower: Vec<(usize, f64)>,
+    upper_offsets: Vec<usize>,
+    upper: Vec<(usize, f64)>,
     /// Kept neighbours: (flat pixel index, weight), same offsets scheme.
     known_offsets: Vec<usize>,
     known: Vec<(usize, f64)>,
@@ -144,8 +153,10 @@ impl System {
         }
         let mut system = System {
             diagonal: Vec::with_capacity(pixels.len()),
-            offsets: vec![0],
-            neighbours: Vec::new(),
+            lower_offsets: vec![0],
+            lower: Vec::new(),
+            upper_offsets: vec![0],
+            upper: Vec::new(),
             known_offsets: vec![0],
             known: Vec::new(),
             pixels: Vec::new(),
@@ -162,12 +173,15 @@ impl System {
                 let q = ny as usize * w + nx as usize;
                 if keep_flat[q] {
                     system.known.push((q, weight));
+                } else if q < p {
+                    system.lower.push((unknown_index[q], weight));
                 } else {
-                    system.neighbours.push((unknown_index[q], weight));
+                    system.upper.push((unknown_index[q], weight));
                 }
             }
             system.diagonal.push(sum);
-            system.offsets.push(system.neighbours.len());
+            system.lower_offsets.push(system.lower.len());
+            system.upper_offsets.push(system.upper.len());
             system.known_offsets.push(system.known.len());
         }
         system.pixels = pixels;
@@ -178,12 +192,20 @@ impl System {
         self.pixels.len()
     }
 
+    /// `Σ w_ij x_j` over the removed neighbours `j` of unknown `i` that come before it.
+    fn lower_sum(&self, i: usize, x: &[f64]) -> f64 {
+        self.lower[self.lower_offsets[i]..self.lower_offsets[i + 1]].iter().map(|&(j, w)| w * x[j]).sum()
+    }
+
+    /// The same over those after it.
+    fn upper_sum(&self, i: usize, x: &[f64]) -> f64 {
+        self.upper[self.upper_offsets[i]..self.upper_offsets[i + 1]].iter().map(|&(j, w)| w * x[j]).sum()
+    }
+
     /// `out = M x`.
     fn apply(&self, x: &[f64], out: &mut [f64]) {
         for (i, o) in out.iter_mut().enumerate() {
-            let off_diagonal: f64 =
-                self.neighbours[self.offsets[i]..self.offsets[i + 1]].iter().map(|&(j, w)| w * x[j]).sum();
-            *o = self.diagonal[i] * x[i] - off_diagonal;
+            *o = self.diagonal[i] * x[i] - self.lower_sum(i, x) - self.upper_sum(i, x);
         }
     }
 
@@ -199,9 +221,10 @@ impl System {
             .collect()
     }
 
-    /// Solves `M x = b` by conjugate gradients with a Jacobi preconditioner. `M` is symmetric
-    /// positive definite when some pixel is kept; when none is, `b = 0` and the answer is the
-    /// minimum-norm solution 0 (SciPy's `spsolve` reports a singular matrix and gives NaN).
+    /// Solves `M x = b` by conjugate gradients preconditioned with symmetric successive
+    /// over-relaxation (SSOR, [`SSOR_OMEGA`]). `M` is symmetric positive definite when some
+    /// pixel is kept; when none is, `b = 0` and the answer is the minimum-norm solution 0 (SciPy's
+    /// `spsolve` reports a singular matrix and gives NaN).
     fn solve(&self, b: &[f64]) -> Result<Vec<f64>, CamError> {
         let n = self.len();
         let mut x = vec![0.0; n];
@@ -210,7 +233,8 @@ impl System {
             return Ok(x);
         }
         let mut r = b.to_vec();
-        let mut z: Vec<f64> = r.iter().zip(&self.diagonal).map(|(r, d)| r / d).collect();
+        let mut z = vec![0.0; n];
+        self.precondition(&r, &mut z);
         let mut p = z.clone();
         let mut rz = dot(&r, &z);
         let mut q = vec![0.0; n];
@@ -226,9 +250,7 @@ impl System {
             if norm(&r) <= CG_TOLERANCE * b_norm {
                 return Ok(x);
             }
-            for i in 0..n {
-                z[i] = r[i] / self.diagonal[i];
-            }
+            self.precondition(&r, &mut z);
             let rz_next = dot(&r, &z);
             let beta = rz_next / rz;
             rz = rz_next;
@@ -239,6 +261,21 @@ impl System {
         Err(CamError::Unsupported(format!(
             "ROAD's imputer did not converge in {max_iterations} iterations for {n} removed pixels: check that the image's values are finite"
         )))
+    }
+
+    /// `z = P⁻¹ r` for the SSOR preconditioner `P = (D/ω + L) (D/ω)⁻¹ (D/ω + Lᵀ)` (up to a
+    /// constant factor, which CG ignores): a forward then a backward over-relaxed sweep.
+    fn precondition(&self, r: &[f64], z: &mut [f64]) {
+        let n = self.len();
+        // Forward: (D/ω + L) y = r, L = the strictly lower part of M (-w for removed neighbours
+        // of lower index).
+        for i in 0..n {
+            z[i] = (r[i] + self.lower_sum(i, z)) * SSOR_OMEGA / self.diagonal[i];
+        }
+        // (D/ω) y, then backward: (D/ω + U) z = that.
+        for i in (0..n).rev() {
+            z[i] += self.upper_sum(i, z) * SSOR_OMEGA / self.diagonal[i];
+        }
     }
 }
 
@@ -253,8 +290,9 @@ fn norm(a: &[f64]) -> f64 {
 /// pytorch-grad-cam's `NoisyLinearImputer`: every pixel of `image` `(C, H, W)` where `keep`
 /// `(H, W)` is `false` is replaced by the weighted mean of its 8 neighbours ([`ROAD_NEIGHBOURS`],
 /// those outside the image left out), all removed pixels at once: the sparse linear system
-/// solved exactly (in `f64`, by conjugate gradients to a relative residual of 1e-11, where
-/// pytorch-grad-cam uses SciPy's direct `spsolve`), per channel. Then `noise` times a standard
+/// solved exactly (in `f64`, by SSOR-preconditioned conjugate gradients to a relative residual of
+/// 1e-11, where pytorch-grad-cam uses SciPy's direct `spsolve`), per channel (the channels on
+/// threads of their own for large masks). Then `noise` times a standard
 /// normal draw is added to each imputed value: pytorch-grad-cam draws it with `torch.randn_like`,
 /// which cannot be reproduced; here it is `np.random.RandomState(seed).randn(C, removed)`
 /// ([`LegacyNormal`]), a fresh generator for every call, so every map of an image gets the same
@@ -278,7 +316,7 @@ pub fn impute(
     noise: f32,
     seed: u32,
 ) -> Result<Array3<f32>, CamError> {
-    let (_, h, w) = image.dim();
+    let (channels, h, w) = image.dim();
     if keep.dim() != (h, w) {
         return Err(CamError::Shape(format!("ROAD mask {:?} for an image of {h}x{w}", keep.dim())));
     }
@@ -287,24 +325,50 @@ pub fn impute(
             "ROAD's noise must be a finite number of at least 0, not {noise}"
         )));
     }
+    if image.iter().any(|v| !v.is_finite()) {
+        return Err(CamError::Unsupported(
+            "ROAD cannot impute an image holding NaN or infinite values".into(),
+        ));
+    }
     let mut out = image.to_owned();
     let system = System::new(keep);
-    if system.len() == 0 {
+    let n = system.len();
+    if n == 0 {
         return Ok(out);
     }
-    let mut normal = LegacyNormal::new(seed);
-    for (c, mut channel) in out.axis_iter_mut(Axis(0)).enumerate() {
+    // Drawn first, in numpy's order (channel by channel), so that the channels can be solved at
+    // the same time.
+    let draws: Vec<f32> = if noise == 0.0 {
+        vec![0.0; channels * n]
+    } else {
+        let mut normal = LegacyNormal::new(seed);
+        (0..channels * n).map(|_| normal.next_f64() as f32).collect()
+    };
+    let solve = |c: usize| {
         let values: Vec<f64> = image.index_axis(Axis(0), c).iter().map(|&v| f64::from(v)).collect();
-        if values.iter().any(|v| !v.is_finite()) {
-            return Err(CamError::Unsupported(format!(
-                "ROAD cannot impute an image holding NaN or infinite values (channel {c})"
-            )));
-        }
-        let solution = system.solve(&system.rhs(&values))?;
-        let flat = channel.as_slice_mut().ok_or_else(|| CamError::Shape("image is not contiguous".into()))?;
-        for (&pixel, &value) in system.pixels.iter().zip(&solution) {
-            let draw = if noise == 0.0 { 0.0 } else { normal.next_f64() as f32 };
-            flat[pixel] = value as f32 + noise * draw;
+        system.solve(&system.rhs(&values))
+    };
+    let solutions: Vec<Result<Vec<f64>, CamError>> = if n < PARALLEL_UNKNOWNS || channels == 1 {
+        (0..channels).map(solve).collect()
+    } else {
+        std::thread::scope(|scope| {
+            let solve = &solve;
+            let handles: Vec<_> = (0..channels).map(|c| scope.spawn(move || solve(c))).collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(CamError::Unsupported("ROAD's imputer thread panicked".into()))
+                    })
+                })
+                .collect()
+        })
+    };
+    for ((c, mut channel), solution) in out.axis_iter_mut(Axis(0)).enumerate().zip(solutions) {
+        let solution = solution?;
+        let draws = &draws[c * n..(c + 1) * n];
+        for ((&pixel, &value), &draw) in system.pixels.iter().zip(&solution).zip(draws) {
+            channel[[pixel / w, pixel % w]] = value as f32 + noise * draw;
         }
     }
     Ok(out)
