@@ -74,9 +74,9 @@ pub fn run(args: ExplainArgs, stop: &Stop) -> Result<Ending, CliError> {
         }
         None => None,
     };
-    let (layers, auto_layer) = choose_layers(&mut loaded, &args.layers)?;
+    let (layers, auto_layer) = choose_layers(&mut loaded, &args.cam.layers)?;
     let mut methods: Vec<Method> = Vec::new();
-    for m in &args.methods {
+    for m in &args.cam.methods {
         if !methods.contains(m) {
             methods.push(*m);
         }
@@ -98,7 +98,7 @@ pub fn run(args: ExplainArgs, stop: &Stop) -> Result<Ending, CliError> {
     );
     // A resumed run meets the files of an image a kill interrupted: those fail one by one.
     if !args.overwrite && !args.resume {
-        refuse_existing_outputs(&plan, &renderer, &layers, &methods, args.top.is_some())?;
+        refuse_existing_outputs(&plan, &renderer, &layers, &methods, args.cam.top.is_some())?;
     }
 
     let progress = Progress::new(!args.json && std::io::stderr().is_terminal(), plan.items.len());
@@ -109,19 +109,19 @@ pub fn run(args: ExplainArgs, stop: &Stop) -> Result<Ending, CliError> {
         auto_layer,
         methods: methods.iter().map(|m| m.to_string()).collect(),
     };
-    let top = args.top.map_or(1, |k| k as usize);
+    let top = args.cam.top.map_or(1, |k| k as usize);
     let settings = Settings {
         layers: layers.clone(),
         methods: methods.clone(),
-        targets: Settings::targets(args.class, args.top, args.softmax),
+        targets: Settings::targets(args.cam.class, args.cam.top, args.cam.softmax),
         options: CamOptions {
-            layout: args.layout,
+            layout: args.cam.layout,
             progress: passes_callback(&progress),
-            seed: args.seed,
-            finer_alpha: args.finer_alpha,
+            seed: args.cam.seed,
+            finer_alpha: args.cam.finer_alpha,
             ..CamOptions::default()
         },
-        batch: args.batch as usize,
+        batch: args.cam.batch as usize,
         keep: TOP_PREDICTIONS.max(top),
     };
     let inputs = if args.overwrite {
@@ -147,7 +147,7 @@ pub fn run(args: ExplainArgs, stop: &Stop) -> Result<Ending, CliError> {
     };
 
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4);
-    let reader = Reader::new(loaded.input_size, args.max_pixels, args.max_picture_side);
+    let reader = Reader::new(loaded.input_size, args.cam.max_pixels, args.max_picture_side);
     let model = loaded.model.as_mut();
     let started = std::time::Instant::now();
     let (compute_result, write_result) = std::thread::scope(|s| {
@@ -232,7 +232,7 @@ pub fn run(args: ExplainArgs, stop: &Stop) -> Result<Ending, CliError> {
         "layers": layers,
         "layer_chosen_automatically": auto_layer,
         "methods": methods.iter().map(|m| m.name()).collect::<Vec<_>>(),
-        "target": if args.softmax { "softmax" } else { "logit" },
+        "target": if args.cam.softmax { "softmax" } else { "logit" },
         "out_dir": path_json(&out),
         "npy_out": npy_written.as_ref().map(|(p, _)| path_json(p)),
         "manifest": manifest_path.as_deref().map(path_json),
@@ -385,7 +385,10 @@ fn refuse_existing_outputs(
 
 /// The layers to explain: those named (checked against the model's, with near matches for a
 /// typo), or the model's automatic choice.
-fn choose_layers(loaded: &mut LoadedModel, wanted: &[String]) -> Result<(Vec<String>, bool), CliError> {
+pub(crate) fn choose_layers(
+    loaded: &mut LoadedModel,
+    wanted: &[String],
+) -> Result<(Vec<String>, bool), CliError> {
     if wanted.is_empty() {
         return Ok((vec![loaded.model.default_layer()?], true));
     }
