@@ -234,7 +234,7 @@ fn scores(
     Ok(target.scores(logits.view(), classes))
 }
 
-/// The perturbed batch.
+/// The perturbed batch. ROAD imputes the images on threads of their own.
 fn perturb(
     input: ArrayView4<f32>,
     maps: ArrayView3<f32>,
@@ -242,21 +242,46 @@ fn perturb(
     options: &MetricOptions,
 ) -> Result<Array4<f32>, CamError> {
     let mut out = input.to_owned();
-    for (b, mut image) in out.outer_iter_mut().enumerate() {
-        let cam = maps.index_axis(Axis(0), b);
-        match perturbation {
-            Perturbation::Multiply => {
+    match perturbation {
+        Perturbation::Multiply => {
+            for (mut image, cam) in out.outer_iter_mut().zip(maps.outer_iter()) {
                 for mut channel in image.outer_iter_mut() {
                     Zip::from(&mut channel).and(&cam).for_each(|v, &m| *v *= m);
                 }
             }
-            Perturbation::Road { percentile, most_relevant_first } => {
-                let keep = road_keep_mask(cam, f64::from(percentile), most_relevant_first);
-                let filled =
-                    impute(input.index_axis(Axis(0), b), keep.view(), options.road_noise, options.seed)?;
-                image.assign(&filled);
+        }
+        Perturbation::Road { percentile, most_relevant_first } => {
+            let filled = parallel_map(input.len_of(Axis(0)), |b| {
+                let keep =
+                    road_keep_mask(maps.index_axis(Axis(0), b), f64::from(percentile), most_relevant_first);
+                impute(input.index_axis(Axis(0), b), keep.view(), options.road_noise, options.seed)
+            });
+            for (mut image, filled) in out.outer_iter_mut().zip(filled) {
+                image.assign(&filled?);
             }
         }
     }
     Ok(out)
+}
+
+/// `f(0), …, f(n - 1)` computed on up to one thread per core, in order.
+fn parallel_map<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    let threads = std::thread::available_parallelism().map_or(1, |c| c.get()).min(n);
+    if threads <= 1 {
+        return (0..n).map(f).collect();
+    }
+    std::thread::scope(|scope| {
+        let f = &f;
+        let handles: Vec<_> = (0..threads)
+            .map(|t| scope.spawn(move || (t..n).step_by(threads).map(|i| (i, f(i))).collect::<Vec<_>>()))
+            .collect();
+        let mut out: Vec<Option<T>> = (0..n).map(|_| None).collect();
+        for handle in handles {
+            match handle.join() {
+                Ok(done) => done.into_iter().for_each(|(i, v)| out[i] = Some(v)),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        out.into_iter().flatten().collect()
+    })
 }
