@@ -305,3 +305,31 @@ proptest! {
         }
     }
 }
+
+/// A map that is 0 everywhere (a Grad-CAM map after ReLU of all-negative weights) removes every
+/// pixel at every ROAD percentile: pytorch-grad-cam's solve is singular there (NaN); ours
+/// imputes the minimum-norm 0 and every metric stays finite.
+#[test]
+fn an_all_zero_map_keeps_every_metric_finite() {
+    let input: Array4<f32> = load("input.npy");
+    let (batch, _, h, w) = input.dim();
+    let zeros = Array3::<f32>::zeros((batch, h, w));
+    let classes = [0, 1];
+    let target = Target::per_image(classes.to_vec());
+    for noise in [0.0, 0.01] {
+        let options = MetricOptions { road_noise: noise, seed: 0 };
+        let got = evaluate(
+            &mut Tiny::load(),
+            input.view(),
+            zeros.view(),
+            &target,
+            &classes,
+            &Metric::ALL,
+            &options,
+        )
+        .unwrap();
+        for values in got {
+            assert!(values.values.iter().all(|v| v.is_finite()), "{}: {:?}", values.metric, values.values);
+        }
+    }
+}

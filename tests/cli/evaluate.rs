@@ -92,6 +92,27 @@ fn table_names_directions_and_ranks_by_the_first_metric_without_road_combined() 
 }
 
 #[test]
+fn top_k_scores_each_rank_of_each_image() {
+    let dir = workdir("evaluate-top");
+    let out = evaluate(&dir, &["--metric", "drop", "--top", "2", "--softmax", "--json"]);
+    assert_success(&out);
+    let summary = json(&out);
+    assert_eq!(summary["target"], "softmax");
+    assert_eq!(summary["rows"][0]["count"], 4, "2 images x 2 ranks in the one row");
+    let per_image = summary["per_image"].as_array().unwrap();
+    for name in ["chelsea", "coffee"] {
+        let ranks: Vec<(u64, u64)> = per_image
+            .iter()
+            .filter(|r| r["name"] == name)
+            .map(|r| (r["rank"].as_u64().unwrap(), r["class"].as_u64().unwrap()))
+            .collect();
+        assert_eq!(ranks.len(), 2, "{name}: {ranks:?}");
+        assert_eq!((ranks[0].0, ranks[1].0), (0, 1));
+        assert_ne!(ranks[0].1, ranks[1].1, "{name}: two different classes");
+    }
+}
+
+#[test]
 fn noise_and_seed_reach_road() {
     let dir = workdir("evaluate-noise");
     let road_most = |extra: &[&str]| -> Vec<f64> {
