@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use gradcam_core::{Layout, Method};
+use gradcam_core::{Layout, Method, Metric, ROAD_NOISE};
 
 /// Grad-CAM and friends for candle, libtorch and ONNX Runtime models: see where a model looked.
 #[derive(Debug, Parser)]
@@ -27,6 +27,9 @@ pub enum Command {
     Layers(ModelArgs),
     /// Write an explainer ONNX: the model with its CAM inside, for any ONNX runtime (ort builds).
     Export(crate::export::ExportArgs),
+    /// Which map to trust: pytorch-grad-cam's faithfulness metrics (ROAD, confidence change) for
+    /// every method and layer, averaged over the images, best first.
+    Evaluate(EvaluateArgs),
 }
 
 /// Which ML stack runs the model.
@@ -127,14 +130,10 @@ impl ColormapName {
     }
 }
 
+/// What `explain` and `evaluate` share: which maps, for which class, from which inputs in which
+/// batches.
 #[derive(Debug, Args)]
-pub struct ExplainArgs {
-    /// Image files, folders of images, or .npy tensors (N, 3, H, W) f32 used as is
-    /// [default: the shipped photos in assets/images].
-    #[arg(value_name = "INPUT")]
-    pub inputs: Vec<PathBuf>,
-    #[command(flatten)]
-    pub model: ModelArgs,
+pub struct CamArgs {
     /// Layer(s) to explain, as PyTorch module paths (layer4, blocks.6, blocks.11.norm1); repeat
     /// for several [default: the model's automatic choice].
     #[arg(long = "layer", value_name = "PATH")]
@@ -171,9 +170,43 @@ pub struct ExplainArgs {
     /// and KPCA-CAM have nothing to reduce and ignore it.
     #[arg(long)]
     pub eigen_smooth: bool,
-    /// RandomCAM's seed: its weights are numpy's `np.random.seed(N); np.random.uniform(-1, 1, ...)`.
+    /// RandomCAM's seed: its weights are numpy's `np.random.seed(N); np.random.uniform(-1, 1, ...)`;
+    /// in `evaluate`, also the seed of ROAD's noise.
     #[arg(long, value_name = "N", default_value_t = 0, value_parser = parse_seed, allow_negative_numbers = true)]
     pub seed: u32,
+    /// Largest photo decoded, in pixels (width x height); larger ones are refused from their
+    /// header, before any memory is spent on them.
+    #[arg(long, value_name = "N", default_value_t = gradcam_viz::DEFAULT_MAX_PIXELS, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_pixels: u64,
+    /// Images per forward batch.
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch: u32,
+}
+
+impl CamArgs {
+    /// The core options these flags set (a progress callback is the caller's).
+    pub fn options(&self) -> gradcam_core::CamOptions {
+        gradcam_core::CamOptions {
+            layout: self.layout,
+            seed: self.seed,
+            finer_alpha: self.finer_alpha,
+            aug_smooth: self.aug_smooth,
+            eigen_smooth: self.eigen_smooth,
+            ..gradcam_core::CamOptions::default()
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// Image files, folders of images, or .npy tensors (N, 3, H, W) f32 used as is
+    /// [default: the shipped photos in assets/images].
+    #[arg(value_name = "INPUT")]
+    pub inputs: Vec<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub cam: CamArgs,
     /// Colormap of the heatmaps.
     #[arg(long, value_enum, default_value = "jet")]
     pub colormap: ColormapName,
@@ -207,19 +240,35 @@ pub struct ExplainArgs {
     /// each input's path, so N processes split a dataset without talking to each other.
     #[arg(long, value_name = "K/N", value_parser = parse_shard)]
     pub shard: Option<Shard>,
-    /// Largest photo decoded, in pixels (width x height); larger ones are refused from their
-    /// header, before any memory is spent on them.
-    #[arg(long, value_name = "N", default_value_t = gradcam_viz::DEFAULT_MAX_PIXELS, value_parser = clap::value_parser!(u64).range(1..))]
-    pub max_pixels: u64,
     /// Also write the final maps as f32 .npy (N, H, W) in [0, 1] at the model's input size.
     #[arg(long, value_name = "FILE")]
     pub npy_out: Option<PathBuf>,
     /// Print a machine-readable JSON summary on stdout (and nothing else there).
     #[arg(long)]
     pub json: bool,
-    /// Images per forward batch.
-    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
-    pub batch: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct EvaluateArgs {
+    /// Image files, folders of images, or .npy tensors (N, 3, H, W) f32 used as is.
+    #[arg(value_name = "INPUT", required = true)]
+    pub inputs: Vec<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub cam: CamArgs,
+    /// Metric(s), comma-separated or repeated: confidence-change, drop, increase (the input
+    /// multiplied by the map), road-most, road-least, road-combined (ROAD: pixels removed by the
+    /// map and imputed) [default: all].
+    #[arg(long = "metric", value_name = "NAME", value_delimiter = ',')]
+    pub metrics: Vec<Metric>,
+    /// Standard deviation of the noise ROAD's imputer adds (pytorch-grad-cam's default; 0 gives
+    /// its values exactly), seeded by --seed.
+    #[arg(long, value_name = "X", default_value_t = ROAD_NOISE, value_parser = parse_road_noise, allow_negative_numbers = true)]
+    pub road_noise: f32,
+    /// Print the values as JSON on stdout, each image's too (and nothing else there).
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub(crate) fn parse_size(s: &str) -> Result<(usize, usize), String> {
@@ -260,6 +309,15 @@ fn parse_seed(s: &str) -> Result<u32, String> {
         .map_err(|_| format!("`{s}` is not a seed: give a whole number from 0 to {}", u32::MAX))
 }
 
+fn parse_road_noise(s: &str) -> Result<f32, String> {
+    match s.trim().parse::<f32>() {
+        Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),
+        _ => {
+            Err(format!("`{s}` is not a noise level: give a finite number of at least 0, such as 0.01 or 0"))
+        }
+    }
+}
+
 fn parse_finer_alpha(s: &str) -> Result<f32, String> {
     match s.trim().parse::<f32>() {
         Ok(a) if a.is_finite() => Ok(a),
@@ -296,6 +354,11 @@ mod tests {
         assert_eq!(parse_finer_alpha("-2"), Ok(-2.0));
         for bad in ["nan", "inf", "-inf", "1e40", "x", ""] {
             assert!(parse_finer_alpha(bad).unwrap_err().contains("not a finite number"), "{bad}");
+        }
+        assert_eq!(parse_road_noise("0"), Ok(0.0));
+        assert_eq!(parse_road_noise("0.05"), Ok(0.05));
+        for bad in ["-0.01", "nan", "inf", "1e40", "x", ""] {
+            assert!(parse_road_noise(bad).unwrap_err().contains("not a noise level"), "{bad}");
         }
     }
 }

@@ -96,9 +96,9 @@ pub fn run(args: ExplainArgs, stop: &Stop) -> Result<Ending, CliError> {
         }
         None => None,
     };
-    let (layers, auto_layer) = choose_layers(&mut loaded, &args.layers)?;
+    let (layers, auto_layer) = choose_layers(&mut loaded, &args.cam.layers)?;
     let mut methods: Vec<Method> = Vec::new();
-    for m in &args.methods {
+    for m in &args.cam.methods {
         if !methods.contains(m) {
             methods.push(*m);
         }
@@ -120,7 +120,7 @@ pub fn run(args: ExplainArgs, stop: &Stop) -> Result<Ending, CliError> {
     );
     // A resumed run meets the files of an image a kill interrupted: those fail one by one.
     if !args.overwrite && !args.resume {
-        refuse_existing_outputs(&plan, &renderer, &layers, &methods, args.top.is_some())?;
+        refuse_existing_outputs(&plan, &renderer, &layers, &methods, args.cam.top.is_some())?;
     }
 
     let progress = Progress::new(!args.json && std::io::stderr().is_terminal(), plan.items.len());
@@ -130,23 +130,15 @@ pub fn run(args: ExplainArgs, stop: &Stop) -> Result<Ending, CliError> {
         device: loaded.device,
         auto_layer,
         methods: methods.iter().map(|m| m.to_string()).collect(),
-        smoothing: smoothing_note(&methods, args.aug_smooth, args.eigen_smooth),
+        smoothing: smoothing_note(&methods, args.cam.aug_smooth, args.cam.eigen_smooth),
     };
-    let top = args.top.map_or(1, |k| k as usize);
+    let top = args.cam.top.map_or(1, |k| k as usize);
     let settings = Settings {
         layers: layers.clone(),
         methods: methods.clone(),
-        targets: Settings::targets(args.class, args.top, args.softmax),
-        options: CamOptions {
-            layout: args.layout,
-            progress: passes_callback(&progress),
-            seed: args.seed,
-            finer_alpha: args.finer_alpha,
-            aug_smooth: args.aug_smooth,
-            eigen_smooth: args.eigen_smooth,
-            ..CamOptions::default()
-        },
-        batch: args.batch as usize,
+        targets: Settings::targets(args.cam.class, args.cam.top, args.cam.softmax),
+        options: CamOptions { progress: passes_callback(&progress), ..args.cam.options() },
+        batch: args.cam.batch as usize,
         keep: TOP_PREDICTIONS.max(top),
     };
     let inputs = if args.overwrite {
@@ -172,7 +164,7 @@ pub fn run(args: ExplainArgs, stop: &Stop) -> Result<Ending, CliError> {
     };
 
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4);
-    let reader = Reader::new(loaded.input_size, args.max_pixels, args.max_picture_side);
+    let reader = Reader::new(loaded.input_size, args.cam.max_pixels, args.max_picture_side);
     let model = loaded.model.as_mut();
     let started = std::time::Instant::now();
     let (compute_result, write_result) = std::thread::scope(|s| {
@@ -257,12 +249,12 @@ pub fn run(args: ExplainArgs, stop: &Stop) -> Result<Ending, CliError> {
         "layers": layers,
         "layer_chosen_automatically": auto_layer,
         "methods": methods.iter().map(|m| m.name()).collect::<Vec<_>>(),
-        "target": if args.softmax { "softmax" } else { "logit" },
-        "aug_smooth": args.aug_smooth,
+        "target": if args.cam.softmax { "softmax" } else { "logit" },
+        "aug_smooth": args.cam.aug_smooth,
         // The methods --eigen-smooth changed (the others have no weighted activations).
         "eigen_smooth": methods
             .iter()
-            .filter(|m| args.eigen_smooth && m.supports_eigen_smooth())
+            .filter(|m| args.cam.eigen_smooth && m.supports_eigen_smooth())
             .map(|m| m.name())
             .collect::<Vec<_>>(),
         "out_dir": path_json(&out),
@@ -417,7 +409,10 @@ fn refuse_existing_outputs(
 
 /// The layers to explain: those named (checked against the model's, with near matches for a
 /// typo), or the model's automatic choice.
-fn choose_layers(loaded: &mut LoadedModel, wanted: &[String]) -> Result<(Vec<String>, bool), CliError> {
+pub(crate) fn choose_layers(
+    loaded: &mut LoadedModel,
+    wanted: &[String],
+) -> Result<(Vec<String>, bool), CliError> {
     if wanted.is_empty() {
         return Ok((vec![loaded.model.default_layer()?], true));
     }

@@ -6,6 +6,7 @@
 //! gradcam explain cat.jpg --method gradcam++ --method scorecam --layer blocks.5
 //! gradcam explain photos/ --manifest done.jsonl --resume --shard 3/8
 //! gradcam layers --model resnet50.onnx
+//! gradcam evaluate photos/ --method gradcam,gradcam++,scorecam   # which map to trust
 //! gradcam export resnet50.onnx --layer layer4 --method gradcam,layercam -o resnet50.explainer.onnx
 //! ```
 //!
@@ -25,6 +26,7 @@ mod backend;
 mod cli;
 mod compute;
 mod error;
+mod evaluate;
 mod explain;
 mod export;
 mod layers;
@@ -60,6 +62,7 @@ fn main() -> ExitCode {
         Command::Explain(args) => stop::Stop::install().and_then(|stop| explain::run(args, &stop)),
         Command::Layers(args) => layers::run(&args).map(|()| explain::Ending::Complete),
         Command::Export(args) => export::run(args).map(|()| explain::Ending::Complete),
+        Command::Evaluate(args) => evaluate::run(args).map(|()| explain::Ending::Complete),
     };
     match result {
         Ok(explain::Ending::Complete) => ExitCode::SUCCESS,

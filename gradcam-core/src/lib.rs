@@ -86,9 +86,11 @@ mod kernel;
 mod layer;
 mod layout;
 mod method;
+mod metrics;
 mod model;
 mod random;
 mod resize;
+mod road;
 mod target;
 mod tokens;
 
@@ -108,8 +110,13 @@ pub use kernel::{kernel_projection, KPCA_COEF0};
 pub use layer::{near_matches, Activations, Gradients, LayerTensor, LayerView};
 pub use layout::Layout;
 pub use method::Method;
+pub use metrics::{
+    evaluate, Metric, MetricOptions, MetricValues, ROAD_COMBINED_PERCENTILES, ROAD_LEAST_PERCENTILE,
+    ROAD_MOST_PERCENTILE,
+};
 pub use model::{default_layer_among, CamModel, Capture, LayerInfo};
 pub use random::LegacyRandom;
 pub use resize::{resize_bilinear, resize_bilinear_into, upsample_align_corners};
+pub use road::{impute, percentile, road_keep_mask, LegacyNormal, ROAD_NEIGHBOURS, ROAD_NOISE};
 pub use target::{argmax, softmax_rows, Classes, Seed, Target, TargetScore};
 pub use tokens::{grid_to_tokens, tokens_to_grid, TokenGrid, MAX_PREFIX_TOKENS};

@@ -13,6 +13,8 @@ use ndarray::{Array3, Array4};
 use serde_json::Value;
 
 #[cfg(feature = "candle")]
+mod evaluate;
+#[cfg(feature = "candle")]
 mod faults;
 #[cfg(feature = "candle")]
 mod hostile;

@@ -1,0 +1,294 @@
+//! `gradcam evaluate`: which map to trust. Every method's map of every image, at every layer, is
+//! scored by pytorch-grad-cam's faithfulness metrics ([`gradcam_core::evaluate`]); the table
+//! ranks the method × layer rows by their mean over the images, best first.
+//!
+//! Inputs are planned and read as `explain` does ([`crate::plan`], [`crate::read`]) and the model
+//! loaded by [`crate::backend`]; nothing is written but stdout.
+
+use std::collections::HashSet;
+use std::io::IsTerminal;
+use std::path::Path;
+
+use gradcam_core::{CamModel, CamOptions, Method, Metric, MetricOptions, Target};
+use ndarray::{Array3, Axis};
+use serde_json::{json, Map, Value};
+
+use crate::backend;
+use crate::cli::EvaluateArgs;
+use crate::compute::Settings;
+use crate::error::CliError;
+use crate::explain::choose_layers;
+use crate::plan::{self, Item};
+use crate::progress::Progress;
+use crate::read::Reader;
+use crate::report::path_json;
+
+/// One method at one layer: the sum of each metric over the images so far.
+struct Row {
+    method: Method,
+    layer: String,
+    sums: Vec<f64>,
+    count: usize,
+}
+
+impl Row {
+    fn means(&self) -> Vec<f64> {
+        self.sums.iter().map(|s| s / self.count.max(1) as f64).collect()
+    }
+}
+
+/// One image's values for one method, layer and class.
+struct Record {
+    item: Item,
+    class: usize,
+    rank: Option<usize>,
+    method: Method,
+    layer: String,
+    values: Vec<f32>,
+}
+
+pub fn run(args: EvaluateArgs) -> Result<(), CliError> {
+    let metrics = unique(if args.metrics.is_empty() { Metric::ALL.to_vec() } else { args.metrics.clone() });
+    let methods = unique(args.cam.methods.clone());
+    // No output folder: every image in a folder is an input.
+    let plan = plan::gather(&args.inputs, Path::new(""), None, &HashSet::new())?;
+    let mut loaded = backend::load(&args.model)?;
+    let (layers, auto_layer) = choose_layers(&mut loaded, &args.cam.layers)?;
+    // The reader also makes the picture `explain` draws on; here it is dropped, so keep it small.
+    let model_side = loaded.input_size.0.max(loaded.input_size.1) as u32;
+    let reader = Reader::new(loaded.input_size, args.cam.max_pixels, model_side);
+    let progress = Progress::new(!args.json && std::io::stderr().is_terminal(), plan.items.len());
+    let metric_count = metrics.len();
+    let mut scorer = Scorer {
+        model: loaded.model.as_mut(),
+        layers: layers.clone(),
+        methods: methods.clone(),
+        metrics: metrics.clone(),
+        targets: Settings::targets(args.cam.class, args.cam.top, args.cam.softmax),
+        options: args.cam.options(),
+        metric_options: MetricOptions { road_noise: args.road_noise, seed: args.cam.seed },
+        rows: methods
+            .iter()
+            .flat_map(|&method| {
+                layers.iter().map(move |layer| Row {
+                    method,
+                    layer: layer.clone(),
+                    sums: vec![0.0; metric_count],
+                    count: 0,
+                })
+            })
+            .collect(),
+        records: Vec::new(),
+    };
+
+    // Batches of at most --batch images of one size, in input order. A read failure ends the
+    // run: every mean is over the same images.
+    let batch_size = args.cam.batch as usize;
+    let mut pending: Vec<(Item, Array3<f32>)> = Vec::new();
+    for item in plan.items.iter().cloned() {
+        let loaded = reader.read(item).map_err(|failed| failed.error)?;
+        if pending.len() == batch_size || pending.first().is_some_and(|(_, t)| t.dim() != loaded.tensor.dim())
+        {
+            scorer.score(std::mem::take(&mut pending), &progress)?;
+        }
+        pending.push((loaded.item, loaded.tensor));
+    }
+    if !pending.is_empty() {
+        scorer.score(pending, &progress)?;
+    }
+    progress.finish();
+
+    let Scorer { mut rows, records, .. } = scorer;
+    let ranked_by = metrics.iter().position(|&m| m == Metric::RoadCombined).unwrap_or(0);
+    let higher = metrics[ranked_by].higher_is_better();
+    rows.sort_by(|a, b| {
+        let (x, y) = (a.means()[ranked_by], b.means()[ranked_by]);
+        if higher {
+            y.total_cmp(&x)
+        } else {
+            x.total_cmp(&y)
+        }
+    });
+
+    if args.json {
+        let named = |values: Vec<f64>| -> Value {
+            Value::Object(
+                metrics
+                    .iter()
+                    .zip(values)
+                    .map(|(m, v)| (m.name().to_string(), json!(v)))
+                    .collect::<Map<_, _>>(),
+            )
+        };
+        let summary = json!({
+            "backend": loaded.backend.feature(),
+            "model": path_json(&loaded.path),
+            "arch": loaded.arch,
+            "device": loaded.device,
+            "layers": layers,
+            "layer_chosen_automatically": auto_layer,
+            "methods": methods.iter().map(|m| m.name()).collect::<Vec<_>>(),
+            "target": if args.cam.softmax { "softmax" } else { "logit" },
+            "metrics": metrics.iter().map(|m| json!({"name": m.name(), "higher_is_better": m.higher_is_better()})).collect::<Vec<_>>(),
+            "ranked_by": metrics[ranked_by].name(),
+            "road_noise": args.road_noise,
+            "seed": args.cam.seed,
+            "images": plan.items.len(),
+            "rows": rows.iter().map(|r| json!({
+                "method": r.method.name(),
+                "layer": r.layer,
+                "count": r.count,
+                "mean": named(r.means()),
+            })).collect::<Vec<_>>(),
+            "per_image": records.iter().map(|r| json!({
+                "input": path_json(&r.item.path),
+                "npy_index": r.item.npy_index(),
+                "name": r.item.name,
+                "class": r.class,
+                "rank": r.rank,
+                "method": r.method.name(),
+                "layer": r.layer,
+                "values": named(r.values.iter().map(|&v| f64::from(v)).collect()),
+            })).collect::<Vec<_>>(),
+        });
+        let text = serde_json::to_string_pretty(&summary)
+            .map_err(|e| CliError::Usage(format!("internal error: cannot write the JSON summary: {e}")))?;
+        println!("{text}");
+    } else {
+        print!("{}", table(&rows, &metrics, ranked_by, plan.items.len(), &args));
+    }
+    Ok(())
+}
+
+/// The model and what to score with it, and the scores so far.
+struct Scorer<'m> {
+    model: &'m mut dyn CamModel,
+    layers: Vec<String>,
+    methods: Vec<Method>,
+    metrics: Vec<Metric>,
+    /// One target per class rank (`--top`), else one.
+    targets: Vec<(Target, Option<usize>)>,
+    options: CamOptions,
+    metric_options: MetricOptions,
+    /// One per method and layer.
+    rows: Vec<Row>,
+    records: Vec<Record>,
+}
+
+impl Scorer<'_> {
+    /// Explains one batch of images of one size with every method at every layer (one layer per
+    /// `explain` call: each row is that layer's own map) and scores every map.
+    fn score(&mut self, batch: Vec<(Item, Array3<f32>)>, progress: &Progress) -> Result<(), CliError> {
+        let views: Vec<_> = batch.iter().map(|(_, t)| t.view()).collect();
+        let input =
+            ndarray::stack(Axis(0), &views).map_err(|e| CliError::Usage(format!("internal error: {e}")))?;
+        for (target, rank) in &self.targets {
+            for layer in &self.layers {
+                let explanations = gradcam_core::explain(
+                    self.model,
+                    input.view(),
+                    &[layer.as_str()],
+                    &self.methods,
+                    target,
+                    &self.options,
+                )?;
+                for e in explanations {
+                    let values = gradcam_core::evaluate(
+                        self.model,
+                        input.view(),
+                        e.maps.view(),
+                        target,
+                        &e.classes,
+                        &self.metrics,
+                        &self.metric_options,
+                    )?;
+                    let row = self
+                        .rows
+                        .iter_mut()
+                        .find(|r| r.method == e.method && &r.layer == layer)
+                        .ok_or_else(|| CliError::Usage("internal error: no row for a map".into()))?;
+                    for (i, ((item, _), &class)) in batch.iter().zip(&e.classes).enumerate() {
+                        for (sum, v) in row.sums.iter_mut().zip(&values) {
+                            *sum += f64::from(v.values[i]);
+                        }
+                        row.count += 1;
+                        self.records.push(Record {
+                            item: item.clone(),
+                            class,
+                            rank: *rank,
+                            method: e.method,
+                            layer: layer.clone(),
+                            values: values.iter().map(|v| v.values[i]).collect(),
+                        });
+                    }
+                }
+            }
+        }
+        for _ in &batch {
+            progress.inc();
+        }
+        Ok(())
+    }
+}
+
+/// The table: one line per method and layer, best first, each metric's direction under its name.
+fn table(rows: &[Row], metrics: &[Metric], ranked_by: usize, images: usize, args: &EvaluateArgs) -> String {
+    let mut cells: Vec<Vec<String>> = vec![
+        std::iter::once("method".to_string())
+            .chain(std::iter::once("layer".to_string()))
+            .chain(metrics.iter().map(|m| m.name().to_string()))
+            .collect(),
+        ["", ""]
+            .into_iter()
+            .map(String::from)
+            .chain(metrics.iter().map(|m| if m.higher_is_better() { "higher" } else { "lower" }.to_string()))
+            .collect(),
+    ];
+    for r in rows {
+        cells.push(
+            [r.method.name().to_string(), r.layer.clone()]
+                .into_iter()
+                .chain(r.means().iter().map(|v| format!("{v:.4}")))
+                .collect(),
+        );
+    }
+    let widths: Vec<usize> = (0..cells[0].len())
+        .map(|c| cells.iter().map(|row| row[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in &cells {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(c, (cell, w))| if c < 2 { format!("{cell:<w$}") } else { format!("{cell:>w$}") })
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    let per = match (args.cam.class, args.cam.top) {
+        (Some(c), _) => format!("class {c}"),
+        (None, Some(k)) => format!("each of the top-{k} classes"),
+        (None, None) => "the top-1 class".into(),
+    };
+    out.push_str(&format!(
+        "best first by {} ({} is better); mean over {images} images, {per} ({}); ROAD noise {}, seed {}\n",
+        metrics[ranked_by],
+        if metrics[ranked_by].higher_is_better() { "higher" } else { "lower" },
+        if args.cam.softmax { "softmax probability" } else { "logit" },
+        args.road_noise,
+        args.cam.seed,
+    ));
+    out
+}
+
+/// `items` without repeats, in order.
+fn unique<T: PartialEq>(items: Vec<T>) -> Vec<T> {
+    let mut out: Vec<T> = Vec::with_capacity(items.len());
+    for item in items {
+        if !out.contains(&item) {
+            out.push(item);
+        }
+    }
+    out
+}
