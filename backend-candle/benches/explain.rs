@@ -1,6 +1,7 @@
 //! Explain latency (Grad-CAM, default layer, top-1 target) against candle's own forward-only
 //! time on the same model, at batch 1 and 16, for the shipped EfficientNet-Lite0 and a
-//! randomly initialised ResNet-50. Goal: explain / forward <= 1.10.
+//! randomly initialised ResNet-50. Goal: explain / forward <= 1.10. Also `--aug-smooth`'s
+//! explain against the plain one: goal 6x (six augmented passes) and no more.
 //!
 //! `cargo bench -p backend-candle --features candle --bench explain [-- FILTER]`
 
@@ -88,10 +89,12 @@ fn bench(name: &str, model: &mut CandleModel, reps: [usize; 2]) {
                 .expect("input tensor");
         let target = Target::top_one();
         let options = CamOptions::default();
+        let smooth = CamOptions { aug_smooth: true, ..CamOptions::default() };
         // Warm-up.
         std::hint::black_box(model.forward_tensor(&tensor).expect("forward"));
         let mut fwd = Vec::new();
         let mut exp = Vec::new();
+        let mut aug = Vec::new();
         // Interleaved, so that load changes on a shared machine hit both alike.
         for _ in 0..reps {
             fwd.push(measure(&mut || {
@@ -102,6 +105,13 @@ fn bench(name: &str, model: &mut CandleModel, reps: [usize; 2]) {
                     explain(model, input.view(), &[layer.as_str()], &[Method::GradCam], &target, &options);
                 std::hint::black_box(e.expect("explain"));
             }));
+            if batch == 1 {
+                aug.push(measure(&mut || {
+                    let e =
+                        explain(model, input.view(), &[layer.as_str()], &[Method::GradCam], &target, &smooth);
+                    std::hint::black_box(e.expect("explain --aug-smooth"));
+                }));
+            }
         }
         let ms = |v: &[(Duration, Duration)], cpu: bool| {
             median(v.iter().map(|(w, c)| if cpu { c } else { w }.as_secs_f64() * 1e3).collect())
@@ -113,6 +123,15 @@ fn bench(name: &str, model: &mut CandleModel, reps: [usize; 2]) {
             ew / fw,
             ec / fc
         );
+        if !aug.is_empty() {
+            let (aw, ac) = (ms(&aug, false), ms(&aug, true));
+            println!(
+                "{name:<22} {layer:<6} b{batch:<2} | aug-smooth: wall {aw:>8.1} ms ({:.2}x explain), \
+                 cpu {ac:>8.1} ms ({:.2}x explain; goal 6)",
+                aw / ew,
+                ac / ec
+            );
+        }
     }
 }
 
