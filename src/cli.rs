@@ -140,9 +140,11 @@ pub struct CamArgs {
     pub layers: Vec<String>,
     /// CAM method(s): gradcam, gradcam++, xgradcam, hirescam, layercam, gradcam-elementwise,
     /// eigencam, eigengradcam, scorecam, ablationcam, fem, kpcacam, finercam, randomcam; repeat
-    /// or comma-separate for several.
+    /// or comma-separate for several. `auto`: the candidates `gradcam evaluate` ranks best by
+    /// ROAD (road-combined) on the given images (every method but ScoreCAM and AblationCAM, a
+    /// forward pass per channel, KPCA-CAM, cubic in the pixels, and RandomCAM, a baseline).
     #[arg(long = "method", value_name = "NAME", default_value = "gradcam", value_delimiter = ',')]
-    pub methods: Vec<Method>,
+    pub methods: Vec<MethodArg>,
     /// How the layers' outputs are laid out: nchw, nhwc (channels-last: Swin, ConvNeXt blocks)
     /// or tokens (ViT) [default: detected per layer from its shape and the input size].
     #[arg(long, value_name = "LAYOUT")]
@@ -183,7 +185,76 @@ pub struct CamArgs {
     pub batch: u32,
 }
 
+/// A `--method` value: a method, or `auto`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MethodArg {
+    /// Pick among [`AUTO_CANDIDATES`] by ROAD.
+    Auto,
+    Method(Method),
+}
+
+impl std::str::FromStr for MethodArg {
+    type Err = gradcam_core::CamError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.trim().eq_ignore_ascii_case("auto") {
+            Ok(MethodArg::Auto)
+        } else {
+            s.parse().map(MethodArg::Method)
+        }
+    }
+}
+
+/// The methods `--method auto` chooses among.
+pub const AUTO_CANDIDATES: [Method; 10] = [
+    Method::GradCam,
+    Method::GradCamPlusPlus,
+    Method::XGradCam,
+    Method::HiResCam,
+    Method::LayerCam,
+    Method::GradCamElementWise,
+    Method::EigenCam,
+    Method::EigenGradCam,
+    Method::Fem,
+    Method::FinerCam,
+];
+
 impl CamArgs {
+    /// The methods named, each once, in order; `auto` stands for [`AUTO_CANDIDATES`].
+    pub fn methods(&self) -> Vec<Method> {
+        let mut out: Vec<Method> = Vec::new();
+        for m in &self.methods {
+            let named = match m {
+                MethodArg::Auto => AUTO_CANDIDATES.to_vec(),
+                MethodArg::Method(m) => vec![*m],
+            };
+            for m in named {
+                if !out.contains(&m) {
+                    out.push(m);
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether `--method` says `auto`.
+    pub fn auto_method(&self) -> bool {
+        self.methods.contains(&MethodArg::Auto)
+    }
+
+    /// The methods named explicitly, each once, in order (without `auto`).
+    pub fn named_methods(&self) -> Vec<Method> {
+        let mut out: Vec<Method> = Vec::new();
+        for m in &self.methods {
+            if let MethodArg::Method(m) = m {
+                if !out.contains(m) {
+                    out.push(*m);
+                }
+            }
+        }
+        out
+    }
+
     /// The core options these flags set (a progress callback is the caller's).
     pub fn options(&self) -> gradcam_core::CamOptions {
         gradcam_core::CamOptions {

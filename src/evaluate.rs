@@ -14,10 +14,11 @@ use ndarray::{Array3, Axis};
 use serde_json::{json, Map, Value};
 
 use crate::backend;
-use crate::cli::EvaluateArgs;
+use crate::backend::LoadedModel;
+use crate::cli::{CamArgs, EvaluateArgs, AUTO_CANDIDATES};
 use crate::compute::Settings;
 use crate::error::CliError;
-use crate::explain::choose_layers;
+use crate::layers::choose_layers;
 use crate::plan::{self, Item};
 use crate::progress::Progress;
 use crate::read::Reader;
@@ -49,66 +50,24 @@ struct Record {
 
 pub fn run(args: EvaluateArgs) -> Result<(), CliError> {
     let metrics = unique(if args.metrics.is_empty() { Metric::ALL.to_vec() } else { args.metrics.clone() });
-    let methods = unique(args.cam.methods.clone());
+    let methods = args.cam.methods();
     // No output folder: every image in a folder is an input.
     let plan = plan::gather(&args.inputs, Path::new(""), None, &HashSet::new())?;
     let mut loaded = backend::load(&args.model)?;
     let (layers, auto_layer) = choose_layers(&mut loaded, &args.cam.layers)?;
-    // The reader also makes the picture `explain` draws on; here it is dropped, so keep it small.
-    let model_side = loaded.input_size.0.max(loaded.input_size.1) as u32;
-    let reader = Reader::new(loaded.input_size, args.cam.max_pixels, model_side);
     let progress = Progress::new(!args.json && std::io::stderr().is_terminal(), plan.items.len());
-    let metric_count = metrics.len();
-    let mut scorer = Scorer {
-        model: loaded.model.as_mut(),
-        layers: layers.clone(),
-        methods: methods.clone(),
-        metrics: metrics.clone(),
-        targets: Settings::targets(args.cam.class, args.cam.top, args.cam.softmax),
-        options: args.cam.options(),
-        metric_options: MetricOptions { road_noise: args.road_noise, seed: args.cam.seed },
-        rows: methods
-            .iter()
-            .flat_map(|&method| {
-                layers.iter().map(move |layer| Row {
-                    method,
-                    layer: layer.clone(),
-                    sums: vec![0.0; metric_count],
-                    count: 0,
-                })
-            })
-            .collect(),
-        records: Vec::new(),
-    };
-
-    // Batches of at most --batch images of one size, in input order. A read failure ends the
-    // run: every mean is over the same images.
-    let batch_size = args.cam.batch as usize;
-    let mut pending: Vec<(Item, Array3<f32>)> = Vec::new();
-    for item in plan.items.iter().cloned() {
-        let loaded = reader.read(item).map_err(|failed| failed.error)?;
-        if pending.len() == batch_size || pending.first().is_some_and(|(_, t)| t.dim() != loaded.tensor.dim())
-        {
-            scorer.score(std::mem::take(&mut pending), &progress)?;
-        }
-        pending.push((loaded.item, loaded.tensor));
-    }
-    if !pending.is_empty() {
-        scorer.score(pending, &progress)?;
-    }
+    let metric_options = MetricOptions { road_noise: args.road_noise, seed: args.cam.seed };
+    let Scores { rows, records, ranked_by } = score_items(
+        &mut loaded,
+        &plan.items,
+        &layers,
+        &methods,
+        &metrics,
+        &args.cam,
+        metric_options,
+        &progress,
+    )?;
     progress.finish();
-
-    let Scorer { mut rows, records, .. } = scorer;
-    let ranked_by = metrics.iter().position(|&m| m == Metric::RoadCombined).unwrap_or(0);
-    let higher = metrics[ranked_by].higher_is_better();
-    rows.sort_by(|a, b| {
-        let (x, y) = (a.means()[ranked_by], b.means()[ranked_by]);
-        if higher {
-            y.total_cmp(&x)
-        } else {
-            x.total_cmp(&y)
-        }
-    });
 
     if args.json {
         let named = |values: Vec<f64>| -> Value {
@@ -158,6 +117,113 @@ pub fn run(args: EvaluateArgs) -> Result<(), CliError> {
         print!("{}", table(&rows, &metrics, ranked_by, plan.items.len(), &args));
     }
     Ok(())
+}
+
+/// Every method's map at every layer of every image in `items`, scored: the rows (one per method
+/// and layer) best first by `metrics[ranked_by]` (road-combined when asked for, else the first).
+struct Scores {
+    rows: Vec<Row>,
+    records: Vec<Record>,
+    ranked_by: usize,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn score_items(
+    loaded: &mut LoadedModel,
+    items: &[Item],
+    layers: &[String],
+    methods: &[Method],
+    metrics: &[Metric],
+    cam: &CamArgs,
+    metric_options: MetricOptions,
+    progress: &Progress,
+) -> Result<Scores, CliError> {
+    // The reader also makes the picture `explain` draws on; here it is dropped, so keep it small.
+    let model_side = loaded.input_size.0.max(loaded.input_size.1) as u32;
+    let reader = Reader::new(loaded.input_size, cam.max_pixels, model_side);
+    let mut scorer = Scorer {
+        model: loaded.model.as_mut(),
+        layers: layers.to_vec(),
+        methods: methods.to_vec(),
+        metrics: metrics.to_vec(),
+        targets: Settings::targets(cam.class, cam.top, cam.softmax),
+        options: cam.options(),
+        metric_options,
+        rows: methods
+            .iter()
+            .flat_map(|&method| {
+                layers.iter().map(move |layer| Row {
+                    method,
+                    layer: layer.clone(),
+                    sums: vec![0.0; metrics.len()],
+                    count: 0,
+                })
+            })
+            .collect(),
+        records: Vec::new(),
+    };
+
+    // Batches of at most --batch images of one size, in input order. A read failure ends the
+    // run: every mean is over the same images.
+    let batch_size = cam.batch as usize;
+    let mut pending: Vec<(Item, Array3<f32>)> = Vec::new();
+    for item in items.iter().cloned() {
+        let loaded = reader.read(item).map_err(|failed| failed.error)?;
+        if pending.len() == batch_size || pending.first().is_some_and(|(_, t)| t.dim() != loaded.tensor.dim())
+        {
+            scorer.score(std::mem::take(&mut pending), progress)?;
+        }
+        pending.push((loaded.item, loaded.tensor));
+    }
+    if !pending.is_empty() {
+        scorer.score(pending, progress)?;
+    }
+
+    let Scorer { mut rows, records, .. } = scorer;
+    let ranked_by = metrics.iter().position(|&m| m == Metric::RoadCombined).unwrap_or(0);
+    let higher = metrics[ranked_by].higher_is_better();
+    rows.sort_by(|a, b| {
+        let (x, y) = (a.means()[ranked_by], b.means()[ranked_by]);
+        if higher {
+            y.total_cmp(&x)
+        } else {
+            x.total_cmp(&y)
+        }
+    });
+    Ok(Scores { rows, records, ranked_by })
+}
+
+/// `explain --method auto`'s choice: the method of [`AUTO_CANDIDATES`] whose maps score best by
+/// road-combined on `items` (mean over the images and `layers`), and that mean.
+pub fn pick_method(
+    loaded: &mut LoadedModel,
+    items: &[Item],
+    layers: &[String],
+    cam: &CamArgs,
+) -> Result<(Method, f64), CliError> {
+    let metric_options = MetricOptions { seed: cam.seed, ..MetricOptions::default() };
+    let quiet = Progress::new(false, items.len());
+    let scores = score_items(
+        loaded,
+        items,
+        layers,
+        &AUTO_CANDIDATES,
+        &[Metric::RoadCombined],
+        cam,
+        metric_options,
+        &quiet,
+    )?;
+    // Each candidate's mean over the layers, best first; ties to the earlier candidate.
+    let mut best: Option<(Method, f64)> = None;
+    for method in AUTO_CANDIDATES {
+        let means: Vec<f64> =
+            scores.rows.iter().filter(|r| r.method == method).map(|r| r.means()[0]).collect();
+        let mean = means.iter().sum::<f64>() / means.len().max(1) as f64;
+        if best.is_none_or(|(_, b)| mean > b) {
+            best = Some((method, mean));
+        }
+    }
+    best.ok_or_else(|| CliError::Usage("internal error: no candidate method".into()))
 }
 
 /// The model and what to score with it, and the scores so far.

@@ -15,10 +15,11 @@ use std::sync::Arc;
 use gradcam_core::{CamOptions, Method};
 use serde_json::json;
 
-use crate::backend::{self, LoadedModel};
+use crate::backend;
 use crate::cli::{ExplainArgs, PictureKind};
 use crate::compute::{self, Outcome, Settings, TOP_PREDICTIONS};
 use crate::error::CliError;
+use crate::layers::choose_layers;
 use crate::manifest::{self, Manifest};
 use crate::npy_out::NpyOut;
 use crate::plan::{self, Plan, Source};
@@ -97,10 +98,15 @@ pub fn run(args: ExplainArgs, stop: &Stop) -> Result<Ending, CliError> {
         None => None,
     };
     let (layers, auto_layer) = choose_layers(&mut loaded, &args.cam.layers)?;
-    let mut methods: Vec<Method> = Vec::new();
-    for m in &args.cam.methods {
-        if !methods.contains(m) {
-            methods.push(*m);
+    // `--method auto`: ROAD ranks the candidates on these images first (each shard on its own).
+    let auto_method = match args.cam.auto_method() {
+        true => Some(crate::evaluate::pick_method(&mut loaded, &plan.items, &layers, &args.cam)?),
+        false => None,
+    };
+    let mut methods: Vec<Method> = auto_method.iter().map(|(m, _)| *m).collect();
+    for m in args.cam.named_methods() {
+        if !methods.contains(&m) {
+            methods.push(m);
         }
     }
     let mut pictures: Vec<PictureKind> = Vec::new();
@@ -131,6 +137,13 @@ pub fn run(args: ExplainArgs, stop: &Stop) -> Result<Ending, CliError> {
         auto_layer,
         methods: methods.iter().map(|m| m.to_string()).collect(),
         smoothing: smoothing_note(&methods, args.cam.aug_smooth, args.cam.eigen_smooth),
+        auto_method: auto_method.map(|(m, score)| {
+            format!(
+                "{m} (best road-combined, {score:.4}, of {} candidates on {} images; `gradcam evaluate --method auto` shows them all)",
+                crate::cli::AUTO_CANDIDATES.len(),
+                plan.items.len()
+            )
+        }),
     };
     let top = args.cam.top.map_or(1, |k| k as usize);
     let settings = Settings {
@@ -251,6 +264,7 @@ pub fn run(args: ExplainArgs, stop: &Stop) -> Result<Ending, CliError> {
         "methods": methods.iter().map(|m| m.name()).collect::<Vec<_>>(),
         "target": if args.cam.softmax { "softmax" } else { "logit" },
         "aug_smooth": args.cam.aug_smooth,
+        "method_chosen_automatically": auto_method.map(|(m, score)| json!({"method": m.name(), "road_combined": score})),
         // The methods --eigen-smooth changed (the others have no weighted activations).
         "eigen_smooth": methods
             .iter()
@@ -405,29 +419,6 @@ fn refuse_existing_outputs(
             ),
         }),
     }
-}
-
-/// The layers to explain: those named (checked against the model's, with near matches for a
-/// typo), or the model's automatic choice.
-pub(crate) fn choose_layers(
-    loaded: &mut LoadedModel,
-    wanted: &[String],
-) -> Result<(Vec<String>, bool), CliError> {
-    if wanted.is_empty() {
-        return Ok((vec![loaded.model.default_layer()?], true));
-    }
-    let known = loaded.model.layers()?;
-    let mut layers: Vec<String> = Vec::new();
-    for name in wanted {
-        if !known.iter().any(|l| &l.name == name) {
-            let near = gradcam_core::near_matches(name, known.iter().map(|l| l.name.as_str()));
-            return Err(CliError::UnknownLayer { name: name.clone(), near, count: known.len() });
-        }
-        if !layers.contains(name) {
-            layers.push(name.clone());
-        }
-    }
-    Ok((layers, false))
 }
 
 /// ScoreCAM's and AblationCAM's extra forward passes, shown next to the bar.

@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use crate::backend;
+use crate::backend::{self, LoadedModel};
 use crate::cli::ModelArgs;
 use crate::error::CliError;
 
@@ -25,4 +25,27 @@ pub fn run(args: &ModelArgs) -> Result<(), CliError> {
     // `gradcam layers | head` closes stdout early: not an error worth a panic.
     let _ = std::io::stdout().lock().write_all(text.as_bytes());
     Ok(())
+}
+
+/// The layers to explain: those named (checked against the model's, with near matches for a
+/// typo), or the model's automatic choice.
+pub(crate) fn choose_layers(
+    loaded: &mut LoadedModel,
+    wanted: &[String],
+) -> Result<(Vec<String>, bool), CliError> {
+    if wanted.is_empty() {
+        return Ok((vec![loaded.model.default_layer()?], true));
+    }
+    let known = loaded.model.layers()?;
+    let mut layers: Vec<String> = Vec::new();
+    for name in wanted {
+        if !known.iter().any(|l| &l.name == name) {
+            let near = gradcam_core::near_matches(name, known.iter().map(|l| l.name.as_str()));
+            return Err(CliError::UnknownLayer { name: name.clone(), near, count: known.len() });
+        }
+        if !layers.contains(name) {
+            layers.push(name.clone());
+        }
+    }
+    Ok((layers, false))
 }

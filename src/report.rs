@@ -80,6 +80,8 @@ pub struct Header {
     pub methods: Vec<String>,
     /// What --aug-smooth / --eigen-smooth do in this run (empty without them).
     pub smoothing: String,
+    /// `--method auto`'s choice, said.
+    pub auto_method: Option<String>,
 }
 
 /// Where the per-image output goes.
@@ -168,6 +170,9 @@ impl Reporter {
             text.push_str(&format!("layers   {}\n", layers.join(", ")));
         }
         text.push_str(&format!("methods  {}\n", h.methods.join(", ")));
+        if let Some(auto) = &h.auto_method {
+            text.push_str(&format!("auto     {auto}\n"));
+        }
         if !h.smoothing.is_empty() {
             text.push_str(&format!("smooth   {}\n", h.smoothing));
         }

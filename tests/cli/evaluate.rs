@@ -152,3 +152,35 @@ fn bad_metrics_noise_and_inputs_are_usage_errors() {
     let out = gradcam(&dir, &["evaluate", "missing.png"]);
     assert_failure(&out, 1, "input not found: missing.png", &dir, &[]);
 }
+
+/// `explain --method auto` explains with the candidate `evaluate --method auto` ranks first by
+/// road-combined on the same images (same seed, same noise), and says which and why.
+#[test]
+fn explain_method_auto_picks_evaluates_best() {
+    let dir = workdir("explain-auto");
+    let out = evaluate(&dir, &["--method", "auto", "--metric", "road-combined", "--json"]);
+    assert_success(&out);
+    let summary = json(&out);
+    let rows = summary["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 10, "every candidate at the one layer: {rows:?}");
+    let best = rows[0]["method"].as_str().unwrap().to_string();
+    let best_score = rows[0]["mean"]["road-combined"].as_f64().unwrap();
+    for excluded in ["scorecam", "ablationcam", "kpcacam", "randomcam"] {
+        assert!(rows.iter().all(|r| r["method"] != excluded), "{excluded} is no candidate");
+    }
+
+    let mut args = vec!["explain".to_string(), chelsea(), coffee(), "--size".into(), "112x112".into()];
+    args.extend(["--method", "auto,eigencam", "--json", "--pictures", "heatmap"].map(String::from));
+    let out = command(&dir, &args).output().expect("the gradcam binary runs");
+    assert_success(&out);
+    let explained = json(&out);
+    let chosen = &explained["method_chosen_automatically"];
+    assert_eq!(chosen["method"], best.as_str(), "{chosen}");
+    let score = chosen["road_combined"].as_f64().unwrap();
+    assert!((score - best_score).abs() < 1e-9, "{score} vs evaluate's {best_score}");
+    let mut methods = vec![best.as_str()];
+    if best != "eigencam" {
+        methods.push("eigencam");
+    }
+    assert_eq!(explained["methods"], serde_json::json!(methods), "the choice first, then the named ones");
+}
