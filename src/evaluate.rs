@@ -22,7 +22,7 @@ use crate::layers::choose_layers;
 use crate::plan::{self, Item};
 use crate::progress::Progress;
 use crate::read::Reader;
-use crate::report::path_json;
+use crate::report::{path_json, run_summary};
 
 /// One method at one layer: the sum of each metric over the images so far.
 struct Row {
@@ -79,15 +79,7 @@ pub fn run(args: EvaluateArgs) -> Result<(), CliError> {
                     .collect::<Map<_, _>>(),
             )
         };
-        let summary = json!({
-            "backend": loaded.backend.feature(),
-            "model": path_json(&loaded.path),
-            "arch": loaded.arch,
-            "device": loaded.device,
-            "layers": layers,
-            "layer_chosen_automatically": auto_layer,
-            "methods": methods.iter().map(|m| m.name()).collect::<Vec<_>>(),
-            "target": if args.cam.softmax { "softmax" } else { "logit" },
+        let fields = json!({
             "metrics": metrics.iter().map(|m| json!({"name": m.name(), "higher_is_better": m.higher_is_better()})).collect::<Vec<_>>(),
             "ranked_by": metrics[ranked_by].name(),
             "road_noise": args.road_noise,
@@ -110,6 +102,7 @@ pub fn run(args: EvaluateArgs) -> Result<(), CliError> {
                 "values": named(r.values.iter().map(|&v| f64::from(v)).collect()),
             })).collect::<Vec<_>>(),
         });
+        let summary = run_summary(&loaded, (&layers, auto_layer), &methods, args.cam.softmax, fields);
         let text = serde_json::to_string_pretty(&summary)
             .map_err(|e| CliError::Usage(format!("internal error: cannot write the JSON summary: {e}")))?;
         println!("{text}");

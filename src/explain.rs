@@ -27,7 +27,7 @@ use crate::pool;
 use crate::progress::Progress;
 use crate::read::Reader;
 use crate::render::Renderer;
-use crate::report::{path_json, Header, Reporter};
+use crate::report::{path_json, run_summary, Header, Reporter};
 use crate::stop::Stop;
 use crate::write::{self, Writer, Written};
 
@@ -254,15 +254,7 @@ pub fn run(args: ExplainArgs, stop: &Stop) -> Result<Ending, CliError> {
         return Ok(Ending::Interrupted(status));
     }
 
-    let summary = json!({
-        "backend": loaded.backend.feature(),
-        "model": path_json(&loaded.path),
-        "arch": loaded.arch,
-        "device": loaded.device,
-        "layers": layers,
-        "layer_chosen_automatically": auto_layer,
-        "methods": methods.iter().map(|m| m.name()).collect::<Vec<_>>(),
-        "target": if args.cam.softmax { "softmax" } else { "logit" },
+    let fields = json!({
         "aug_smooth": args.cam.aug_smooth,
         "method_chosen_automatically": auto_method.map(|(m, score)| json!({"method": m.name(), "road_combined": score})),
         // The methods --eigen-smooth changed (the others have no weighted activations).
@@ -281,6 +273,7 @@ pub fn run(args: ExplainArgs, stop: &Stop) -> Result<Ending, CliError> {
         // the part of it spent in the model's explain calls.
         "timing": {"seconds": elapsed.as_secs_f64(), "explain_seconds": explain_time.as_secs_f64()},
     });
+    let summary = run_summary(&loaded, (&layers, auto_layer), &methods, args.cam.softmax, fields);
     let closing = closing_text(&written, &out, &npy_written, manifest_path.as_deref(), skipped, to_do);
     reporter.finish(summary, &closing);
     if written.failed > 0 {

@@ -4,9 +4,11 @@
 use std::io::Write;
 use std::path::Path;
 
-use serde_json::{json, Value};
+use gradcam_core::Method;
+use serde_json::{json, Map, Value};
 
 use crate::assets::ClassNames;
+use crate::backend::LoadedModel;
 use crate::compute::TOP_PREDICTIONS;
 use crate::progress::Progress;
 use crate::read::Failed;
@@ -82,6 +84,35 @@ pub struct Header {
     pub smoothing: String,
     /// `--method auto`'s choice, said.
     pub auto_method: Option<String>,
+}
+
+/// A command's JSON summary: the fields `explain` and `evaluate` share (what ran, on which layers,
+/// with which methods, for which score), then the command's own `fields`.
+pub fn run_summary(
+    loaded: &LoadedModel,
+    (layers, auto_layer): (&[String], bool),
+    methods: &[Method],
+    softmax: bool,
+    fields: Value,
+) -> Value {
+    let shared = json!({
+        "backend": loaded.backend.feature(),
+        "model": path_json(&loaded.path),
+        "arch": loaded.arch,
+        "device": loaded.device,
+        "layers": layers,
+        "layer_chosen_automatically": auto_layer,
+        "methods": methods.iter().map(|m| m.name()).collect::<Vec<_>>(),
+        "target": if softmax { "softmax" } else { "logit" },
+    });
+    let mut summary = match shared {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    };
+    if let Value::Object(fields) = fields {
+        summary.extend(fields);
+    }
+    Value::Object(summary)
 }
 
 /// Where the per-image output goes.
