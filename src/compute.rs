@@ -257,20 +257,12 @@ fn rank(logits: Vec<f32>) -> Vec<Prediction> {
 /// ReLU, min-max), so `--layer a --layer b` shows the same per-layer pictures as two separate
 /// runs, plus their combination.
 fn collect_maps(explanation: &Explanation, b: usize, rank: Option<usize>, maps: &mut Vec<MapResult>) {
-    let (_, h, w) = explanation.maps.dim();
     let several = explanation.layers.len() > 1;
     let class = explanation.classes[b];
     for layer in &explanation.layers {
         let origin = layer.scaled.index_axis(Axis(0), b).to_owned();
-        let map = if several {
-            let up = gradcam_core::upsample_maps(layer.scaled.slice(ndarray::s![b..b + 1, .., ..]), h, w);
-            match gradcam_core::combine_layers(&[up]) {
-                Ok(m) => m.index_axis(Axis(0), 0).to_owned(),
-                Err(_) => continue,
-            }
-        } else {
-            explanation.maps.index_axis(Axis(0), b).to_owned()
-        };
+        // Core's own map of the layer (smoothed under --aug-smooth, like the combination).
+        let map = layer.map.index_axis(Axis(0), b).to_owned();
         maps.push(MapResult {
             class,
             rank,

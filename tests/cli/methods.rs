@@ -131,3 +131,24 @@ fn smoothing_flags_reach_core() {
         assert!(diff < 1e-4, "{method}: smoothing the mirrored photo vs mirroring the smoothed map: {diff}");
     }
 }
+
+/// With several layers, each layer's own picture under `--aug-smooth` is that layer's smoothed
+/// map: the same overlay as a run with that layer alone.
+#[test]
+fn aug_smooth_smooths_each_layers_own_picture() {
+    let dir = workdir("aug-smooth-layers");
+    let photo = chelsea();
+    let overlay = |layers: &[&str], out: &str| -> Vec<u8> {
+        let mut args = vec!["explain", photo.as_str(), "--aug-smooth", "--pictures", "overlay", "--out", out];
+        for layer in layers {
+            args.extend(["--layer", layer]);
+        }
+        let out_dir = dir.join(out);
+        let _ = std::fs::remove_dir_all(&out_dir);
+        assert_success(&gradcam(&dir, &args));
+        std::fs::read(out_dir.join("chelsea.blocks.6.gradcam.overlay.png")).expect("blocks.6's overlay")
+    };
+    let alone = overlay(&["blocks.6"], "alone");
+    let beside = overlay(&["blocks.6", "bn2"], "beside");
+    assert!(alone == beside, "blocks.6's smoothed overlay differs when bn2 is explained beside it");
+}
