@@ -339,11 +339,13 @@ impl CamModel for CandleModel {
             return Err(self.unknown_layer(layer));
         };
         let logits = to_logits(&logits_t)?;
+        // The zoo's models are classifiers: one row of class logits per image.
+        let output_shape = vec![logits.ncols()];
         let activation = to_layer(leaf.as_tensor())?;
         let gradient = match seed {
             None => None,
             Some(seed) => {
-                let seed = seed.seed(logits.view())?;
+                let seed = seed.seed(logits.view(), &output_shape)?;
                 let seed = Tensor::from_slice(seed.as_slice().unwrap_or_default(), seed.dim(), &Device::Cpu)
                     .map_err(CandleError::from)?;
                 let grad = (|| -> candle_core::Result<Tensor> {
@@ -358,7 +360,7 @@ impl CamModel for CandleModel {
                 Some(to_layer(&grad)?)
             }
         };
-        Ok(Capture { logits, activation, gradient })
+        Ok(Capture { logits, output_shape, activation, gradient })
     }
 
     fn forward(&mut self, input: ArrayView4<f32>) -> Result<Array2<f32>, CamError> {

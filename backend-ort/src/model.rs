@@ -359,9 +359,9 @@ impl OnnxModel {
                 logits.push((runtime::array(output(&outputs, 0)?, "the logits")?, part));
                 activations.push((runtime::array(named(&outputs, tensor_name)?, layer)?, part));
             }
-            let logits = runtime::logits(joined(&logits)?)?;
+            let (logits, output_shape) = runtime::logits(joined(&logits)?)?;
             let activation = runtime::layer(joined(&activations)?)?;
-            return Ok(Capture { logits, activation, gradient: None });
+            return Ok(Capture { logits, output_shape, activation, gradient: None });
         };
 
         let (h, w) = (input.shape()[2] as i64, input.shape()[3] as i64);
@@ -397,17 +397,23 @@ impl OnnxModel {
             activations.push((runtime::array(named(&outputs, &s.split.activation)?, layer)?, part));
             carried.push(take_outputs(outputs, &s.split.carried)?);
         }
-        let logits = runtime::logits(joined(&logits)?)?;
+        let (logits, output_shape) = runtime::logits(joined(&logits)?)?;
         let activation = runtime::layer(joined(&activations)?)?;
-        // Core's seed from this very run's logits, then the backward pass on the forward's tensors.
-        let seed = seed.seed(logits.view())?;
+        // Core's seed from this very run's outputs, then the backward pass on the forward's tensors.
+        let seed = seed.seed(logits.view(), &output_shape)?;
         if seed.dim() != logits.dim() {
             return Err(CamError::Shape(format!(
-                "seed {:?} is not shaped like the logits {:?}",
+                "seed {:?} is not shaped like the outputs {:?}",
                 seed.dim(),
                 logits.dim()
             )));
         }
+        // Back to the output's own shape, as the backward model's seed input is.
+        let seed_shape: Vec<usize> =
+            std::iter::once(logits.nrows()).chain(output_shape.iter().copied()).collect();
+        let seed = seed
+            .into_shape_with_order(ndarray::IxDyn(&seed_shape))
+            .map_err(|e| CamError::Shape(e.to_string()))?;
         let mut gradients = Vec::new();
         for (&part, values) in parts.iter().zip(carried) {
             let mut feeds: Vec<(std::borrow::Cow<'_, str>, SessionInputValue<'_>)> = vec![(
@@ -427,7 +433,7 @@ impl OnnxModel {
             gradients.push((runtime::array(named(&outputs, onnx_graph::GRADIENT)?, "the gradient")?, part));
         }
         let gradient = Some(runtime::layer(joined(&gradients)?)?);
-        Ok(Capture { logits, activation, gradient })
+        Ok(Capture { logits, output_shape, activation, gradient })
     }
 
     fn forward_inner(&mut self, input: ArrayView4<f32>) -> Result<Array2<f32>, OrtBackendError> {
@@ -440,7 +446,7 @@ impl OnnxModel {
                 .map_err(OrtBackendError::ort("run the model"))?;
             logits.push((runtime::array(output(&outputs, 0)?, "the logits")?, part));
         }
-        runtime::logits(joined(&logits)?)
+        Ok(runtime::logits(joined(&logits)?)?.0)
     }
 
     fn forward_with_activation_inner(
@@ -475,7 +481,7 @@ impl OnnxModel {
                 .map_err(OrtBackendError::ort(format!("run the model from `{layer}`")))?;
             logits.push((runtime::array(output(&outputs, 0)?, "the logits")?, part));
         }
-        runtime::logits(joined(&logits)?)
+        Ok(runtime::logits(joined(&logits)?)?.0)
     }
 }
 

@@ -87,15 +87,22 @@ pub(crate) fn array(value: &DynValue, name: &str) -> Result<ArrayD<f32>, OrtBack
         .map_err(|e| OrtBackendError::Signature(e.to_string()))
 }
 
-/// Logits `(B, K)` from an array.
-pub(crate) fn logits(array: ArrayD<f32>) -> Result<Array2<f32>, OrtBackendError> {
+/// The model's first output flattened per image to `(B, D)`, and its per-image shape (`[K]`
+/// for class logits, `[C, H, W]` for a segmentation, `[]` for one score per image).
+pub(crate) fn logits(array: ArrayD<f32>) -> Result<(Array2<f32>, Vec<usize>), OrtBackendError> {
     let shape = array.shape().to_vec();
-    array.into_dimensionality().map_err(|_| {
-        OrtBackendError::Signature(format!(
-            "the model's first output has shape {shape:?}, but logits must be (B, K): gradcam explains \
-             classifiers; export the model with its class scores as the first output"
-        ))
-    })
+    let Some((&batch, per_image)) = shape.split_first() else {
+        return Err(OrtBackendError::Signature(format!(
+            "the model's first output is a scalar {shape:?}: gradcam needs an output per image (batch first)"
+        )));
+    };
+    let width: usize = per_image.iter().product();
+    let rows = array
+        .as_standard_layout()
+        .into_owned()
+        .into_shape_with_order((batch, width))
+        .map_err(|e| OrtBackendError::Signature(e.to_string()))?;
+    Ok((rows, per_image.to_vec()))
 }
 
 /// A layer output `(B, C, H, W)` or `(B, N, D)` from an array.

@@ -203,12 +203,18 @@ fn host(t: &Tensor) -> Result<(Vec<usize>, Vec<f32>), TchError> {
     Ok((shape, Vec::<f32>::try_from(&t.view(-1))?))
 }
 
-fn logits_array(t: &Tensor) -> Result<Array2<f32>, TchError> {
+/// The model's output flattened per image to `(B, D)`, and its per-image shape (`[K]` for
+/// class logits, `[C, H, W]` for a segmentation, `[]` for one score per image).
+fn logits_array(t: &Tensor) -> Result<(Array2<f32>, Vec<usize>), TchError> {
     let (shape, data) = host(t)?;
-    match shape[..] {
-        [b, k] => Ok(Array2::from_shape_vec((b, k), data).expect("shape checked")),
-        _ => Err(TchError::Shape(format!("the model returned {shape:?}; expected logits (batch, classes)"))),
-    }
+    let Some((&batch, per_image)) = shape.split_first() else {
+        return Err(TchError::Shape(format!(
+            "the model returned a scalar {shape:?}; expected an output per image (batch, ...)"
+        )));
+    };
+    let width = per_image.iter().product();
+    let rows = Array2::from_shape_vec((batch, width), data).map_err(|e| TchError::Shape(e.to_string()))?;
+    Ok((rows, per_image.to_vec()))
 }
 
 fn layer_tensor(t: &Tensor) -> Result<LayerTensor, CamError> {
@@ -271,13 +277,14 @@ impl CamModel for TorchScriptModel {
         let [logits_t, act_t]: [Tensor; 2] = outputs
             .try_into()
             .map_err(|_| torch_err(TchError::Torch("expected (logits, activation)".into())))?;
-        let logits = logits_array(&logits_t).map_err(CamError::backend)?;
+        let (logits, output_shape) = logits_array(&logits_t).map_err(CamError::backend)?;
         let gradient = match seed {
             Some(seed) => {
-                let seed = seed.seed(logits.view())?;
+                let seed = seed.seed(logits.view(), &output_shape)?;
                 let seed = tensor_from(&[seed.nrows(), seed.ncols()], seed.as_slice(), || {
                     seed.iter().copied().collect()
                 })
+                .reshape(logits_t.size())
                 .to_device(device)
                 .to_kind(logits_t.kind());
                 let score = (&logits_t * seed).sum(logits_t.kind());
@@ -287,13 +294,13 @@ impl CamModel for TorchScriptModel {
             }
             None => None,
         };
-        Ok(Capture { logits, activation: layer_tensor(&act_t.detach())?, gradient })
+        Ok(Capture { logits, output_shape, activation: layer_tensor(&act_t.detach())?, gradient })
     }
 
     fn forward(&mut self, input: ArrayView4<f32>) -> Result<Array2<f32>, CamError> {
         let x = self.input_tensor(input);
         let logits = self.forward_tensor(&x).map_err(CamError::backend)?;
-        logits_array(&logits).map_err(CamError::backend)
+        Ok(logits_array(&logits).map_err(CamError::backend)?.0)
     }
 
     fn forward_with_activation(
@@ -306,6 +313,6 @@ impl CamModel for TorchScriptModel {
         let act = view_tensor(activation, self.device);
         let function = self.function(layer, Mode::Replace)?;
         let outputs = tch::no_grad(|| function.run(&[&x, &act], 1)).map_err(torch_err)?;
-        logits_array(&outputs[0]).map_err(CamError::backend)
+        Ok(logits_array(&outputs[0]).map_err(CamError::backend)?.0)
     }
 }

@@ -14,8 +14,8 @@ use crate::layout::nhwc_to_nchw;
 use crate::resize::upsample_align_corners;
 use crate::tokens::fold_tokens;
 use crate::{
-    CamError, CamModel, Classes, FinerSeed, LayerTensor, LayerView, Layout, LegacyRandom, Method, Seed,
-    Target, TokenGrid,
+    CamError, CamModel, FinerSeed, LayerTensor, LayerView, Layout, LegacyRandom, Method, Seed, Target,
+    TokenGrid,
 };
 
 /// Progress callback: `(done, total)` forward passes of ScoreCAM / AblationCAM.
@@ -83,10 +83,16 @@ impl fmt::Debug for CamOptions {
 pub struct Explanation {
     /// The method.
     pub method: Method,
-    /// Model outputs `(B, K)`.
+    /// Model outputs `(B, K)`: the first output flattened per image (`(B, C·H·W)` for a
+    /// segmentation model), its per-image shape in [`Explanation::output_shape`].
     pub logits: Array2<f32>,
-    /// The class explained for each image.
+    /// The per-image shape of the model's output: `[K]` for a classifier.
+    pub output_shape: Vec<usize>,
+    /// The class explained for each image (0/1 for a binary target, 0 for a similarity one).
     pub classes: Vec<usize>,
+    /// The target as explained: classes resolved per image, a segmentation's argmax region
+    /// resolved (what [`crate::evaluate`] scores perturbed images with).
+    pub target: Target,
     /// The final maps `(B, H_in, W_in)` in `[0, 1]`: what pytorch-grad-cam's `cam(...)` returns.
     pub maps: Array3<f32>,
     /// Per-layer maps at activation resolution, in the order the layers were given.
@@ -191,6 +197,11 @@ pub fn explain(
         layers.to_vec()
     };
     FinerSeed { target, alpha: options.finer_alpha }.check()?;
+    if methods.contains(&Method::FinerCam) && !target.is_classifier() {
+        return Err(CamError::Unsupported(
+            "FinerCAM compares a class with the classes closest to it: it explains classifiers only".into(),
+        ));
+    }
     let passes = if options.aug_smooth { AUGMENTATIONS.len() } else { 1 };
     let mut forward = ForwardPasses { done: 0, total: 0, passes, options };
     if !options.aug_smooth {
@@ -200,15 +211,20 @@ pub fn explain(
     // The unaugmented pass first: it resolves the classes every other pass explains.
     let identity = AUGMENTATIONS.iter().position(|a| *a == Augmentation::IDENTITY).expect("listed");
     let first = explain_pass(model, input, &layers, methods, target, identity, &mut forward)?;
-    let fixed = Target { classes: Classes::PerImage(first[0].classes.clone()), score: target.score };
+    let fixed = first[0].target.clone();
+    let width = match first[0].output_shape.as_slice() {
+        [_, _, w] => *w,
+        _ => 0,
+    };
     let mut per_pass: Vec<Option<Vec<Explanation>>> = vec![None; AUGMENTATIONS.len()];
     for (index, augmentation) in AUGMENTATIONS.iter().enumerate() {
         if index == identity {
             continue;
         }
         let augmented = augmentation.apply(input);
+        let target = if augmentation.flip { fixed.mirrored(width) } else { fixed.clone() };
         let mut explanations =
-            explain_pass(model, augmented.view(), &layers, methods, &fixed, index, &mut forward)?;
+            explain_pass(model, augmented.view(), &layers, methods, &target, index, &mut forward)?;
         for e in &mut explanations {
             e.maps = augmentation.undo(e.maps.view());
             for layer in &mut e.layers {
@@ -303,13 +319,14 @@ fn explain_pass(
     } else {
         None
     };
-    let (logits, captured) = capture_layers(model, input, layers, target, seed, options)?;
+    let ((logits, output_shape), captured) = capture_layers(model, input, layers, target, seed, options)?;
     let finer_captured = match (finer, plain_gradients) {
         (true, true) => Some(capture_layers(model, input, layers, target, Some(&finer_seed), options)?.1),
         _ => None,
     };
-    let classes = target.resolve(logits.view())?;
-    let original_scores = target.scores(logits.view(), &classes);
+    let target = &target.bind(logits.view(), &output_shape)?;
+    let classes = target.resolve_output(logits.view(), &output_shape)?;
+    let original_scores = target.scores(logits.view(), &classes)?;
 
     if forward.total == 0 {
         let per_pass: usize = methods
@@ -380,7 +397,9 @@ fn explain_pass(
         explanations.push(Explanation {
             method,
             logits: logits.clone(),
+            output_shape: output_shape.clone(),
             classes: classes.clone(),
+            target: target.clone(),
             maps,
             layers: layer_cams,
         });
@@ -398,7 +417,7 @@ fn capture_layers(
     target: &Target,
     seed: Option<&dyn Seed>,
     options: &CamOptions,
-) -> Result<(Array2<f32>, Vec<LayerData>), CamError> {
+) -> Result<(Outputs, Vec<LayerData>), CamError> {
     let (batch, _, in_h, in_w) = input.dim();
     let need_gradients = seed.is_some();
     let mut logits = None;
@@ -419,8 +438,8 @@ fn capture_layers(
         }
         if logits.is_none() {
             // Resolved here so that a bad class fails before the other layers run.
-            target.resolve(capture.logits.view())?;
-            logits = Some(capture.logits.clone());
+            target.resolve_output(capture.logits.view(), &capture.output_shape)?;
+            logits = Some((capture.logits.clone(), capture.output_shape.clone()));
         }
         let shape = capture.activation.shape();
         let layout = Layout::resolve(options.layout, shape, (in_h, in_w))?;
@@ -456,9 +475,12 @@ fn capture_layers(
             gradient,
         });
     }
-    let logits = logits.ok_or_else(|| CamError::Shape("no layer to capture".into()))?;
-    Ok((logits, captured))
+    let outputs = logits.ok_or_else(|| CamError::Shape("no layer to capture".into()))?;
+    Ok((outputs, captured))
 }
+
+/// A capture's model outputs flattened per image `(B, D)`, and their per-image shape.
+type Outputs = (Array2<f32>, Vec<usize>);
 
 /// The extra forward passes of ScoreCAM and AblationCAM, with progress accounting.
 struct ForwardPasses<'o> {
@@ -512,14 +534,15 @@ impl ForwardPasses<'_> {
                     }
                 }
                 let logits = model.forward(chunk.view())?;
-                self.record(logits, target, class, scores.slice_mut(s![b, start..end]))?;
+                self.record(logits, &target.image(b), class, scores.slice_mut(s![b, start..end]))?;
             }
         }
         Ok(scores)
     }
 
     /// Stores the target score of each row of one extra forward pass's `logits` into `out`
-    /// (one slot per row) and reports the progress.
+    /// (one slot per row; every row a copy of one image, whose `target` it is) and reports the
+    /// progress.
     fn record(
         &mut self,
         logits: Array2<f32>,
@@ -531,7 +554,7 @@ impl ForwardPasses<'_> {
         if logits.nrows() != n {
             return Err(CamError::Shape(format!("forward returned {} rows for {n} inputs", logits.nrows())));
         }
-        out.assign(&ndarray::aview1(&target.scores(logits.view(), &vec![class; n])));
+        out.assign(&ndarray::aview1(&target.scores(logits.view(), &vec![class; n])?));
         self.report(n);
         Ok(())
     }
@@ -584,7 +607,7 @@ impl ForwardPasses<'_> {
                     }
                 };
                 let logits = model.forward_with_activation(inputs, &layer.name, view)?;
-                self.record(logits, target, class, scores.slice_mut(s![b, start..end]))?;
+                self.record(logits, &target.image(b), class, scores.slice_mut(s![b, start..end]))?;
             }
         }
         Ok(scores)

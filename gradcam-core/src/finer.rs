@@ -22,7 +22,7 @@ pub const FINER_EPS: f64 = 1e-9;
 /// use gradcam_core::{FinerSeed, Seed, Target};
 /// use ndarray::array;
 /// let logits = array![[5.0f32, 1.0, 4.0]];
-/// let seed = FinerSeed { target: &Target::top_one(), alpha: 0.0 }.seed(logits.view()).unwrap();
+/// let seed = FinerSeed { target: &Target::top_one(), alpha: 0.0 }.seed(logits.view(), &[3]).unwrap();
 /// // alpha = 0: the score is y_0 itself, whatever the weights.
 /// assert!((seed[[0, 0]] - 1.0).abs() < 1e-6 && seed[[0, 1]].abs() < 1e-6);
 /// ```
@@ -93,9 +93,12 @@ impl FinerSeed<'_> {
 }
 
 impl Seed for FinerSeed<'_> {
-    fn seed(&self, logits: ArrayView2<f32>) -> Result<Array2<f32>, CamError> {
+    fn seed(&self, logits: ArrayView2<f32>, shape: &[usize]) -> Result<Array2<f32>, CamError> {
         self.check()?;
-        let classes = self.target.resolve(logits)?;
+        if !self.target.is_classifier() {
+            return Err(CamError::Unsupported("FinerCAM explains classifiers only".into()));
+        }
+        let classes = self.target.resolve_output(logits, shape)?;
         let mut seed = Array2::zeros(logits.raw_dim());
         for ((mut out, row), &main) in seed.outer_iter_mut().zip(logits.outer_iter()).zip(&classes) {
             for (o, v) in out.iter_mut().zip(self.row_seed(row, main)) {

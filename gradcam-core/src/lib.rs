@@ -42,13 +42,14 @@
 //!         // d score / d features[b, c, y, x] = Σ_k seed[b, k] head[k, c] / (h w)
 //!         let gradient = match seed {
 //!             Some(seed) => {
-//!                 let per_channel = seed.seed(logits.view())?.dot(&self.head);
+//!                 let per_channel = seed.seed(logits.view(), &[logits.ncols()])?.dot(&self.head);
 //!                 let g = Array4::from_shape_fn((b, c, h, w), |(b, c, _, _)| per_channel[[b, c]] / (h * w) as f32);
 //!                 Some(LayerTensor::Spatial(g))
 //!             }
 //!             None => None,
 //!         };
-//!         Ok(Capture { logits, activation: LayerTensor::Spatial(input.to_owned()), gradient })
+//!         let output_shape = vec![logits.ncols()];
+//!         Ok(Capture { logits, output_shape, activation: LayerTensor::Spatial(input.to_owned()), gradient })
 //!     }
 //!     fn forward(&mut self, input: ArrayView4<f32>) -> Result<Array2<f32>, CamError> {
 //!         Ok(self.logits(input))
@@ -118,5 +119,5 @@ pub use model::{default_layer_among, CamModel, Capture, LayerInfo};
 pub use random::LegacyRandom;
 pub use resize::{resize_bilinear, resize_bilinear_into, upsample_align_corners};
 pub use road::{impute, percentile, road_keep_mask, LegacyNormal, ROAD_NEIGHBOURS, ROAD_NOISE};
-pub use target::{argmax, softmax_rows, Classes, Seed, Target, TargetScore};
+pub use target::{argmax, softmax_rows, Classes, Region, Seed, Target, TargetScore, COSINE_EPS};
 pub use tokens::{grid_to_tokens, tokens_to_grid, TokenGrid, MAX_PREFIX_TOKENS};

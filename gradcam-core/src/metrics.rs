@@ -228,10 +228,12 @@ fn scores(
     if let Some(image) = logits.outer_iter().position(|row| row.iter().any(|v| !v.is_finite())) {
         return Err(CamError::NonFiniteLogits { image });
     }
-    if let Some(&class) = classes.iter().find(|&&c| c >= logits.ncols()) {
-        return Err(CamError::ClassOutOfRange { class, num_classes: logits.ncols() });
+    if target.is_classifier() {
+        if let Some(&class) = classes.iter().find(|&&c| c >= logits.ncols()) {
+            return Err(CamError::ClassOutOfRange { class, num_classes: logits.ncols() });
+        }
     }
-    Ok(target.scores(logits.view(), classes))
+    target.scores(logits.view(), classes)
 }
 
 /// The perturbed batch. ROAD imputes the images on threads of their own.

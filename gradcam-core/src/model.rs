@@ -16,8 +16,11 @@ pub struct LayerInfo {
 /// What one forward (and backward) pass through a cut model gives back.
 #[derive(Clone, Debug)]
 pub struct Capture {
-    /// Model outputs `(B, num_classes)`.
+    /// The model's first output, flattened per image: `(B, num_classes)` for a classifier,
+    /// `(B, C·H·W)` for a segmentation model.
     pub logits: Array2<f32>,
+    /// The per-image shape of that output: `[num_classes]`, `[C, H, W]`, `[D]`.
+    pub output_shape: Vec<usize>,
     /// The layer's output.
     pub activation: LayerTensor,
     /// `d score / d activation`, when a seed was given.
@@ -56,7 +59,7 @@ pub trait CamModel {
 
     /// Runs `input` `(B, 3, H, W)` forward, capturing the output of `layer`. With a seed, also
     /// back-propagates `Σ seed(logits) · logits` to that output, and only to it: no parameter
-    /// gradients, nothing below the cut. The backend calls [`Seed::seed`] on the logits of this
+    /// gradients, nothing below the cut. The backend calls [`Seed::seed`] on the outputs of this
     /// very forward pass and passes its error on: which class and which score is core's choice
     /// ([`crate::Target`] implements [`Seed`]).
     fn capture(

@@ -163,6 +163,7 @@ impl CamModel for Replay {
         let i = self.layer_index(layer)?;
         Ok(Capture {
             logits: self.logits.clone(),
+            output_shape: vec![self.logits.ncols()],
             activation: self.activations[i].clone(),
             gradient: seed.map(|_| self.gradients[i].clone()),
         })

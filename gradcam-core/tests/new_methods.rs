@@ -29,7 +29,7 @@ proptest! {
         let row = Array2::from_shape_vec((1, k), logits.clone()).unwrap();
         let target = Target::rank(rank);
         let main = target.resolve(row.view()).unwrap()[0];
-        let seed = FinerSeed { target: &target, alpha }.seed(row.view()).unwrap();
+        let seed = FinerSeed { target: &target, alpha }.seed(row.view(), &[row.ncols()]).unwrap();
         let compared = finer_comparisons(row.row(0), main);
         let y: Vec<f64> = logits.iter().map(|&v| f64::from(v)).collect();
         for j in 0..k {

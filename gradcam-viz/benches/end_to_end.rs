@@ -64,6 +64,7 @@ fn capture(channels: usize) -> Capture {
     let gradient = Array4::from_shape_vec((1, channels, 7, 7), filled(n, 2, -1e-3, 1e-3)).unwrap();
     Capture {
         logits: Array2::from_shape_vec((1, 1000), filled(1000, 3, -5.0, 5.0)).unwrap(),
+        output_shape: vec![1000],
         activation: LayerTensor::Spatial(activation),
         gradient: Some(LayerTensor::Spatial(gradient)),
     }

@@ -59,14 +59,15 @@ impl CamModel for Toy {
         let gradient = match seed {
             Some(seed) => {
                 // d score / d features = Σ_k seed[b, k] head[k, c] / (h w)
-                let per_channel = seed.seed(logits.view())?.dot(&self.head);
+                let per_channel = seed.seed(logits.view(), &[logits.ncols()])?.dot(&self.head);
                 let g =
                     Array4::from_shape_fn((b, c, h, w), |(b, c, _, _)| per_channel[[b, c]] / (h * w) as f32);
                 Some(LayerTensor::Spatial(g))
             }
             None => None,
         };
-        Ok(Capture { logits, activation: LayerTensor::Spatial(features), gradient })
+        let output_shape = vec![logits.ncols()];
+        Ok(Capture { logits, output_shape, activation: LayerTensor::Spatial(features), gradient })
     }
 
     fn forward(&mut self, input: ArrayView4<f32>) -> Result<Array2<f32>, CamError> {
@@ -117,7 +118,12 @@ impl CamModel for ChannelsLast {
         seed: Option<&dyn Seed>,
     ) -> Result<Capture, CamError> {
         let c = self.0.capture(input, layer, seed)?;
-        Ok(Capture { logits: c.logits, activation: to_nhwc(c.activation), gradient: c.gradient.map(to_nhwc) })
+        Ok(Capture {
+            logits: c.logits,
+            output_shape: c.output_shape,
+            activation: to_nhwc(c.activation),
+            gradient: c.gradient.map(to_nhwc),
+        })
     }
 
     fn forward(&mut self, input: ArrayView4<f32>) -> Result<Array2<f32>, CamError> {
