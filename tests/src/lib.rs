@@ -481,3 +481,4 @@ pub fn check_model(label: &str, model: &mut dyn CamModel, key: &str, methods: im
         }
     }
 }
+pub mod targets;

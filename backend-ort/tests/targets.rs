@@ -1,0 +1,42 @@
+//! The ORT backend on models that are not classifiers (one binary logit, a segmentation, an
+//! embedding), from both torch exporters, against pytorch-grad-cam 1.5.7's targets for them
+//! ([`tests::targets`]).
+#![cfg(feature = "ort")]
+
+use backend_ort::OnnxModel;
+use tests::targets::{check_targets, target_models};
+
+/// Both exports of `key`; ScoreCAM and AblationCAM (a forward pass per channel) on the legacy one.
+fn check(key: &str) {
+    let reference = target_models().into_iter().find(|m| m.key == key).unwrap_or_else(|| panic!("no {key}"));
+    for kind in ["legacy_onnx", "dynamo_onnx"] {
+        let path = reference.file(kind);
+        let mut model = OnnxModel::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        check_targets(&format!("ort {kind}"), &mut model, &reference, kind == "legacy_onnx");
+    }
+}
+
+#[test]
+fn binary_resnet18() {
+    check("resnet18_binary");
+}
+
+#[test]
+fn binary_vit() {
+    check("vit_binary");
+}
+
+#[test]
+fn segmentation_fcn() {
+    check("fcn");
+}
+
+#[test]
+fn similarity_resnet18() {
+    check("resnet18_embed");
+}
+
+#[test]
+fn similarity_vit() {
+    check("vit_embed");
+}

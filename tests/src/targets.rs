@@ -1,0 +1,197 @@
+//! The target fixtures (`tools/make_target_fixtures.py`, in `<fixtures>/targets`): models that are
+//! not classifiers (one binary logit, a segmentation, an embedding) explained by pytorch-grad-cam
+//! 1.5.7 with its `BinaryClassifierOutputTarget`, `SemanticSegmentationTarget` and
+//! `SimilarityToConceptTarget`, and [`check_targets`], their comparison in one backend.
+
+use std::path::PathBuf;
+
+use gradcam_core::{explain, CamModel, CamOptions, Classes, Method, Target};
+use ndarray::{Array1, Axis, Ix1, Ix2, Ix4};
+use serde_json::Value;
+
+use crate::{assert_close, fixtures_dir, method_from_fixture_name, npy, read_json, TOL, UPSAMPLED_TOL};
+
+/// The target fixtures folder, `<fixtures>/targets`.
+pub fn targets_dir() -> PathBuf {
+    let dir = fixtures_dir().join("targets");
+    assert!(
+        dir.join("manifest.json").is_file(),
+        "target fixtures missing in {}: run scripts/make-fixtures (or scripts/test-all)",
+        dir.display()
+    );
+    dir
+}
+
+/// The target fixtures' manifest.
+pub fn targets_manifest() -> Value {
+    read_json(&targets_dir().join("manifest.json")).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// One explained case: a model, a target, and the folder of grad-cam's maps for it.
+#[derive(Clone, Debug)]
+pub struct TargetCase {
+    /// The model's key (`fcn`, `vit_binary`, ...).
+    pub model: String,
+    /// The case's name (`predicted`, `mask`, `concept`, ...).
+    pub case: String,
+    /// The target a user gives for it (top-1 / runner-up for binary models, a class and maybe a
+    /// mask for segmentation, a concept vector for similarity).
+    pub target: Target,
+    /// The classes grad-cam explained, per image.
+    pub classes: Vec<usize>,
+    /// grad-cam's target score per image.
+    pub scores: Vec<f32>,
+    /// The methods grad-cam ran for it.
+    pub methods: Vec<Method>,
+    /// The folder of `cam_<method>.npy` / `raw_<method>.npy`.
+    pub dir: PathBuf,
+}
+
+/// A model file of the target fixtures: its key, the layer explained, its input, its per-image
+/// output shape, and its cases.
+#[derive(Clone, Debug)]
+pub struct TargetModel {
+    pub key: String,
+    pub layer: String,
+    pub input: PathBuf,
+    pub output_shape: Vec<usize>,
+    pub files: Value,
+    pub cases: Vec<TargetCase>,
+}
+
+impl TargetModel {
+    /// The path of the model's file of kind `kind` (`traced`, `legacy_onnx`, `dynamo_onnx`).
+    pub fn file(&self, kind: &str) -> PathBuf {
+        targets_dir()
+            .join(self.files[kind].as_str().unwrap_or_else(|| panic!("{}: no {kind} file", self.key)))
+    }
+}
+
+/// Every model of the target fixtures, in manifest order.
+pub fn target_models() -> Vec<TargetModel> {
+    let dir = targets_dir();
+    let manifest = targets_manifest();
+    let models = manifest["models"].as_object().expect("the target manifest lists models");
+    models
+        .iter()
+        .map(|(key, spec)| {
+            let cases = spec["cases"].as_object().expect("cases").iter().map(|(case, c)| {
+                let classes: Vec<usize> = c["classes"]
+                    .as_array()
+                    .expect("classes")
+                    .iter()
+                    .map(|v| v.as_u64().expect("a class") as usize)
+                    .collect();
+                let target = match c["target"].as_str().expect("a target kind") {
+                    "binary" if case == "predicted" => Target::binary(Classes::TopOne),
+                    "binary" => Target::binary(Classes::Rank(1)),
+                    "segmentation" => {
+                        let mask = c["mask"].as_str().map(|m| {
+                            npy::<f32>(dir.join(m)).into_dimensionality::<Ix2>().expect("a (H, W) mask")
+                        });
+                        Target::segmentation(classes[0], mask)
+                    }
+                    "similarity" => {
+                        let concept = npy::<f32>(dir.join(c["concept"].as_str().expect("a concept file")));
+                        Target::similarity(concept.into_dimensionality::<Ix1>().expect("a vector"))
+                    }
+                    other => panic!("unknown target kind {other}"),
+                };
+                let scores = c["scores"]
+                    .as_array()
+                    .expect("scores")
+                    .iter()
+                    .map(|v| v.as_f64().expect("a score") as f32)
+                    .collect();
+                let methods = methods_of(&c["methods"]);
+                TargetCase {
+                    model: key.clone(),
+                    case: case.clone(),
+                    target,
+                    classes,
+                    scores,
+                    methods,
+                    dir: dir.join(key).join(case),
+                }
+            });
+            TargetModel {
+                key: key.clone(),
+                layer: spec["layer"].as_str().expect("a layer").to_string(),
+                input: dir.join(spec["input"].as_str().expect("an input file")),
+                output_shape: spec["output_shape"]
+                    .as_array()
+                    .expect("an output shape")
+                    .iter()
+                    .map(|d| d.as_u64().expect("a dim") as usize)
+                    .collect(),
+                files: spec["files"].clone(),
+                cases: cases.collect(),
+            }
+        })
+        .collect()
+}
+
+/// The methods a manifest list names.
+fn methods_of(list: &Value) -> Vec<Method> {
+    list.as_array()
+        .expect("methods")
+        .iter()
+        .map(|m| {
+            let name = m.as_str().expect("a method name");
+            method_from_fixture_name(name).unwrap_or_else(|| panic!("unknown method {name}"))
+        })
+        .collect()
+}
+
+/// Compares one model of the target fixtures, opened in a backend as `model` (`label` names the
+/// backend and file in messages), with pytorch-grad-cam for every case: the per-image output
+/// shape, the classes core resolves, the target scores (to [`TOL`]), each method's map at the
+/// layer before upsampling (to [`TOL`]) and its final map (to [`UPSAMPLED_TOL`]).
+/// `gradient_free`: also ScoreCAM and AblationCAM where grad-cam ran them (a forward pass per
+/// channel; the suites run them on one file per backend).
+pub fn check_targets(label: &str, model: &mut dyn CamModel, reference: &TargetModel, gradient_free: bool) {
+    let input = npy::<f32>(&reference.input).into_dimensionality::<Ix4>().expect("a (B, 3, H, W) input");
+    let manifest = targets_manifest();
+    let options = CamOptions {
+        batch_size: manifest["ablation_batch_size"].as_u64().map_or(32, |b| b as usize),
+        ..CamOptions::default()
+    };
+    for case in &reference.cases {
+        let what = format!("{label} {} {}", reference.key, case.case);
+        let methods: Vec<Method> =
+            case.methods.iter().copied().filter(|m| gradient_free || m.needs_gradients()).collect();
+        let explanations =
+            explain(model, input.view(), &[reference.layer.as_str()], &methods, &case.target, &options)
+                .unwrap_or_else(|e| panic!("{what}: explain: {e}"));
+        for e in explanations {
+            let what = format!("{what} {}", e.method);
+            assert_eq!(e.output_shape, reference.output_shape, "{what}: output shape");
+            assert_eq!(e.classes, case.classes, "{what}: classes");
+            let scores =
+                e.target.scores(e.logits.view(), &e.classes).unwrap_or_else(|err| panic!("{what}: {err}"));
+            assert_close(
+                &format!("{what} scores"),
+                Array1::from(scores).view(),
+                Array1::from(case.scores.clone()).view(),
+                TOL,
+            );
+            let name = crate::fixture_name(e.method);
+            let raw = npy::<f32>(case.dir.join(format!("raw_{name}.npy")));
+            assert_close(&format!("{what} raw"), e.layers[0].raw.view(), raw.view(), TOL);
+            let cam = npy::<f32>(case.dir.join(format!("cam_{name}.npy")));
+            for (b, got) in e.maps.outer_iter().enumerate() {
+                assert_close(&format!("{what} image {b}"), got, cam.index_axis(Axis(0), b), UPSAMPLED_TOL);
+            }
+        }
+    }
+}
+
+/// The mask of the segmentation fixture as the PNG a user gives (`--mask`).
+pub fn mask_png() -> PathBuf {
+    targets_dir().join("mask.png")
+}
+
+/// A concept vector file of the similarity fixtures.
+pub fn concept_file(model: &str) -> PathBuf {
+    targets_dir().join(format!("concept_{model}.npy"))
+}

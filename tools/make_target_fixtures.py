@@ -1,0 +1,214 @@
+#!/usr/bin/env python3
+"""Generates the fixtures of the targets for models that are not classifiers (not committed;
+scripts/make-fixtures runs it into OUT_DIR/targets):
+
+  python tools/make_target_fixtures.py OUT_DIR
+
+Models (timm, random init after torch.manual_seed(0); each exported traced TorchScript, legacy ONNX (opset 17)
+and dynamo ONNX, dynamic batch, and dynamic height/width for the CNNs):
+  resnet18_binary  timm resnet18 with one logit            BinaryClassifierOutputTarget
+  vit_binary       timm vit_tiny_patch16_224, one logit     BinaryClassifierOutputTarget
+  fcn              timm resnet18 trunk + 1x1 conv to 5 classes, bilinear upsampling to the input's size
+                   (a torchvision-FCN-like (B, 5, H, W) output)     SemanticSegmentationTarget
+  resnet18_embed   timm resnet18 without its head, (B, 512)  SimilarityToConceptTarget
+  vit_embed        timm vit_tiny without its head, (B, 192)  SimilarityToConceptTarget
+For each model and target case it writes <model>/<case>/cam_<method>.npy (grad-cam 1.5.7's final maps (B, H, W))
+and raw_<method>.npy (its get_cam_image output at the layer, (B, h, w)), plus the inputs (input_cnn.npy: chelsea
+and coffee at 96x128, non-square; input_vit.npy: at 224x224), mask.png / mask.npy (the segmentation mask at the
+output's size), concept_<model>.npy, and manifest.json (written last).
+"""
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import timm
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget, SemanticSegmentationTarget
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import ASSETS, preprocess  # noqa: E402
+from gradcam_ref import _base, _make, token_reshape  # noqa: E402
+
+# Every method whose map depends on the target (FinerCAM compares classes: classifiers only; EigenCAM, FEM,
+# KPCA-CAM and RandomCAM read no target). ScoreCAM and AblationCAM (a forward pass per channel) only for the first
+# case of one model per target kind (GRADIENT_FREE_MODELS): their target enters through the same scores as every
+# other case's.
+METHODS = ["gradcam", "gradcampp", "xgradcam", "hirescam", "layercam", "gradcam_elementwise", "eigengradcam",
+           "scorecam", "ablationcam"]
+GRADIENT_FREE = {"scorecam", "ablationcam"}
+GRADIENT_FREE_MODELS = {"vit_binary", "fcn", "resnet18_embed"}
+IMAGES = ["chelsea", "coffee"]
+CNN_SIZE = (96, 128)
+VIT_SIZE = (224, 224)
+SEG_CLASSES = 5
+SCORECAM_BATCH = 64
+ABLATION_BATCH = 32
+
+
+class SimilarityToConceptTarget:
+    """grad-cam 1.5.7's embedding target, as its tutorial defines it ("Pixel Attribution for embeddings"; the
+    package itself does not ship it)."""
+
+    def __init__(self, features):
+        self.features = features
+
+    def __call__(self, model_output):
+        cos = torch.nn.CosineSimilarity(dim=0)
+        return cos(model_output, self.features)
+
+
+class FCN(torch.nn.Module):
+    """A segmentation head on a ResNet-18 trunk, upsampled to the input as torchvision's FCN does."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = timm.create_model("resnet18", pretrained=False, num_classes=0, global_pool="")
+        self.classifier = torch.nn.Conv2d(512, SEG_CLASSES, 1)
+
+    def forward(self, x):
+        y = self.classifier(self.backbone(x))
+        return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def build(key):
+    torch.manual_seed(0)
+    if key == "fcn":
+        return FCN().eval()
+    arch = "resnet18" if key.startswith("resnet18") else "vit_tiny_patch16_224"
+    return timm.create_model(arch, pretrained=False, num_classes=1 if key.endswith("binary") else 0).eval()
+
+
+def export(key, model, x, out, cnn):
+    with torch.no_grad():
+        expected = model(x).numpy()
+        traced = torch.jit.trace(model, x[:1], check_trace=False)
+    traced.save(os.path.join(out, f"{key}.traced.pt"))
+    with torch.no_grad():
+        np.testing.assert_allclose(traced(x).numpy(), expected, rtol=1e-4, atol=1e-4)
+    axes = {0: "batch", 2: "height", 3: "width"} if cnn else {0: "batch"}
+    out_axes = {0: "batch", 2: "height", 3: "width"} if key == "fcn" else {0: "batch"}
+    torch.onnx.export(model, (x,), os.path.join(out, f"{key}.legacy.onnx"), dynamo=False, opset_version=17,
+                      input_names=["input"], output_names=["output"],
+                      dynamic_axes={"input": axes, "output": out_axes})
+    path = os.path.join(out, f"{key}.dynamo.onnx")
+    for stale in (path, path + ".data"):
+        if os.path.exists(stale):
+            os.remove(stale)
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    shapes = {"x": {0: batch}}
+    if cnn:
+        shapes["x"].update({2: torch.export.Dim("height", min=32, max=2048),
+                            3: torch.export.Dim("width", min=32, max=2048)})
+    program = torch.onnx.export(model, (x,), dynamo=True, dynamic_shapes=shapes, input_names=["input"],
+                                output_names=["output"])
+    program.save(path, external_data=True)
+
+
+def run(method, model, x, layer, targets, vit):
+    """grad-cam's final map and its get_cam_image output at `layer` for `targets`."""
+    reshape = token_reshape(1, 14, 14) if vit else None
+    cam = _make(method, model, [model.get_submodule(layer)], reshape, vit, SCORECAM_BATCH, ABLATION_BATCH)
+    raws = []
+    inner = _base(cam).get_cam_image
+
+    def recording(*args, **kwargs):
+        r = inner(*args, **kwargs)
+        raws.append(np.float32(r))
+        return r
+
+    _base(cam).get_cam_image = recording
+    result = cam(input_tensor=x, targets=targets)
+    _base(cam).activations_and_grads.release()
+    assert len(raws) == 1
+    return np.float32(result), raws[0]
+
+
+def main(out):
+    t_start = time.time()
+    os.makedirs(out, exist_ok=True)
+    manifest_path = os.path.join(out, "manifest.json")
+    if os.path.exists(manifest_path):
+        os.remove(manifest_path)
+    inputs = {}
+    for name, size in (("cnn", CNN_SIZE), ("vit", VIT_SIZE)):
+        batch = np.stack([preprocess(os.path.join(ASSETS, "images", f"{i}.png"), size) for i in IMAGES])
+        np.save(os.path.join(out, f"input_{name}.npy"), batch)
+        inputs[name] = torch.from_numpy(batch)
+
+    # The segmentation mask: a rectangle in the output (the input's size), as a PNG and as weights.
+    mask = np.zeros(CNN_SIZE, dtype=np.float32)
+    mask[20:70, 30:110] = 1.0
+    np.save(os.path.join(out, "mask.npy"), mask)
+    Image.fromarray(np.uint8(mask * 255)).save(os.path.join(out, "mask.png"))
+
+    manifest = {"methods": METHODS, "images": IMAGES, "scorecam_batch": SCORECAM_BATCH,
+                "ablation_batch_size": ABLATION_BATCH, "models": {}}
+    specs = {
+        "resnet18_binary": ("cnn", "layer4"),
+        "vit_binary": ("vit", "blocks.11.norm1"),
+        "fcn": ("cnn", "backbone.layer4"),
+        "resnet18_embed": ("cnn", "layer4"),
+        "vit_embed": ("vit", "blocks.11.norm1"),
+    }
+    for key, (kind, layer) in specs.items():
+        t0 = time.time()
+        model = build(key)
+        x = inputs[kind]
+        vit = kind == "vit"
+        export(key, model, x, out, cnn=not vit)
+        with torch.no_grad():
+            output = model(x).numpy()
+        cases = {}
+        if key.endswith("binary"):
+            predicted = [int(v > 0) for v in output[:, 0]]
+            cases["predicted"] = {"target": "binary", "classes": predicted}
+            cases["opposite"] = {"target": "binary", "classes": [1 - c for c in predicted]}
+        elif key == "fcn":
+            cases["mask"] = {"target": "segmentation", "classes": [1, 1], "mask": "mask.npy"}
+            # The class that wins most pixels of the first image, explained where it wins.
+            winner = int(np.bincount(output[0].argmax(axis=0).ravel(), minlength=SEG_CLASSES).argmax())
+            cases["argmax"] = {"target": "segmentation", "classes": [winner, winner]}
+        else:
+            # The concept: the embedding of the first image mirrored (a view of the same cat).
+            with torch.no_grad():
+                concept = model(torch.flip(x[:1], dims=[3]))[0].numpy()
+            np.save(os.path.join(out, f"concept_{key}.npy"), concept)
+            cases["concept"] = {"target": "similarity", "classes": [0, 0], "concept": f"concept_{key}.npy"}
+        for index, (case, spec) in enumerate(cases.items()):
+            full = index == 0 and key in GRADIENT_FREE_MODELS
+            spec["methods"] = [m for m in METHODS if full or m not in GRADIENT_FREE]
+            if spec["target"] == "binary":
+                targets = [BinaryClassifierOutputTarget(c) for c in spec["classes"]]
+            elif spec["target"] == "segmentation":
+                if "mask" in spec:
+                    masks = [mask, mask]
+                else:
+                    masks = [np.float32(o.argmax(axis=0) == c) for o, c in zip(output, spec["classes"])]
+                targets = [SemanticSegmentationTarget(c, m) for c, m in zip(spec["classes"], masks)]
+            else:
+                targets = [SimilarityToConceptTarget(torch.from_numpy(concept)) for _ in IMAGES]
+            spec["scores"] = [float(t(torch.from_numpy(o))) for t, o in zip(targets, output)]
+            folder = os.path.join(out, key, case)
+            os.makedirs(folder, exist_ok=True)
+            for method in spec["methods"]:
+                t1 = time.time()
+                final, raw = run(method, model, x, layer, targets, vit)
+                np.save(os.path.join(folder, f"cam_{method}.npy"), final)
+                np.save(os.path.join(folder, f"raw_{method}.npy"), raw)
+                print(f"  {key} {case} {method}: {time.time() - t1:.1f}s", flush=True)
+        manifest["models"][key] = {"input": f"input_{kind}.npy", "layer": layer, "output_shape": list(output.shape[1:]),
+                                   "files": {"traced": f"{key}.traced.pt", "legacy_onnx": f"{key}.legacy.onnx",
+                                             "dynamo_onnx": f"{key}.dynamo.onnx"},
+                                   "cases": cases}
+        print(f"{key}: {time.time() - t0:.1f}s", flush=True)
+    with open(manifest_path, "w") as f:
+        json.dump(manifest, f, indent=1)
+    print(f"target fixtures: {time.time() - t_start:.1f}s", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
