@@ -158,6 +158,20 @@ pub struct CamArgs {
     /// Explain the softmax probability of the class instead of its raw logit.
     #[arg(long)]
     pub softmax: bool,
+    /// What the model outputs and which score of it is explained: class (a classifier's class
+    /// scores), binary (one logit: class 1 is the logit, class 0 its negation; top-1 is the
+    /// predicted class), segmentation ((C, H, W) per image: class --class's logits summed over
+    /// --mask, or over the pixels where the class wins), similarity (an embedding: the cosine
+    /// similarity to --concept).
+    #[arg(long, value_enum, value_name = "KIND", default_value = "class")]
+    pub target: crate::targets::TargetKind,
+    /// --target segmentation: the pixels to sum over, a picture of the model output's size
+    /// (non-black pixels count) [default: where the class is the argmax].
+    #[arg(long, value_name = "MASK.png")]
+    pub mask: Option<PathBuf>,
+    /// --target similarity: the concept vector, a 1-D float .npy of the model output's length.
+    #[arg(long, value_name = "VECTOR.npy")]
+    pub concept: Option<PathBuf>,
     /// FinerCAM's alpha: how much of the 3 closest classes' logits is subtracted from the
     /// explained class's (0 = plain Grad-CAM of the class), a finite number.
     #[arg(long, value_name = "X", default_value_t = 1.0, value_parser = parse_finer_alpha, allow_negative_numbers = true)]

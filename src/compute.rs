@@ -46,8 +46,10 @@ pub struct ImageResult {
     pub item: Item,
     pub picture: RgbImage,
     pub num_classes: usize,
-    /// Best first.
+    /// Best first (none for a model that is not a classifier).
     pub predictions: Vec<Prediction>,
+    /// What a non-classifier's target score was (`--target binary|segmentation|similarity`).
+    pub target_score: Option<String>,
     pub maps: Vec<MapResult>,
     /// Each explained layer with the layout it was read in, in the order given.
     pub layouts: Vec<(String, Layout)>,
@@ -70,18 +72,6 @@ pub struct Settings {
     pub batch: usize,
     /// Predictions kept per image.
     pub keep: usize,
-}
-
-impl Settings {
-    /// The targets for `--class`, `--top` or neither, as logits or softmax scores.
-    pub fn targets(class: Option<usize>, top: Option<u32>, softmax: bool) -> Vec<(Target, Option<usize>)> {
-        let plain: Vec<(Target, Option<usize>)> = match (class, top) {
-            (Some(class), _) => vec![(Target::class(class), None)],
-            (None, Some(k)) => (0..k as usize).map(|r| (Target::rank(r), Some(r))).collect(),
-            (None, None) => vec![(Target::top_one(), None)],
-        };
-        plain.into_iter().map(|(t, r)| (if softmax { t.softmax() } else { t }, r)).collect()
-    }
 }
 
 /// Runs the model over `loaded` in batches of images of one size, sending every item's outcome
@@ -203,6 +193,7 @@ fn image_result(
 ) -> ImageResult {
     let first = per_target.first().and_then(|(_, e)| e.first());
     let (predictions, num_classes) = match first {
+        Some(e) if !e.target.is_classifier() => (Vec::new(), e.logits.ncols()),
         Some(e) => {
             let mut ranked = rank(e.logits.row(b).to_vec());
             ranked.truncate(settings.keep);
@@ -229,6 +220,7 @@ fn image_result(
         }
     }
     ImageResult {
+        target_score: first.and_then(|e| crate::targets::describe(e, b)),
         item: loaded.item,
         picture: loaded.picture,
         num_classes,

@@ -16,7 +16,6 @@ use serde_json::{json, Map, Value};
 use crate::backend;
 use crate::backend::LoadedModel;
 use crate::cli::{CamArgs, EvaluateArgs, AUTO_CANDIDATES};
-use crate::compute::Settings;
 use crate::error::CliError;
 use crate::layers::choose_layers;
 use crate::plan::{self, Item};
@@ -102,7 +101,13 @@ pub fn run(args: EvaluateArgs) -> Result<(), CliError> {
                 "values": named(r.values.iter().map(|&v| f64::from(v)).collect()),
             })).collect::<Vec<_>>(),
         });
-        let summary = run_summary(&loaded, (&layers, auto_layer), &methods, args.cam.softmax, fields);
+        let summary = run_summary(
+            &loaded,
+            (&layers, auto_layer),
+            &methods,
+            crate::targets::score_name(&args.cam),
+            fields,
+        );
         let text = serde_json::to_string_pretty(&summary)
             .map_err(|e| CliError::Usage(format!("internal error: cannot write the JSON summary: {e}")))?;
         println!("{text}");
@@ -139,7 +144,7 @@ fn score_items(
         layers: layers.to_vec(),
         methods: methods.to_vec(),
         metrics: metrics.to_vec(),
-        targets: Settings::targets(cam.class, cam.top, cam.softmax),
+        targets: crate::targets::targets(cam)?,
         options: cam.options(),
         metric_options,
         rows: methods
@@ -256,7 +261,7 @@ impl Scorer<'_> {
                         self.model,
                         input.view(),
                         e.maps.view(),
-                        target,
+                        &e.target,
                         &e.classes,
                         &self.metrics,
                         &self.metric_options,
@@ -326,6 +331,9 @@ fn table(rows: &[Row], metrics: &[Metric], ranked_by: usize, images: usize, args
         out.push('\n');
     }
     let per = match (args.cam.class, args.cam.top) {
+        _ if args.cam.target != crate::targets::TargetKind::Class => {
+            format!("--target {}", crate::targets::score_name(&args.cam))
+        }
         (Some(c), _) => format!("class {c}"),
         (None, Some(k)) => format!("each of the top-{k} classes"),
         (None, None) => "the top-1 class".into(),

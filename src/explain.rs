@@ -149,7 +149,7 @@ pub fn run(args: ExplainArgs, stop: &Stop) -> Result<Ending, CliError> {
     let settings = Settings {
         layers: layers.clone(),
         methods: methods.clone(),
-        targets: Settings::targets(args.cam.class, args.cam.top, args.cam.softmax),
+        targets: crate::targets::targets(&args.cam)?,
         options: CamOptions { progress: passes_callback(&progress), ..args.cam.options() },
         batch: args.cam.batch as usize,
         keep: TOP_PREDICTIONS.max(top),
@@ -273,7 +273,8 @@ pub fn run(args: ExplainArgs, stop: &Stop) -> Result<Ending, CliError> {
         // the part of it spent in the model's explain calls.
         "timing": {"seconds": elapsed.as_secs_f64(), "explain_seconds": explain_time.as_secs_f64()},
     });
-    let summary = run_summary(&loaded, (&layers, auto_layer), &methods, args.cam.softmax, fields);
+    let summary =
+        run_summary(&loaded, (&layers, auto_layer), &methods, crate::targets::score_name(&args.cam), fields);
     let closing = closing_text(&written, &out, &npy_written, manifest_path.as_deref(), skipped, to_do);
     reporter.finish(summary, &closing);
     if written.failed > 0 {

@@ -40,6 +40,7 @@ mod render;
 mod report;
 mod staged;
 mod stop;
+mod targets;
 mod write;
 
 use std::process::ExitCode;

@@ -37,6 +37,7 @@ pub struct Rendered {
     pub item: Item,
     pub num_classes: usize,
     pub predictions: Vec<Prediction>,
+    pub target_score: Option<String>,
     pub layouts: Vec<(String, Layout)>,
     pub maps: Vec<MapRecord>,
     pub grid: Option<PathBuf>,
@@ -99,7 +100,8 @@ impl Renderer {
     }
 
     pub fn render(&self, result: ImageResult) -> Result<Rendered, Failed> {
-        let ImageResult { item, picture, num_classes, predictions, maps, layouts, warnings } = result;
+        let ImageResult { item, picture, num_classes, predictions, target_score, maps, layouts, warnings } =
+            result;
         match self.draw(&item, &picture, num_classes, &maps) {
             Ok((records, grid, files)) => Ok(Rendered {
                 finals: if self.keep_finals {
@@ -110,6 +112,7 @@ impl Renderer {
                 item,
                 num_classes,
                 predictions,
+                target_score,
                 layouts,
                 maps: records,
                 grid,

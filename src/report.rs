@@ -65,6 +65,7 @@ pub fn image_record(
         "npy_index": r.item.npy_index(),
         "input_size": [input_hw.0, input_hw.1],
         "predictions": predictions,
+        "target_score": r.target_score,
         "layers": r.layouts.iter().map(|(l, layout)| json!({"layer": l, "layout": layout.name()})).collect::<Vec<_>>(),
         "maps": maps,
         "grid": r.grid.as_deref().map(path_json),
@@ -92,7 +93,7 @@ pub fn run_summary(
     loaded: &LoadedModel,
     (layers, auto_layer): (&[String], bool),
     methods: &[Method],
-    softmax: bool,
+    target: &str,
     fields: Value,
 ) -> Value {
     let shared = json!({
@@ -103,7 +104,7 @@ pub fn run_summary(
         "layers": layers,
         "layer_chosen_automatically": auto_layer,
         "methods": methods.iter().map(|m| m.name()).collect::<Vec<_>>(),
-        "target": if softmax { "softmax" } else { "logit" },
+        "target": target,
     });
     let mut summary = match shared {
         Value::Object(map) => map,
@@ -168,6 +169,9 @@ impl Reporter {
         match r.item.npy_index() {
             Some(i) => text.push_str(&format!("{}  ({} [{i}])\n", r.item.name, r.item.path.display())),
             None => text.push_str(&format!("{}  ({})\n", r.item.name, r.item.path.display())),
+        }
+        if let Some(score) = &r.target_score {
+            text.push_str(&format!("  {score}\n"));
         }
         for p in r.predictions.iter().take(TOP_PREDICTIONS) {
             let name = names.get(p.class).unwrap_or("");

@@ -26,6 +26,8 @@ mod native;
 mod safety;
 #[cfg(feature = "candle")]
 mod stream;
+#[cfg(any(feature = "tch", feature = "ort"))]
+mod targets;
 
 /// A fresh, empty working folder for one test.
 fn workdir(name: &str) -> PathBuf {
