@@ -35,3 +35,35 @@ fn similarity_resnet18() {
 fn similarity_vit() {
     check("vit_embed");
 }
+
+/// `--aug-smooth` on a segmentation with a mask: each of the six copies explains the mask as the
+/// copy sees it (mirrored on mirrored copies), so the smoothed map is the mean of six plain
+/// explanations with the mask mirrored by hand. Leaving the mask unmirrored breaks it (HiResCAM:
+/// Grad-CAM's channel weights, spatial means over a linear head, barely see where the mask is).
+#[test]
+fn aug_smooth_segmentation_mirrors_the_mask() {
+    use gradcam_core::{explain, CamOptions, Method, Target, AUGMENTATIONS};
+    use ndarray::{s, Array3, Ix2, Ix4};
+    let reference = target_models().into_iter().find(|m| m.key == "fcn").expect("fcn");
+    let mut model = TorchScriptModel::load(&reference.file("traced"), DeviceChoice::Cpu).expect("fcn loads");
+    let input = tests::npy::<f32>(&reference.input).into_dimensionality::<Ix4>().unwrap();
+    let mask = tests::npy::<f32>(tests::targets::targets_dir().join("mask.npy"))
+        .into_dimensionality::<Ix2>()
+        .unwrap();
+    let layer = [reference.layer.as_str()];
+    let smoothed = CamOptions { aug_smooth: true, ..CamOptions::default() };
+    let target = Target::segmentation(1, Some(mask.clone()));
+    let got = explain(&mut model, input.view(), &layer, &[Method::HiResCam], &target, &smoothed).unwrap();
+    let mut mean = Array3::<f32>::zeros(got[0].maps.raw_dim());
+    for augmentation in AUGMENTATIONS {
+        let copy = augmentation.apply(input.view());
+        let seen = if augmentation.flip { mask.slice(s![.., ..;-1]).to_owned() } else { mask.clone() };
+        let target = Target::segmentation(1, Some(seen));
+        let e =
+            explain(&mut model, copy.view(), &layer, &[Method::HiResCam], &target, &CamOptions::default())
+                .unwrap();
+        mean += &augmentation.undo(e[0].maps.view());
+    }
+    mean.mapv_inplace(|v| v / AUGMENTATIONS.len() as f32);
+    tests::assert_close("aug-smooth segmentation", got[0].maps.view(), mean.view(), tests::TOL);
+}
