@@ -202,7 +202,7 @@ pub struct CamArgs {
 /// A `--method` value: a method, or `auto`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MethodArg {
-    /// Pick among [`AUTO_CANDIDATES`] by ROAD.
+    /// Pick among [`CamArgs::auto_candidates`] by ROAD.
     Auto,
     Method(Method),
 }
@@ -219,27 +219,25 @@ impl std::str::FromStr for MethodArg {
     }
 }
 
-/// The methods `--method auto` chooses among.
-pub const AUTO_CANDIDATES: [Method; 10] = [
-    Method::GradCam,
-    Method::GradCamPlusPlus,
-    Method::XGradCam,
-    Method::HiResCam,
-    Method::LayerCam,
-    Method::GradCamElementWise,
-    Method::EigenCam,
-    Method::EigenGradCam,
-    Method::Fem,
-    Method::FinerCam,
-];
-
 impl CamArgs {
-    /// The methods named, each once, in order; `auto` stands for [`AUTO_CANDIDATES`].
+    /// The methods `--method auto` chooses among: every method but ScoreCAM and AblationCAM (a
+    /// forward pass per channel), KPCA-CAM (cubic in the pixels) and RandomCAM (a baseline), and
+    /// FinerCAM only for classifiers (it compares classes).
+    pub fn auto_candidates(&self) -> Vec<Method> {
+        let classifier = self.target == crate::targets::TargetKind::Class;
+        Method::ALL
+            .into_iter()
+            .filter(|m| !m.needs_forward_passes() && !matches!(m, Method::KpcaCam | Method::RandomCam))
+            .filter(|m| classifier || *m != Method::FinerCam)
+            .collect()
+    }
+
+    /// The methods named, each once, in order; `auto` stands for [`CamArgs::auto_candidates`].
     pub fn methods(&self) -> Vec<Method> {
         let mut out: Vec<Method> = Vec::new();
         for m in &self.methods {
             let named = match m {
-                MethodArg::Auto => AUTO_CANDIDATES.to_vec(),
+                MethodArg::Auto => self.auto_candidates(),
                 MethodArg::Method(m) => vec![*m],
             };
             for m in named {

@@ -15,7 +15,7 @@ use serde_json::{json, Map, Value};
 
 use crate::backend;
 use crate::backend::LoadedModel;
-use crate::cli::{CamArgs, EvaluateArgs, AUTO_CANDIDATES};
+use crate::cli::{CamArgs, EvaluateArgs};
 use crate::error::CliError;
 use crate::layers::choose_layers;
 use crate::plan::{self, Item};
@@ -50,6 +50,8 @@ struct Record {
 pub fn run(args: EvaluateArgs) -> Result<(), CliError> {
     let metrics = unique(if args.metrics.is_empty() { Metric::ALL.to_vec() } else { args.metrics.clone() });
     let methods = args.cam.methods();
+    // --mask and --concept are read before the model loads.
+    let targets = crate::targets::targets(&args.cam)?;
     // No output folder: every image in a folder is an input.
     let plan = plan::gather(&args.inputs, Path::new(""), None, &HashSet::new())?;
     let mut loaded = backend::load(&args.model)?;
@@ -62,7 +64,7 @@ pub fn run(args: EvaluateArgs) -> Result<(), CliError> {
         &layers,
         &methods,
         &metrics,
-        &args.cam,
+        (&args.cam, &targets),
         metric_options,
         &progress,
     )?;
@@ -132,7 +134,7 @@ fn score_items(
     layers: &[String],
     methods: &[Method],
     metrics: &[Metric],
-    cam: &CamArgs,
+    (cam, targets): (&CamArgs, &[(Target, Option<usize>)]),
     metric_options: MetricOptions,
     progress: &Progress,
 ) -> Result<Scores, CliError> {
@@ -144,7 +146,7 @@ fn score_items(
         layers: layers.to_vec(),
         methods: methods.to_vec(),
         metrics: metrics.to_vec(),
-        targets: crate::targets::targets(cam)?,
+        targets: targets.to_vec(),
         options: cam.options(),
         metric_options,
         rows: methods
@@ -191,29 +193,30 @@ fn score_items(
     Ok(Scores { rows, records, ranked_by })
 }
 
-/// `explain --method auto`'s choice: the method of [`AUTO_CANDIDATES`] whose maps score best by
+/// `explain --method auto`'s choice: the method of [`CamArgs::auto_candidates`] whose maps score best by
 /// road-combined on `items` (mean over the images and `layers`), and that mean.
 pub fn pick_method(
     loaded: &mut LoadedModel,
     items: &[Item],
     layers: &[String],
-    cam: &CamArgs,
+    (cam, targets): (&CamArgs, &[(Target, Option<usize>)]),
 ) -> Result<(Method, f64), CliError> {
     let metric_options = MetricOptions { seed: cam.seed, ..MetricOptions::default() };
     let quiet = Progress::new(false, items.len());
+    let candidates = cam.auto_candidates();
     let scores = score_items(
         loaded,
         items,
         layers,
-        &AUTO_CANDIDATES,
+        &candidates,
         &[Metric::RoadCombined],
-        cam,
+        (cam, targets),
         metric_options,
         &quiet,
     )?;
     // Each candidate's mean over the layers, best first; ties to the earlier candidate.
     let mut best: Option<(Method, f64)> = None;
-    for method in AUTO_CANDIDATES {
+    for method in candidates {
         let means: Vec<f64> =
             scores.rows.iter().filter(|r| r.method == method).map(|r| r.means()[0]).collect();
         let mean = means.iter().sum::<f64>() / means.len().max(1) as f64;

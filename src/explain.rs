@@ -66,6 +66,8 @@ pub fn run(args: ExplainArgs, stop: &Stop) -> Result<Ending, CliError> {
     if out.exists() && !out.is_dir() {
         return Err(CliError::OutIsFile { path: out });
     }
+    // --mask and --concept are read before the model loads.
+    let targets = crate::targets::targets(&args.cam)?;
     let manifest = match &args.manifest {
         Some(path) => {
             let mode = match (args.resume, args.overwrite) {
@@ -98,9 +100,32 @@ pub fn run(args: ExplainArgs, stop: &Stop) -> Result<Ending, CliError> {
         None => None,
     };
     let (layers, auto_layer) = choose_layers(&mut loaded, &args.cam.layers)?;
+    let mut pictures: Vec<PictureKind> = Vec::new();
+    for p in &args.pictures {
+        if !pictures.contains(p) {
+            pictures.push(*p);
+        }
+    }
+    let renderer_for = |methods: &[Method]| {
+        Renderer::new(
+            out.clone(),
+            args.colormap.colormap(),
+            args.alpha,
+            pictures.clone(),
+            methods.to_vec(),
+            layers.clone(),
+            npy.is_some(),
+        )
+    };
+    // A resumed run meets the files of an image a kill interrupted: those fail one by one.
+    // Checked before `--method auto` ranks anything, for every method it may choose.
+    if !args.overwrite && !args.resume {
+        let possible = args.cam.methods();
+        refuse_existing_outputs(&plan, &renderer_for(&possible), &layers, &possible, args.cam.top.is_some())?;
+    }
     // `--method auto`: ROAD ranks the candidates on these images first (each shard on its own).
     let auto_method = match args.cam.auto_method() {
-        true => Some(crate::evaluate::pick_method(&mut loaded, &plan.items, &layers, &args.cam)?),
+        true => Some(crate::evaluate::pick_method(&mut loaded, &plan.items, &layers, (&args.cam, &targets))?),
         false => None,
     };
     let mut methods: Vec<Method> = auto_method.iter().map(|(m, _)| *m).collect();
@@ -109,25 +134,7 @@ pub fn run(args: ExplainArgs, stop: &Stop) -> Result<Ending, CliError> {
             methods.push(m);
         }
     }
-    let mut pictures: Vec<PictureKind> = Vec::new();
-    for p in &args.pictures {
-        if !pictures.contains(p) {
-            pictures.push(*p);
-        }
-    }
-    let renderer = Renderer::new(
-        out.clone(),
-        args.colormap.colormap(),
-        args.alpha,
-        pictures,
-        methods.clone(),
-        layers.clone(),
-        npy.is_some(),
-    );
-    // A resumed run meets the files of an image a kill interrupted: those fail one by one.
-    if !args.overwrite && !args.resume {
-        refuse_existing_outputs(&plan, &renderer, &layers, &methods, args.cam.top.is_some())?;
-    }
+    let renderer = renderer_for(&methods);
 
     let progress = Progress::new(!args.json && std::io::stderr().is_terminal(), plan.items.len());
     let header = Header {
@@ -140,7 +147,7 @@ pub fn run(args: ExplainArgs, stop: &Stop) -> Result<Ending, CliError> {
         auto_method: auto_method.map(|(m, score)| {
             format!(
                 "{m} (best road-combined, {score:.4}, of {} candidates on {} images; `gradcam evaluate --method auto` shows them all)",
-                crate::cli::AUTO_CANDIDATES.len(),
+                args.cam.auto_candidates().len(),
                 plan.items.len()
             )
         }),
@@ -149,7 +156,7 @@ pub fn run(args: ExplainArgs, stop: &Stop) -> Result<Ending, CliError> {
     let settings = Settings {
         layers: layers.clone(),
         methods: methods.clone(),
-        targets: crate::targets::targets(&args.cam)?,
+        targets,
         options: CamOptions { progress: passes_callback(&progress), ..args.cam.options() },
         batch: args.cam.batch as usize,
         keep: TOP_PREDICTIONS.max(top),

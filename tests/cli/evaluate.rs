@@ -183,4 +183,19 @@ fn explain_method_auto_picks_evaluates_best() {
         methods.push("eigencam");
     }
     assert_eq!(explained["methods"], serde_json::json!(methods), "the choice first, then the named ones");
+
+    // Pictures of any candidate are refused before anything is ranked: keep only EigenCAM's.
+    if best != "eigencam" {
+        let folder = dir.join("gradcam-out");
+        for f in files(&folder).into_iter().filter(|f| !f.contains(".eigencam.")) {
+            std::fs::remove_file(folder.join(f)).unwrap();
+        }
+        let before = snapshot(&dir);
+        let mut args = vec!["explain".to_string(), chelsea(), coffee(), "--size".into(), "112x112".into()];
+        args.extend(["--method", "auto", "--pictures", "heatmap", "--out", "gradcam-out"].map(String::from));
+        let out = command(&dir, &args).output().expect("the gradcam binary runs");
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        assert!(stderr(&out).contains("already exist"), "{}", stderr(&out));
+        assert_eq!(snapshot(&dir), before, "a refused run changed files");
+    }
 }

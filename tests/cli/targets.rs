@@ -177,3 +177,34 @@ fn misused_targets_say_what_to_do() {
         assert_failure(&out, 1, message, &dir, &[]);
     }
 }
+
+#[cfg(feature = "ort")]
+#[test]
+fn method_auto_ranks_only_methods_that_explain_the_target() {
+    let dir = workdir("target-auto");
+    let m = model("resnet18_binary");
+    let (summary, _) =
+        explain(&dir, "ort", &m.file("legacy_onnx"), &m.input, &["--target", "binary", "--method", "auto"]);
+    let chosen = summary["method_chosen_automatically"]["method"].as_str().expect("a chosen method");
+    assert_ne!(chosen, "finercam");
+}
+
+#[cfg(feature = "ort")]
+#[test]
+fn the_concept_is_read_before_the_model_loads() {
+    let dir = workdir("target-concept-first");
+    let args = [
+        "explain",
+        "x.png",
+        "--backend",
+        "ort",
+        "--model",
+        "missing.onnx",
+        "--target",
+        "similarity",
+        "--concept",
+        "missing.npy",
+    ];
+    let out = gradcam(&dir, &args);
+    assert_failure(&out, 1, "concept vector not found", &dir, &[]);
+}
