@@ -15,7 +15,9 @@ and dynamo ONNX, dynamic batch, and dynamic height/width for the CNNs):
 For each model and target case it writes <model>/<case>/cam_<method>.npy (grad-cam 1.5.7's final maps (B, H, W))
 and raw_<method>.npy (its get_cam_image output at the layer, (B, h, w)), plus the inputs (input_cnn.npy: chelsea
 and coffee at 96x128, non-square; input_vit.npy: at 224x224), mask.png / mask.npy (the segmentation mask at the
-output's size), concept_<model>.npy, and manifest.json (written last).
+output's size), concept_<model>.npy, and manifest.json (written last), which also holds, for the first case
+of the models in GRADIENT_FREE_MODELS, pytorch-grad-cam's six metrics of its Grad-CAM maps (ROAD noise 0;
+tools/make_metric_fixtures.py's runner).
 """
 import json
 import os
@@ -32,6 +34,7 @@ from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget, S
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import ASSETS, preprocess  # noqa: E402
 from gradcam_ref import _base, _make, token_reshape  # noqa: E402
+from make_metric_fixtures import METRICS, run_metric  # noqa: E402
 
 # Every method whose map depends on the target (FinerCAM compares classes: classifiers only; EigenCAM, FEM,
 # KPCA-CAM and RandomCAM read no target). ScoreCAM and AblationCAM (a forward pass per channel) only for the first
@@ -41,6 +44,7 @@ METHODS = ["gradcam", "gradcampp", "xgradcam", "hirescam", "layercam", "gradcam_
            "scorecam", "ablationcam"]
 GRADIENT_FREE = {"scorecam", "ablationcam"}
 GRADIENT_FREE_MODELS = {"vit_binary", "fcn", "resnet18_embed"}
+# The same cases also get pytorch-grad-cam's six metrics of its Grad-CAM maps, ROAD noise 0.
 IMAGES = ["chelsea", "coffee"]
 CNN_SIZE = (96, 128)
 VIT_SIZE = (224, 224)
@@ -160,6 +164,7 @@ def main(out):
         x = inputs[kind]
         vit = kind == "vit"
         export(key, model, x, out, cnn=not vit)
+        print(f"  {key} exports: {time.time() - t0:.1f}s", flush=True)
         with torch.no_grad():
             output = model(x).numpy()
         cases = {}
@@ -200,6 +205,11 @@ def main(out):
                 np.save(os.path.join(folder, f"cam_{method}.npy"), final)
                 np.save(os.path.join(folder, f"raw_{method}.npy"), raw)
                 print(f"  {key} {case} {method}: {time.time() - t1:.1f}s", flush=True)
+                if method == "gradcam" and full:
+                    t1 = time.time()
+                    spec["metrics"] = {name: run_metric(name, x, final, targets, model, 0.0, 0).tolist()
+                                       for name in METRICS}
+                    print(f"  {key} {case} metrics: {time.time() - t1:.1f}s", flush=True)
         manifest["models"][key] = {"input": f"input_{kind}.npy", "layer": layer, "output_shape": list(output.shape[1:]),
                                    "files": {"traced": f"{key}.traced.pt", "legacy_onnx": f"{key}.legacy.onnx",
                                              "dynamo_onnx": f"{key}.dynamo.onnx"},

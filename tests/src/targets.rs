@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use gradcam_core::{explain, CamModel, CamOptions, Classes, Method, Target};
+use gradcam_core::{evaluate, explain, CamModel, CamOptions, Classes, Method, Metric, MetricOptions, Target};
 use ndarray::{Array1, Axis, Ix1, Ix2, Ix4};
 use serde_json::Value;
 
@@ -43,6 +43,9 @@ pub struct TargetCase {
     pub scores: Vec<f32>,
     /// The methods grad-cam ran for it.
     pub methods: Vec<Method>,
+    /// pytorch-grad-cam's metrics of its Grad-CAM maps (ROAD noise 0), per metric and image,
+    /// where the fixtures hold them.
+    pub metrics: Vec<(Metric, Vec<f32>)>,
     /// The folder of `cam_<method>.npy` / `raw_<method>.npy`.
     pub dir: PathBuf,
 }
@@ -104,6 +107,18 @@ pub fn target_models() -> Vec<TargetModel> {
                     .map(|v| v.as_f64().expect("a score") as f32)
                     .collect();
                 let methods = methods_of(&c["methods"]);
+                let metrics = c["metrics"]
+                    .as_object()
+                    .map(|m| {
+                        m.iter()
+                            .map(|(name, values)| {
+                                let metric = name.parse::<Metric>().unwrap_or_else(|e| panic!("{name}: {e}"));
+                                let values = values.as_array().expect("values").iter();
+                                (metric, values.map(|v| v.as_f64().expect("a value") as f32).collect())
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
                 TargetCase {
                     model: key.clone(),
                     case: case.clone(),
@@ -111,6 +126,7 @@ pub fn target_models() -> Vec<TargetModel> {
                     classes,
                     scores,
                     methods,
+                    metrics,
                     dir: dir.join(key).join(case),
                 }
             });
@@ -146,7 +162,9 @@ fn methods_of(list: &Value) -> Vec<Method> {
 /// Compares one model of the target fixtures, opened in a backend as `model` (`label` names the
 /// backend and file in messages), with pytorch-grad-cam for every case: the per-image output
 /// shape, the classes core resolves, the target scores (to [`TOL`]), each method's map at the
-/// layer before upsampling (to [`TOL`]) and its final map (to [`UPSAMPLED_TOL`]).
+/// layer before upsampling (to [`TOL`]) and its final map (to [`UPSAMPLED_TOL`]); where the
+/// fixtures hold them, the six metrics of grad-cam's own Grad-CAM maps with the target as
+/// explained (ROAD noise 0, to [`TOL`]).
 /// `gradient_free`: also ScoreCAM and AblationCAM where grad-cam ran them (a forward pass per
 /// channel; the suites run them on one file per backend).
 pub fn check_targets(label: &str, model: &mut dyn CamModel, reference: &TargetModel, gradient_free: bool) {
@@ -181,6 +199,19 @@ pub fn check_targets(label: &str, model: &mut dyn CamModel, reference: &TargetMo
             let cam = npy::<f32>(case.dir.join(format!("cam_{name}.npy")));
             for (b, got) in e.maps.outer_iter().enumerate() {
                 assert_close(&format!("{what} image {b}"), got, cam.index_axis(Axis(0), b), UPSAMPLED_TOL);
+            }
+            if e.method != Method::GradCam || case.metrics.is_empty() {
+                continue;
+            }
+            // grad-cam's own maps, so that ROAD removes exactly the pixels it removed.
+            let maps = cam.view().into_dimensionality::<ndarray::Ix3>().expect("(B, H, W) maps");
+            let metrics: Vec<Metric> = case.metrics.iter().map(|(m, _)| *m).collect();
+            let options = MetricOptions { road_noise: 0.0, seed: 0 };
+            let values = evaluate(model, input.view(), maps, &e.target, &e.classes, &metrics, &options)
+                .unwrap_or_else(|err| panic!("{what}: evaluate: {err}"));
+            for (got, (metric, want)) in values.iter().zip(&case.metrics) {
+                let (got, want) = (Array1::from(got.values.clone()), Array1::from(want.clone()));
+                assert_close(&format!("{what} {metric}"), got.view(), want.view(), TOL);
             }
         }
     }
