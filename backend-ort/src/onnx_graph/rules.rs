@@ -690,8 +690,8 @@ impl<'a> Ctx<'a> {
         in_len: i64,
     ) -> Result<String, GraphError> {
         let in_len = usize::try_from(in_len).map_err(|_| self.unsupported("a negative dimension"))?;
-        let cells = map.len().checked_mul(in_len).filter(|&n| n <= 1 << 26);
-        if cells.is_none() || map.iter().flatten().any(|&j| j >= in_len) {
+        self.check_matrix_size(map.len(), in_len)?;
+        if map.iter().flatten().any(|&j| j >= in_len) {
             return Err(self.unsupported("an axis too long to map back"));
         }
         let mut m = vec![0f64; map.len() * in_len];
@@ -700,15 +700,43 @@ impl<'a> Ctx<'a> {
                 m[i * in_len + j] += 1.0;
             }
         }
-        let name = self.b.fresh("axis_map");
-        let mut t = super::builder::tensor_scalar(&name, 0.0, self.dtype);
-        t.dims = vec![map.len() as i64, in_len as i64];
-        if self.dtype == super::builder::DOUBLE {
-            t.double_data = m;
-        } else {
-            t.float_data = m.iter().map(|&v| v as f32).collect();
+        self.matmul_axis(g, axis, rank, &m, (map.len(), in_len))
+    }
+
+    /// Refuses a dense `(rows, cols)` matrix too large to store (2^26 cells, 256 MiB of floats).
+    fn check_matrix_size(&self, rows: usize, cols: usize) -> Result<(), GraphError> {
+        match rows.checked_mul(cols) {
+            Some(n) if n <= 1 << 26 => Ok(()),
+            _ => Err(self.unsupported("an axis too long to map back")),
         }
-        self.b.initializers.push(t);
+    }
+
+    /// `g · M` along axis `axis` of the rank-`rank` tensor `g`, for `M` a constant `(rows, cols)`
+    /// matrix stored row by row (`rows` = the axis' length in `g`): the last axis multiplies on
+    /// the right, the one before by `Mᵀ` on the left (no transposes of `g`), any other goes
+    /// through a transpose.
+    fn matmul_axis(
+        &mut self,
+        g: &str,
+        axis: usize,
+        rank: usize,
+        m: &[f64],
+        (rows, cols): (usize, usize),
+    ) -> Result<String, GraphError> {
+        if self.dtype != FLOAT && self.dtype != super::builder::DOUBLE {
+            return Err(self.unsupported("a tensor that is neither float nor double"));
+        }
+        if axis + 2 == rank {
+            let mut t = vec![0f64; m.len()];
+            for (i, row) in m.chunks_exact(cols.max(1)).take(rows).enumerate() {
+                for (j, &v) in row.iter().enumerate() {
+                    t[j * rows + i] = v;
+                }
+            }
+            let name = self.matrix(&t, cols, rows);
+            return Ok(self.b.op("MatMul", &[&name, g], vec![]));
+        }
+        let name = self.matrix(m, rows, cols);
         if axis + 1 == rank {
             return Ok(self.b.op("MatMul", &[g, &name], vec![]));
         }
@@ -721,6 +749,20 @@ impl<'a> Ctx<'a> {
         let t = self.b.op("Transpose", &[g], vec![attr_ints("perm", &perm)]);
         let t = self.b.op("MatMul", &[&t, &name], vec![]);
         Ok(self.b.op("Transpose", &[&t], vec![attr_ints("perm", &inverse)]))
+    }
+
+    /// A constant `(rows, cols)` matrix of the gradients' element type.
+    fn matrix(&mut self, m: &[f64], rows: usize, cols: usize) -> String {
+        let name = self.b.fresh("matrix");
+        let mut t = super::builder::tensor_scalar(&name, 0.0, self.dtype);
+        t.dims = vec![rows as i64, cols as i64];
+        if self.dtype == super::builder::DOUBLE {
+            t.double_data = m.to_vec();
+        } else {
+            t.float_data = m.iter().map(|&v| v as f32).collect();
+        }
+        self.b.initializers.push(t);
+        name
     }
 
     /// `Expand(g, Shape(like))`.
