@@ -5,7 +5,7 @@
 
 use std::sync::OnceLock;
 
-use backend_ort::onnx_graph::{OnnxGraph, Seed, Shapes, TensorInfo, GRADIENT, SEED};
+use backend_ort::onnx_graph::{GraphError, OnnxGraph, Seed, Shapes, TensorInfo, GRADIENT, SEED};
 use onnx_protobuf::attribute_proto::AttributeType;
 use onnx_protobuf::{
     tensor_proto::DataType, type_proto, AttributeProto, GraphProto, ModelProto, NodeProto,
@@ -80,6 +80,14 @@ fn astr(name: &str, v: &str) -> AttributeProto {
     a.name = name.into();
     a.type_ = AttributeType::STRING.into();
     a.s = v.as_bytes().to_vec();
+    a
+}
+
+fn afloats(name: &str, v: &[f32]) -> AttributeProto {
+    let mut a = AttributeProto::new();
+    a.name = name.into();
+    a.type_ = AttributeType::FLOATS.into();
+    a.floats = v.to_vec();
     a
 }
 
@@ -240,17 +248,15 @@ fn numel(d: &[i64]) -> usize {
     d.iter().product::<i64>() as usize
 }
 
-/// The generated gradient equals central differences for every differentiable input.
-fn check(case: Case, eps: f32, seed: u64) {
+/// The shapes of every tensor of `case`, from one run (`y`'s among them).
+fn probe_shapes(case: &Case) -> Shapes {
     let node_outputs: Vec<String> =
         case.nodes.iter().flat_map(|n| n.output.clone()).filter(|o| o != "y" && !o.is_empty()).collect();
-    let xs = case.xs();
-    // Shapes of everything, from one run.
     let probe = case.graph(&node_outputs);
     let mut s = session(&probe);
     let mut names: Vec<&str> = vec!["y"];
     names.extend(node_outputs.iter().map(String::as_str));
-    let outs = run(&mut s, &xs, None, &names);
+    let outs = run(&mut s, &case.xs(), None, &names);
     let mut shapes = Shapes::new();
     for (name, (shape, _, dtype)) in names.iter().zip(&outs) {
         shapes.insert(name.to_string(), TensorInfo { dtype: *dtype, shape: shape.clone() });
@@ -265,7 +271,14 @@ fn check(case: Case, eps: f32, seed: u64) {
         };
         shapes.insert(arg_name(&case.args, k), info);
     }
-    let y_shape = outs[0].0.clone();
+    shapes
+}
+
+/// The generated gradient equals central differences for every differentiable input.
+fn check(case: Case, eps: f32, seed: u64) {
+    let xs = case.xs();
+    let shapes = probe_shapes(&case);
+    let y_shape = shapes["y"].shape.clone();
     let mut rng = Rng(seed | 1);
     let seed_values = rng.vec(numel(&y_shape));
     let forward = case.graph(&[]);
@@ -324,6 +337,126 @@ const UNARY: &[(&str, f32)] = &[
     ("Relu", 0.05),
     ("Abs", 0.05),
 ];
+
+/// Resize's `mode` and `nearest_mode` pairs.
+const RESIZE_MODES: &[(&str, &str)] = &[
+    ("nearest", "round_prefer_floor"),
+    ("nearest", "round_prefer_ceil"),
+    ("nearest", "floor"),
+    ("nearest", "ceil"),
+    ("linear", ""),
+    ("cubic", ""),
+];
+
+/// Resize's `coordinate_transformation_mode`s (`half_pixel_symmetric` needs opset 19,
+/// `tf_half_pixel_for_nn` is opset 11's).
+const RESIZE_COORDINATES: &[&str] = &[
+    "half_pixel",
+    "pytorch_half_pixel",
+    "align_corners",
+    "asymmetric",
+    "half_pixel_symmetric",
+    "tf_half_pixel_for_nn",
+];
+
+/// Scale factors, down and up, whole and not.
+const RESIZE_SCALES: &[f32] = &[0.5, 0.6, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0];
+
+/// What a Resize case resizes H and W to.
+#[derive(Clone, Copy, Debug)]
+enum Resized {
+    /// The `scales` input (H, W factors).
+    Scales(f32, f32),
+    /// The `sizes` input (H, W).
+    Sizes(i64, i64),
+}
+
+/// Resize's other attributes in a case.
+#[derive(Clone, Copy, Debug)]
+struct ResizeOptions {
+    opset: i64,
+    /// Scales or sizes for H and W only, with the `axes` attribute (opset 18).
+    axes: bool,
+    cubic_coeff_a: f32,
+    exclude_outside: bool,
+    /// `antialias` = 1 (opset 18) where it changes nothing: linear or cubic upsampling.
+    antialias: bool,
+}
+
+/// A scale that leaves at least one element of an axis of length `len`.
+fn fit_scale(len: i64, scale: f32) -> f32 {
+    if (len as f32 * scale).floor() < 1.0 {
+        1.5
+    } else {
+        scale
+    }
+}
+
+/// `Resize` of an NCHW input of shape `xs` over H and W: mode `RESIZE_MODES[mode]`, coordinates
+/// `RESIZE_COORDINATES[coordinates]`.
+fn resize_case(
+    mode: usize,
+    coordinates: usize,
+    xs: &[i64],
+    to: Resized,
+    o: ResizeOptions,
+    r: &mut Rng,
+) -> Case {
+    let (mode, nearest) = RESIZE_MODES[mode];
+    let coordinates = RESIZE_COORDINATES[coordinates];
+    let opset = match coordinates {
+        "half_pixel_symmetric" => o.opset.max(19),
+        "tf_half_pixel_for_nn" => 11,
+        _ => o.opset,
+    };
+    let mut attrs = vec![astr("mode", mode), astr("coordinate_transformation_mode", coordinates)];
+    match mode {
+        "nearest" => attrs.push(astr("nearest_mode", nearest)),
+        "cubic" => {
+            attrs.push(af("cubic_coeff_a", o.cubic_coeff_a));
+            attrs.push(ai("exclude_outside", o.exclude_outside as i64));
+        }
+        _ => {}
+    }
+    let upsampling = match to {
+        Resized::Scales(h, w) => h >= 1.0 && w >= 1.0,
+        Resized::Sizes(h, w) => h >= xs[2] && w >= xs[3],
+    };
+    if o.antialias && opset >= 18 && mode != "nearest" && upsampling {
+        attrs.push(ai("antialias", 1));
+    }
+    let axes = o.axes && opset >= 18;
+    if axes {
+        attrs.push(aints("axes", &[2, -1]));
+    }
+    // Opset 11 has no optional roi or scales: empty tensors stand for them.
+    let empty = || if opset < 13 { Arg::P(vec![0], vec![]) } else { Arg::Absent };
+    let (scales, sizes) = match to {
+        Resized::Scales(h, w) => {
+            let v = if axes { vec![h, w] } else { vec![1.0, 1.0, h, w] };
+            (Arg::P(vec![v.len() as i64], v), Arg::Absent)
+        }
+        Resized::Sizes(h, w) => {
+            let v = if axes { vec![h, w] } else { vec![xs[0], xs[1], h, w] };
+            (empty(), Arg::I(v, false))
+        }
+    };
+    let x = Arg::X(xs.to_vec(), r.vec(numel(xs)));
+    one("Resize", vec![x, empty(), scales, sizes], attrs, opset)
+}
+
+/// `Upsample` (opset 9: scales as input; opset 7: as attribute) or `Resize` of opset 10 (scales
+/// as input, down too), nearest or linear over H and W.
+fn legacy_resize_case(kind: usize, linear: bool, xs: &[i64], (h, w): (f32, f32), r: &mut Rng) -> Case {
+    let mode = astr("mode", if linear { "linear" } else { "nearest" });
+    let x = Arg::X(xs.to_vec(), r.vec(numel(xs)));
+    let scales = vec![1.0, 1.0, h, w];
+    match kind {
+        0 => one("Upsample", vec![x, Arg::P(vec![4], scales)], vec![mode], 9),
+        1 => one("Upsample", vec![x], vec![mode, afloats("scales", &scales)], 7),
+        _ => one("Resize", vec![x, Arg::P(vec![4], scales)], vec![mode], 10),
+    }
+}
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() })]
@@ -619,6 +752,131 @@ proptest! {
     fn dropout_in_inference(shape in shape_strategy(3, 4), seed in any::<u64>()) {
         let x = Rng(seed | 1).vec(numel(&shape));
         check(one("Dropout", vec![Arg::X(shape, x)], vec![], 17), 1e-2, seed);
+    }
+
+    #[test]
+    fn resize(mode in 0..RESIZE_MODES.len(), coordinates in 0..RESIZE_COORDINATES.len(), by_sizes in any::<bool>(),
+              opset in prop::sample::select(vec![11i64, 13, 18, 19]), axes in any::<bool>(),
+              xs in (1..3i64, 1..3i64, 1..6i64, 1..6i64), scales in (0..RESIZE_SCALES.len(), 0..RESIZE_SCALES.len()),
+              sizes in (1..9i64, 1..9i64), cubic_coeff_a in prop::sample::select(vec![-0.75f32, -0.5]),
+              exclude_outside in any::<bool>(), antialias in any::<bool>(), seed in any::<u64>()) {
+        let xs = [xs.0, xs.1, xs.2, xs.3];
+        let to = if by_sizes {
+            Resized::Sizes(sizes.0, sizes.1)
+        } else {
+            Resized::Scales(fit_scale(xs[2], RESIZE_SCALES[scales.0]), fit_scale(xs[3], RESIZE_SCALES[scales.1]))
+        };
+        let o = ResizeOptions { opset, axes, cubic_coeff_a, exclude_outside, antialias };
+        check(resize_case(mode, coordinates, &xs, to, o, &mut Rng(seed | 1)), 5e-2, seed);
+    }
+
+    #[test]
+    fn upsample_and_resize_10(kind in 0..3usize, linear in any::<bool>(), xs in (1..3i64, 1..3i64, 1..5i64, 1..5i64),
+                              scales in (0..RESIZE_SCALES.len(), 0..RESIZE_SCALES.len()), seed in any::<u64>()) {
+        let xs = [xs.0, xs.1, xs.2, xs.3];
+        // Upsample only enlarges.
+        let pick = |len: i64, k: usize| {
+            let s = fit_scale(len, RESIZE_SCALES[k]);
+            if kind < 2 { s.max(1.0) } else { s }
+        };
+        let case = legacy_resize_case(kind, linear, &xs, (pick(xs[2], scales.0), pick(xs[3], scales.1)), &mut Rng(seed | 1));
+        check(case, 5e-2, seed);
+    }
+
+    /// What torch's two exporters make of `F.interpolate` between a layer and a classifier
+    /// head (resize -> 1x1 conv -> global average pool -> flatten), differentiated at the layer:
+    /// bilinear (by a factor, to a size, down, antialiased, align_corners), nearest, bicubic,
+    /// with the legacy exporter's attributes (opset 17) or the dynamo one's (opset 18, all
+    /// attributes spelled out).
+    #[test]
+    fn resize_in_a_classifier_head(variant in 0..7usize, dynamo in any::<bool>(), channels in 1..3i64, h in 2..6i64,
+                                   w in 2..6i64, seed in any::<u64>()) {
+        let mut r = Rng(seed | 1);
+        let (mode, coordinates, to) = match variant {
+            0 => ("linear", "half_pixel", Resized::Scales(2.0, 2.0)),
+            1 => ("linear", "align_corners", Resized::Scales(2.0, 2.0)),
+            2 => ("nearest", "asymmetric", Resized::Scales(2.0, 2.0)),
+            3 => ("cubic", "half_pixel", Resized::Scales(2.0, 2.0)),
+            4 | 6 => ("linear", "half_pixel", Resized::Sizes(2 * h + 2, 2 * w + 3)),
+            _ => ("linear", "half_pixel", Resized::Sizes((h - 2).max(1), (w - 3).max(1))),
+        };
+        let xs = vec![2, channels, h, w];
+        let mut attrs = vec![
+            astr("mode", mode),
+            astr("coordinate_transformation_mode", coordinates),
+            astr("nearest_mode", "floor"),
+            af("cubic_coeff_a", -0.75),
+        ];
+        let dynamo = dynamo || variant == 6;
+        if dynamo {
+            attrs.extend([
+                ai("antialias", (variant == 6) as i64),
+                ai("exclude_outside", 0),
+                af("extrapolation_value", 0.0),
+                astr("keep_aspect_ratio_policy", "stretch"),
+            ]);
+        }
+        let (scales, sizes) = match to {
+            Resized::Scales(a, b) => (Arg::P(vec![4], vec![1.0, 1.0, a, b]), Arg::Absent),
+            Resized::Sizes(a, b) => (Arg::Absent, Arg::I(vec![2, channels, a, b], false)),
+        };
+        let weight = vec![5, channels, 1, 1];
+        let args = vec![
+            Arg::X(xs.clone(), r.vec(numel(&xs))),
+            Arg::Absent,
+            scales,
+            sizes,
+            Arg::P(weight.clone(), r.vec(numel(&weight))),
+            Arg::P(vec![5], r.vec(5)),
+        ];
+        let names: Vec<String> = (0..4).map(|k| arg_name(&args, k)).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let nodes = vec![
+            node("Resize", &refs, &["resized"], attrs),
+            node("Conv", &["resized", "p4", "p5"], &["head"], vec![]),
+            node("GlobalAveragePool", &["head"], &["pooled"], vec![]),
+            node("Flatten", &["pooled"], &["y"], vec![]),
+        ];
+        check(Case { args, nodes, opset: if dynamo { 18 } else { 17 } }, 5e-2, seed);
+    }
+
+    /// `keep_aspect_ratio_policy` (opset 18) with `sizes` on H and W: one scale for both.
+    #[test]
+    fn resize_keeping_aspect_ratio(not_larger in any::<bool>(), mode in 0..RESIZE_MODES.len(), coordinates in 0..4usize,
+                                   xs in (1..3i64, 1..6i64, 1..6i64), sizes in (1..8i64, 1..8i64), seed in any::<u64>()) {
+        let mut r = Rng(seed | 1);
+        let xs = vec![1, xs.0, xs.1, xs.2];
+        let (name, nearest) = RESIZE_MODES[mode];
+        let mut attrs = vec![
+            astr("mode", name),
+            astr("coordinate_transformation_mode", RESIZE_COORDINATES[coordinates]),
+            astr("keep_aspect_ratio_policy", if not_larger { "not_larger" } else { "not_smaller" }),
+            aints("axes", &[2, 3]),
+        ];
+        if !nearest.is_empty() {
+            attrs.push(astr("nearest_mode", nearest));
+        }
+        let args = vec![Arg::X(xs.clone(), r.vec(numel(&xs))), Arg::Absent, Arg::Absent, Arg::I(vec![sizes.0, sizes.1], false)];
+        check(one("Resize", args, attrs, 18), 5e-2, seed);
+    }
+
+    /// Other axes than an NCHW map's last two: channels-last (N, H, W, C), a channel axis, and
+    /// three axes (trilinear).
+    #[test]
+    fn resize_other_axes(which in 0..3usize, mode in 0..RESIZE_MODES.len() - 1, scales in (0..RESIZE_SCALES.len(), 0..RESIZE_SCALES.len()),
+                         seed in any::<u64>()) {
+        let mut r = Rng(seed | 1);
+        let (s0, s1) = (fit_scale(2, RESIZE_SCALES[scales.0]), fit_scale(3, RESIZE_SCALES[scales.1]));
+        let (xs, v) = match which {
+            0 => (vec![2, 2, 3, 2], vec![1.0, s0, s1, 1.0]),
+            // ONNX Runtime resizes channels only in nearest mode.
+            1 => (vec![1, 2, 3, 2], vec![1.0, if mode < 4 { s0 } else { 1.0 }, 1.0, s1]),
+            _ => (vec![1, 1, 2, 3, 2], vec![1.0, 1.0, s0, s1, 1.5]),
+        };
+        let (name, nearest) = RESIZE_MODES[mode];
+        let attrs = vec![astr("mode", name), astr("nearest_mode", if nearest.is_empty() { "floor" } else { nearest })];
+        let args = vec![Arg::X(xs.clone(), r.vec(numel(&xs))), Arg::Absent, Arg::P(vec![v.len() as i64], v)];
+        check(one("Resize", args, attrs, 13), 5e-2, seed);
     }
 }
 
@@ -958,6 +1216,33 @@ fn example(op: &str, r: &mut Rng) -> Option<(Case, f32)> {
             ];
             one(op, args, vec![ai("axis", axis), af("epsilon", 1e-2)], 17)
         }
+        "Resize" => {
+            let xs =
+                [1 + pick(r, 2) as i64, 1 + pick(r, 2) as i64, 1 + pick(r, 4) as i64, 1 + pick(r, 4) as i64];
+            let to = if flip(r) {
+                Resized::Sizes(1 + pick(r, 7) as i64, 1 + pick(r, 7) as i64)
+            } else {
+                let k = RESIZE_SCALES.len();
+                Resized::Scales(
+                    fit_scale(xs[2], RESIZE_SCALES[pick(r, k)]),
+                    fit_scale(xs[3], RESIZE_SCALES[pick(r, k)]),
+                )
+            };
+            let o = ResizeOptions {
+                opset: [11, 13, 18, 19][pick(r, 4)],
+                axes: flip(r),
+                cubic_coeff_a: -0.75,
+                exclude_outside: flip(r),
+                antialias: flip(r),
+            };
+            let (mode, coordinates) = (pick(r, RESIZE_MODES.len()), pick(r, RESIZE_COORDINATES.len()));
+            return Some((resize_case(mode, coordinates, &xs, to, o, r), 5e-2));
+        }
+        "Upsample" => {
+            let xs = [1, 2, 1 + pick(r, 3) as i64, 1 + pick(r, 3) as i64];
+            let scales = (RESIZE_SCALES[3 + pick(r, 6)], RESIZE_SCALES[3 + pick(r, 6)]);
+            return Some((legacy_resize_case(pick(r, 2), flip(r), &xs, scales, r), 5e-2));
+        }
         _ => return None,
     };
     Some((case, 1e-2))
@@ -980,6 +1265,92 @@ fn every_rule_has_a_finite_difference_case() {
                 "{op}: the case runs it"
             );
             check(case, eps, seed);
+        }
+    }
+}
+
+/// Where ONNX Runtime's Resize departs from the plain formulas, the gradient follows it: an
+/// output of the input's shape is a copy whatever the scales; `round_prefer_ceil` and
+/// `round_prefer_floor` treat a coordinate within 1e-6 of a half as a tie (7 -> 2 asymmetric
+/// lands on 3.4999998 in `f32`); `half_pixel_symmetric` sums in double; with antialiasing, an
+/// axis that keeps its length is copied.
+#[test]
+fn resize_follows_onnx_runtime_at_ties() {
+    let mut r = Rng(11);
+    let o = ResizeOptions {
+        opset: 19,
+        axes: false,
+        cubic_coeff_a: -0.75,
+        exclude_outside: false,
+        antialias: false,
+    };
+    // (RESIZE_MODES index, RESIZE_COORDINATES index, input, output)
+    let cases = [
+        // Asymmetric 7 -> 2: x = 1 lands on 3.4999998, a tie either way.
+        (0, 3, [1, 2, 1, 7], Resized::Sizes(1, 2)),
+        (1, 3, [1, 2, 1, 7], Resized::Sizes(1, 2)),
+        // Asymmetric 10 -> 12: x = 9 lands on 7.4999995.
+        (1, 3, [1, 1, 2, 10], Resized::Sizes(2, 12)),
+        // half_pixel_symmetric 2 x 0.75 -> 1: 0.49999997, a tie.
+        (1, 4, [1, 1, 1, 2], Resized::Scales(1.5, 0.75)),
+        // half_pixel_symmetric 3 -> 1, floor: 0.99999994 summed in double (1 in f32).
+        (2, 4, [1, 1, 3, 3], Resized::Sizes(1, 1)),
+        // 2 x 3 by 1.25 is 2 x 3 again: a copy.
+        (1, 0, [1, 1, 2, 3], Resized::Scales(1.25, 1.25)),
+    ];
+    for (mode, coordinates, xs, to) in cases {
+        check(resize_case(mode, coordinates, &xs, to, o, &mut r), 5e-2, 11);
+    }
+    // Antialiased, an axis that keeps its length (2 x 1.25 -> 2) is a copy.
+    let antialias = ResizeOptions { opset: 18, antialias: true, ..o };
+    check(resize_case(4, 0, &[1, 1, 1, 2], Resized::Scales(2.0, 1.25), antialias, &mut r), 5e-2, 11);
+    // Upsample-9 by (1.5, 1.25) of a 1 x 2 map keeps its shape: a copy.
+    check(legacy_resize_case(0, false, &[1, 1, 1, 2], (1.5, 1.25), &mut r), 5e-2, 11);
+}
+
+/// What the Resize rule cannot differentiate is a typed error that says why: a crop with
+/// extrapolation, antialiased downsampling, a resized batch axis.
+#[test]
+fn resize_refuses_what_it_cannot_differentiate() {
+    let mut r = Rng(7);
+    let xs = vec![2, 1, 2, 3];
+    let mut x = || Arg::X(xs.clone(), r.vec(numel(&xs)));
+    let linear = || astr("mode", "linear");
+    let roi = Arg::P(vec![8], vec![0.0, 0.0, 0.1, 0.2, 1.0, 1.0, 0.9, 0.8]);
+    let crop = astr("coordinate_transformation_mode", "tf_crop_and_resize");
+    let cases = [
+        (
+            one(
+                "Resize",
+                vec![x(), roi, Arg::Absent, Arg::I(vec![2, 1, 3, 4], false)],
+                vec![linear(), crop],
+                13,
+            ),
+            "tf_crop_and_resize",
+        ),
+        (
+            one(
+                "Resize",
+                vec![x(), Arg::Absent, Arg::P(vec![4], vec![1.0, 1.0, 0.5, 0.5])],
+                vec![linear(), ai("antialias", 1)],
+                18,
+            ),
+            "antialias",
+        ),
+        (
+            one("Resize", vec![x(), Arg::Absent, Arg::P(vec![4], vec![2.0, 1.0, 1.0, 1.0])], vec![], 13),
+            "axis 0",
+        ),
+    ];
+    for (case, why) in cases {
+        let shapes = probe_shapes(&case);
+        match case.graph(&[]).backward_model("x0", Seed::Tensor, &shapes) {
+            Err(GraphError::Unsupported { op, reason, .. }) => {
+                assert_eq!(op, "Resize");
+                assert!(reason.contains(why), "{why}: {reason}");
+            }
+            Err(e) => panic!("{why}: another error: {e}"),
+            Ok(_) => panic!("{why}: differentiated"),
         }
     }
 }

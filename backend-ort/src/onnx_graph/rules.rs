@@ -479,6 +479,8 @@ pub const RULES: &[OpRule] = &[
         Ok(vec![Some(gx), None, None])
     }),
     OpRule::new("GroupNormalization", Tokens::No, |c, g| group_norm(c, &c.gy(g)?)),
+    OpRule::new("Resize", Tokens::No, |c, g| resize::grad(c, &c.gy(g)?)),
+    OpRule::new("Upsample", Tokens::No, |c, g| resize::grad(c, &c.gy(g)?)),
     OpRule::none("Shape"),
     OpRule::none("Size"),
     OpRule::none("Constant"),
@@ -601,6 +603,11 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// The value of a constant float or double tensor.
+    fn const_floats(&self, name: &str) -> Option<Vec<f64>> {
+        self.constants.get(name).and_then(|t| tensor_floats(t))
+    }
+
     /// Runs `f` for every input that needs a gradient.
     fn each_input(&mut self, mut f: impl FnMut(&mut Self, usize) -> Result<String, GraphError>) -> Grads {
         (0..self.node.input.len())
@@ -690,8 +697,8 @@ impl<'a> Ctx<'a> {
         in_len: i64,
     ) -> Result<String, GraphError> {
         let in_len = usize::try_from(in_len).map_err(|_| self.unsupported("a negative dimension"))?;
-        let cells = map.len().checked_mul(in_len).filter(|&n| n <= 1 << 26);
-        if cells.is_none() || map.iter().flatten().any(|&j| j >= in_len) {
+        self.check_matrix_size(map.len(), in_len)?;
+        if map.iter().flatten().any(|&j| j >= in_len) {
             return Err(self.unsupported("an axis too long to map back"));
         }
         let mut m = vec![0f64; map.len() * in_len];
@@ -700,15 +707,43 @@ impl<'a> Ctx<'a> {
                 m[i * in_len + j] += 1.0;
             }
         }
-        let name = self.b.fresh("axis_map");
-        let mut t = super::builder::tensor_scalar(&name, 0.0, self.dtype);
-        t.dims = vec![map.len() as i64, in_len as i64];
-        if self.dtype == super::builder::DOUBLE {
-            t.double_data = m;
-        } else {
-            t.float_data = m.iter().map(|&v| v as f32).collect();
+        self.matmul_axis(g, axis, rank, &m, (map.len(), in_len))
+    }
+
+    /// Refuses a dense `(rows, cols)` matrix too large to store (2^26 cells, 256 MiB of floats).
+    fn check_matrix_size(&self, rows: usize, cols: usize) -> Result<(), GraphError> {
+        match rows.checked_mul(cols) {
+            Some(n) if n <= 1 << 26 => Ok(()),
+            _ => Err(self.unsupported("an axis too long to map back")),
         }
-        self.b.initializers.push(t);
+    }
+
+    /// `g · M` along axis `axis` of the rank-`rank` tensor `g`, for `M` a constant `(rows, cols)`
+    /// matrix stored row by row (`rows` = the axis' length in `g`): the last axis multiplies on
+    /// the right, the one before by `Mᵀ` on the left (no transposes of `g`), any other goes
+    /// through a transpose.
+    fn matmul_axis(
+        &mut self,
+        g: &str,
+        axis: usize,
+        rank: usize,
+        m: &[f64],
+        (rows, cols): (usize, usize),
+    ) -> Result<String, GraphError> {
+        if self.dtype != FLOAT && self.dtype != super::builder::DOUBLE {
+            return Err(self.unsupported("a tensor that is neither float nor double"));
+        }
+        if axis + 2 == rank {
+            let mut t = vec![0f64; m.len()];
+            for (i, row) in m.chunks_exact(cols.max(1)).take(rows).enumerate() {
+                for (j, &v) in row.iter().enumerate() {
+                    t[j * rows + i] = v;
+                }
+            }
+            let name = self.matrix(&t, cols, rows);
+            return Ok(self.b.op("MatMul", &[&name, g], vec![]));
+        }
+        let name = self.matrix(m, rows, cols);
         if axis + 1 == rank {
             return Ok(self.b.op("MatMul", &[g, &name], vec![]));
         }
@@ -721,6 +756,20 @@ impl<'a> Ctx<'a> {
         let t = self.b.op("Transpose", &[g], vec![attr_ints("perm", &perm)]);
         let t = self.b.op("MatMul", &[&t, &name], vec![]);
         Ok(self.b.op("Transpose", &[&t], vec![attr_ints("perm", &inverse)]))
+    }
+
+    /// A constant `(rows, cols)` matrix of the gradients' element type.
+    fn matrix(&mut self, m: &[f64], rows: usize, cols: usize) -> String {
+        let name = self.b.fresh("matrix");
+        let mut t = super::builder::tensor_scalar(&name, 0.0, self.dtype);
+        t.dims = vec![rows as i64, cols as i64];
+        if self.dtype == super::builder::DOUBLE {
+            t.double_data = m.to_vec();
+        } else {
+            t.float_data = m.iter().map(|&v| v as f32).collect();
+        }
+        self.b.initializers.push(t);
+        name
     }
 
     /// `Expand(g, Shape(like))`.
@@ -1457,4 +1506,360 @@ fn group_norm(c: &mut Ctx, gy: &str) -> Grads {
     let eps = get_f(c.node, "epsilon", 1e-5) as f64;
     let gx = normalized_grad(c, &xg, &ghg, &[2], eps);
     Ok(vec![Some(c.b.reshape_like(&gx, c.x(0))), None, None])
+}
+
+/// The values of a float or double tensor stored inline.
+fn tensor_floats(t: &TensorProto) -> Option<Vec<f64>> {
+    use onnx_protobuf::tensor_proto::{DataLocation, DataType};
+    if t.data_location.value() == DataLocation::EXTERNAL as i32 {
+        return None;
+    }
+    let raw = &t.raw_data;
+    if t.data_type == DataType::FLOAT as i32 {
+        if raw.is_empty() {
+            return Some(t.float_data.iter().map(|&v| v as f64).collect());
+        }
+        return Some(
+            raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64).collect(),
+        );
+    }
+    if t.data_type == DataType::DOUBLE as i32 {
+        if raw.is_empty() {
+            return Some(t.double_data.clone());
+        }
+        return Some(
+            raw.chunks_exact(8)
+                .map(|b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+                .collect(),
+        );
+    }
+    None
+}
+
+/// Resize (opset 10+) and Upsample (opset 7-9). Both are linear in X and separable: along each
+/// resized axis, `y = M · x` for an `(out, in)` interpolation matrix `M` that depends only on the
+/// sizes, the scale and the attributes. The gradient multiplies `g` by `M` (transposed) along each
+/// resized axis, with the matrices built here and stored as constants.
+///
+/// `M` is ONNX Runtime's (1.31), not the spec's where they differ, since ONNX Runtime ran the
+/// forward: its `f32` coordinate arithmetic (`half_pixel_symmetric` sums in `f64`), its nearest
+/// rounding (a coordinate within 1e-6 of a half is a tie), the scale given rather than
+/// `out / in`, a copy when the output keeps the input's shape, and with `antialias` a copy of
+/// every axis that keeps its length. Checked against its forward for every mode, coordinate
+/// transform and nearest mode (tests/rules.rs).
+mod resize {
+    use super::super::builder::{attr, get_f, get_i, get_ints, get_s};
+    use super::{Ctx, Grads, GraphError};
+
+    /// `coordinate_transformation_mode`: an output index's position in the input.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum Coordinates {
+        HalfPixel,
+        HalfPixelSymmetric,
+        PytorchHalfPixel,
+        TfHalfPixelForNn,
+        AlignCorners,
+        Asymmetric,
+    }
+
+    impl Coordinates {
+        fn parse(c: &Ctx, name: &str) -> Result<Self, GraphError> {
+            Ok(match name {
+                "half_pixel" => Coordinates::HalfPixel,
+                "half_pixel_symmetric" => Coordinates::HalfPixelSymmetric,
+                "pytorch_half_pixel" => Coordinates::PytorchHalfPixel,
+                "tf_half_pixel_for_nn" => Coordinates::TfHalfPixelForNn,
+                "align_corners" => Coordinates::AlignCorners,
+                "asymmetric" => Coordinates::Asymmetric,
+                "tf_crop_and_resize" => {
+                    return Err(c.unsupported(
+                        "coordinate_transformation_mode `tf_crop_and_resize` (a crop with constant \
+                         extrapolation); export the interpolation without it",
+                    ))
+                }
+                other => return Err(c.unsupported(&format!("coordinate_transformation_mode `{other}`"))),
+            })
+        }
+
+        /// The input coordinate of output index `x` (ONNX Runtime's formulas, in `f32`).
+        fn original(self, x: f32, scale: f32, out: f32, len: f32) -> f32 {
+            match self {
+                Coordinates::HalfPixel => (x + 0.5) / scale - 0.5,
+                Coordinates::PytorchHalfPixel if out > 1.0 => (x + 0.5) / scale - 0.5,
+                Coordinates::PytorchHalfPixel => 0.0,
+                Coordinates::TfHalfPixelForNn => (x + 0.5) / scale,
+                Coordinates::AlignCorners if out == 1.0 => 0.0,
+                Coordinates::AlignCorners => x * (len - 1.0) / (out - 1.0),
+                Coordinates::Asymmetric => x / scale,
+                Coordinates::HalfPixelSymmetric => {
+                    let adjustment = out / (scale * len);
+                    let offset = len / 2.0 * (1.0 - adjustment);
+                    (offset as f64 + (x as f64 + 0.5) / scale as f64 - 0.5) as f32
+                }
+            }
+        }
+    }
+
+    /// `nearest_mode`: which input index a coordinate between two takes.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum Nearest {
+        /// Upsample and Resize-10: truncate, or round up when downsampling.
+        Legacy,
+        RoundPreferFloor,
+        RoundPreferCeil,
+        Floor,
+        Ceil,
+    }
+
+    impl Nearest {
+        /// ONNX Runtime 1.31's choice (read off its CPU kernel): a coordinate within 1e-6 of a
+        /// half is a tie, so one just below `k + 0.5` in `f32` still rounds up with
+        /// `round_prefer_ceil`.
+        fn index(self, x: f32, downsampling: bool) -> i64 {
+            let tie = ((x - x.floor()) - 0.5).abs() <= 1e-6;
+            match self {
+                Nearest::Legacy if downsampling => x.ceil() as i64,
+                // `as` truncates toward zero, as the C++ cast does.
+                Nearest::Legacy => x as i64,
+                Nearest::RoundPreferCeil if tie => x.ceil() as i64,
+                Nearest::RoundPreferFloor if tie => x.floor() as i64,
+                Nearest::RoundPreferCeil | Nearest::RoundPreferFloor => x.round() as i64,
+                Nearest::Floor => x.floor() as i64,
+                Nearest::Ceil => x.ceil() as i64,
+            }
+        }
+    }
+
+    /// `mode` with its parameters.
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    enum Interpolation {
+        Nearest(Nearest),
+        Linear,
+        Cubic { a: f32, exclude_outside: bool },
+    }
+
+    /// The `(out, len)` matrix `M` of one axis, row by row: `y = M · x` along it.
+    fn matrix(how: Interpolation, coords: Coordinates, len: usize, out: usize, scale: f32) -> Vec<f64> {
+        let mut m = vec![0f64; out * len];
+        let last = len as i64 - 1;
+        for (x, row) in m.chunks_exact_mut(len).enumerate() {
+            let orig = coords.original(x as f32, scale, out as f32, len as f32);
+            match how {
+                Interpolation::Nearest(mode) => {
+                    row[mode.index(orig, scale < 1.0).clamp(0, last) as usize] = 1.0;
+                }
+                Interpolation::Linear => {
+                    let v = orig.min(last as f32).max(0.0);
+                    let x1 = (v as i64).min(last);
+                    let x2 = (x1 + 1).min(last);
+                    let (d1, d2) =
+                        if x1 == x2 { (0.5, 0.5) } else { ((v - x1 as f32).abs(), (v - x2 as f32).abs()) };
+                    row[x1 as usize] += d2 as f64;
+                    row[x2 as usize] += d1 as f64;
+                }
+                Interpolation::Cubic { a, exclude_outside } => {
+                    let floor = orig.floor();
+                    let mut w = cubic_coeffs(orig - floor, a);
+                    let first = floor as i64 - 1;
+                    if exclude_outside {
+                        for (k, wk) in w.iter_mut().enumerate() {
+                            if !(0..=last).contains(&(first + k as i64)) {
+                                *wk = 0.0;
+                            }
+                        }
+                        let sum: f32 = w.iter().sum();
+                        if sum != 0.0 {
+                            w.iter_mut().for_each(|wk| *wk /= sum);
+                        }
+                    }
+                    for (k, wk) in w.iter().enumerate() {
+                        row[(first + k as i64).clamp(0, last) as usize] += *wk as f64;
+                    }
+                }
+            }
+        }
+        m
+    }
+
+    /// Keys' cubic convolution weights of the taps at `-1, 0, 1, 2` from the floor, for fraction
+    /// `s` (ONNX Runtime's `GetCubicCoeffs`).
+    fn cubic_coeffs(s: f32, a: f32) -> [f32; 4] {
+        let near = |t: f32| ((a + 2.0) * t - (a + 3.0)) * t * t + 1.0;
+        let far = |t: f32| ((a * t - 5.0 * a) * t + 8.0 * a) * t - 4.0 * a;
+        [far(s + 1.0), near(s), near(1.0 - s), far(2.0 - s)]
+    }
+
+    /// `v` (one value per axis in `axes`, or per axis of the input) spread over all `rank` axes.
+    fn on_axes<T: Copy>(v: &[T], axes: Option<&[usize]>, rank: usize, default: T) -> Option<Vec<T>> {
+        match axes {
+            None => (v.len() == rank).then(|| v.to_vec()),
+            Some(axes) if axes.len() == v.len() => {
+                let mut full = vec![default; rank];
+                for (&a, &x) in axes.iter().zip(v) {
+                    full[a] = x;
+                }
+                Some(full)
+            }
+            Some(_) => None,
+        }
+    }
+
+    /// The scale of every axis, as ONNX Runtime uses it in the coordinate transforms: the
+    /// `scales` input (or Upsample-7's attribute) when given, else `sizes / input` per axis (one
+    /// common scale under `keep_aspect_ratio_policy`).
+    fn scales(c: &Ctx, legacy: bool, xs: &[i64], ys: &[i64]) -> Result<Vec<f32>, GraphError> {
+        let rank = xs.len();
+        let axes: Option<Vec<usize>> = match get_ints(c.node, "axes") {
+            None => None,
+            Some(axes) => {
+                let axes: Option<Vec<usize>> = axes
+                    .iter()
+                    .map(|&a| if a < 0 { a + rank as i64 } else { a })
+                    .map(|a| usize::try_from(a).ok().filter(|&a| a < rank))
+                    .collect();
+                let mut sorted = axes.clone().ok_or_else(|| c.unsupported("an axis out of range"))?;
+                sorted.sort_unstable();
+                sorted.dedup();
+                if sorted.len() != axes.as_ref().map_or(0, Vec::len) {
+                    return Err(c.unsupported("an axis listed twice"));
+                }
+                axes
+            }
+        };
+        let axes = axes.as_deref();
+        let mismatch = || c.unsupported("scales or sizes that do not match the input's rank (or `axes`)");
+        if c.node.op_type == "Upsample" && c.node.input.len() < 2 {
+            let given =
+                attr(c.node, "scales").map(|a| a.floats.clone()).ok_or_else(|| c.unsupported("no scales"))?;
+            return on_axes(&given, None, rank, 1.0).ok_or_else(mismatch);
+        }
+        let (scales_at, sizes_at) = if legacy { (1, None) } else { (2, Some(3)) };
+        let given = match c.node.input.get(scales_at).filter(|s| !s.is_empty()) {
+            None => None,
+            Some(name) => match c.const_floats(name) {
+                Some(v) if v.is_empty() => None,
+                Some(v) => Some(v),
+                None if c.shape(name).is_ok_and(|s| s.contains(&0)) => None,
+                None => return Err(c.unsupported(&format!("input `scales` (`{name}`) must be a constant"))),
+            },
+        };
+        if let Some(given) = given {
+            let given: Vec<f32> = given.iter().map(|&v| v as f32).collect();
+            let scales = on_axes(&given, axes, rank, 1.0).ok_or_else(mismatch)?;
+            if scales.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+                return Err(c.unsupported("scales that are not positive"));
+            }
+            return Ok(scales);
+        }
+        let sizes = sizes_at
+            .and_then(|i| c.node.input.get(i))
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| c.unsupported("neither scales nor sizes"))?;
+        let ratio = |a: usize, to: i64| if xs[a] == 0 { 1.0 } else { to as f32 / xs[a] as f32 };
+        let policy = get_s(c.node, "keep_aspect_ratio_policy", "stretch");
+        if policy == "stretch" {
+            return Ok((0..rank).map(|a| ratio(a, ys[a])).collect());
+        }
+        // One scale for every axis in `axes` (or every axis), from the requested sizes.
+        let requested = c.const_ints(sizes).ok_or_else(|| {
+            c.unsupported(&format!(
+                "input `sizes` (`{sizes}`) must be a constant with keep_aspect_ratio_policy"
+            ))
+        })?;
+        let requested = on_axes(&requested, axes, rank, 0).ok_or_else(mismatch)?;
+        let chosen: Vec<usize> = axes.map_or_else(|| (0..rank).collect(), <[usize]>::to_vec);
+        let each = chosen.iter().map(|&a| ratio(a, requested[a]));
+        let common = match policy.as_str() {
+            "not_larger" => each.fold(f32::MAX, f32::min),
+            "not_smaller" => each.fold(f32::MIN_POSITIVE, f32::max),
+            other => return Err(c.unsupported(&format!("keep_aspect_ratio_policy `{other}`"))),
+        };
+        Ok((0..rank).map(|a| if chosen.contains(&a) { common } else { 1.0 }).collect())
+    }
+
+    /// The rule: `g` times each resized axis' matrix, from the last axis to the first.
+    pub(super) fn grad(c: &mut Ctx, gy: &str) -> Grads {
+        let (xs, ys) = (c.shape(c.x(0))?, c.shape(c.y(0))?);
+        if xs.len() != ys.len() || xs.is_empty() {
+            return Err(c.unsupported("an output of another rank than its input"));
+        }
+        // Upsample and Resize-10: asymmetric coordinates, their own nearest rounding.
+        let legacy = c.node.op_type == "Upsample" || c.b.opset <= 10;
+        let how = match get_s(c.node, "mode", "nearest").as_str() {
+            "nearest" if legacy => Interpolation::Nearest(Nearest::Legacy),
+            "nearest" => {
+                Interpolation::Nearest(match get_s(c.node, "nearest_mode", "round_prefer_floor").as_str() {
+                    "round_prefer_floor" => Nearest::RoundPreferFloor,
+                    "round_prefer_ceil" => Nearest::RoundPreferCeil,
+                    "floor" => Nearest::Floor,
+                    "ceil" => Nearest::Ceil,
+                    other => return Err(c.unsupported(&format!("nearest_mode `{other}`"))),
+                })
+            }
+            "linear" => Interpolation::Linear,
+            "cubic" if !legacy => Interpolation::Cubic {
+                a: get_f(c.node, "cubic_coeff_a", -0.75),
+                exclude_outside: get_i(c.node, "exclude_outside", 0) != 0,
+            },
+            other => return Err(c.unsupported(&format!("mode `{other}`"))),
+        };
+        let coords = if legacy {
+            Coordinates::Asymmetric
+        } else {
+            Coordinates::parse(c, &get_s(c.node, "coordinate_transformation_mode", "half_pixel"))?
+        };
+        let scales = scales(c, legacy, &xs, &ys)?;
+        // Antialiasing filters only when downsampling: upsampling with it is plain interpolation,
+        // except that ONNX Runtime's antialiased kernel copies every axis that keeps its length.
+        let antialias = get_i(c.node, "antialias", 0) != 0;
+        if antialias && scales.iter().any(|&s| s < 1.0) {
+            return Err(c.unsupported("antialias = 1 when downsampling; export with antialias=False"));
+        }
+        let rank = xs.len();
+        let mut g = gy.to_string();
+        // An empty output: nothing flows back.
+        if xs.contains(&0) || ys.contains(&0) {
+            let zeros = c.b.zeros_like(c.x(0), c.dtype);
+            return Ok(with_no_more_grads(c, zeros));
+        }
+        // ONNX Runtime copies the input when the output has its shape, whatever the scales.
+        if xs == ys {
+            return Ok(with_no_more_grads(c, g));
+        }
+        for axis in (0..rank).rev() {
+            let (len, out, scale) = (xs[axis], ys[axis], scales[axis]);
+            // ONNX Runtime copies an axis of scale 1 whatever the coordinate transform.
+            if len == out && (scale == 1.0 || antialias) {
+                continue;
+            }
+            let (Ok(len), Ok(out)) = (usize::try_from(len), usize::try_from(out)) else {
+                return Err(c.unsupported("a negative dimension"));
+            };
+            if scale == 1.0 {
+                return Err(c.unsupported("an output size that does not match the scales"));
+            }
+            c.check_matrix_size(out, len)?;
+            let m = matrix(how, coords, len, out, scale);
+            if len == out
+                && m.iter().enumerate().all(|(k, &v)| v == if k % (len + 1) == 0 { 1.0 } else { 0.0 })
+            {
+                continue;
+            }
+            if axis == 0 {
+                return Err(c.unsupported(
+                    "a resized axis 0 (the batch, whose size the backward graph cannot fix); \
+                     resize the other axes only",
+                ));
+            }
+            g = c.matmul_axis(&g, axis, rank, &m, (out, len))?;
+        }
+        Ok(with_no_more_grads(c, g))
+    }
+
+    /// `g` for the input, nothing for roi, scales and sizes.
+    fn with_no_more_grads(c: &Ctx, g: String) -> Vec<Option<String>> {
+        let mut grads = vec![Some(g)];
+        grads.resize(c.node.input.len().max(1), None);
+        grads
+    }
 }
