@@ -164,7 +164,7 @@ fn methods_of(list: &Value) -> Vec<Method> {
 /// shape, the classes core resolves, the target scores (to [`TOL`]), each method's map at the
 /// layer before upsampling (to [`TOL`]) and its final map (to [`UPSAMPLED_TOL`]); where the
 /// fixtures hold them, the six metrics of grad-cam's own Grad-CAM maps with the target as
-/// explained (ROAD noise 0, to [`TOL`]).
+/// explained (ROAD noise 0, to [`TOL`] of the target scores' scale).
 /// `gradient_free`: also ScoreCAM and AblationCAM where grad-cam ran them (a forward pass per
 /// channel; the suites run them on one file per backend).
 pub fn check_targets(label: &str, model: &mut dyn CamModel, reference: &TargetModel, gradient_free: bool) {
@@ -209,9 +209,18 @@ pub fn check_targets(label: &str, model: &mut dyn CamModel, reference: &TargetMo
             let options = MetricOptions { road_noise: 0.0, seed: 0 };
             let values = evaluate(model, input.view(), maps, &e.target, &e.classes, &metrics, &options)
                 .unwrap_or_else(|err| panic!("{what}: evaluate: {err}"));
+            // Metrics are differences of target scores: "close" is relative to the scores' scale
+            // (a one-logit ViT's score moves by 4e-3 when ROAD removes pixels; 5e-7 is float noise).
+            let scale = case.scores.iter().fold(0f32, |m, v| m.max(v.abs()));
             for (got, (metric, want)) in values.iter().zip(&case.metrics) {
-                let (got, want) = (Array1::from(got.values.clone()), Array1::from(want.clone()));
-                assert_close(&format!("{what} {metric}"), got.view(), want.view(), TOL);
+                for (b, (g, w)) in got.values.iter().zip(want).enumerate() {
+                    let limit = TOL * scale.max(w.abs());
+                    assert!(
+                        (g - w).abs() <= limit,
+                        "{what} {metric} image {b}: {g} vs grad-cam's {w} (> {limit:e})"
+                    );
+                }
+                assert_eq!(got.values.len(), want.len(), "{what} {metric}: images");
             }
         }
     }
