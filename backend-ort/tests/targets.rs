@@ -4,11 +4,11 @@
 #![cfg(feature = "ort")]
 
 use backend_ort::OnnxModel;
-use tests::targets::{check_targets, target_models};
+use tests::targets::{check_targets, target_model};
 
 /// Both exports of `key`; ScoreCAM and AblationCAM (a forward pass per channel) on the legacy one.
 fn check(key: &str) {
-    let reference = target_models().into_iter().find(|m| m.key == key).unwrap_or_else(|| panic!("no {key}"));
+    let reference = target_model(key);
     for kind in ["legacy_onnx", "dynamo_onnx"] {
         let path = reference.file(kind);
         let mut model = OnnxModel::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -16,27 +16,4 @@ fn check(key: &str) {
     }
 }
 
-#[test]
-fn binary_resnet18() {
-    check("resnet18_binary");
-}
-
-#[test]
-fn binary_vit() {
-    check("vit_binary");
-}
-
-#[test]
-fn segmentation_fcn() {
-    check("fcn");
-}
-
-#[test]
-fn similarity_resnet18() {
-    check("resnet18_embed");
-}
-
-#[test]
-fn similarity_vit() {
-    check("vit_embed");
-}
+tests::target_tests!(check);

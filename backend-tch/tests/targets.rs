@@ -2,39 +2,16 @@
 //! embedding) against pytorch-grad-cam 1.5.7's targets for them ([`tests::targets`]).
 
 use backend_tch::{DeviceChoice, TorchScriptModel};
-use tests::targets::{check_targets, target_models};
+use tests::targets::{check_targets, target_model};
 
 fn check(key: &str) {
-    let reference = target_models().into_iter().find(|m| m.key == key).unwrap_or_else(|| panic!("no {key}"));
+    let reference = target_model(key);
     let path = reference.file("traced");
     let mut model = TorchScriptModel::load(&path, DeviceChoice::Cpu).unwrap_or_else(|e| panic!("{key}: {e}"));
     check_targets("tch traced", &mut model, &reference, true);
 }
 
-#[test]
-fn binary_resnet18() {
-    check("resnet18_binary");
-}
-
-#[test]
-fn binary_vit() {
-    check("vit_binary");
-}
-
-#[test]
-fn segmentation_fcn() {
-    check("fcn");
-}
-
-#[test]
-fn similarity_resnet18() {
-    check("resnet18_embed");
-}
-
-#[test]
-fn similarity_vit() {
-    check("vit_embed");
-}
+tests::target_tests!(check);
 
 /// `--aug-smooth` on a segmentation with a mask: each of the six copies explains the mask as the
 /// copy sees it (mirrored on mirrored copies), so the smoothed map is the mean of six plain
@@ -44,7 +21,7 @@ fn similarity_vit() {
 fn aug_smooth_segmentation_mirrors_the_mask() {
     use gradcam_core::{explain, CamOptions, Method, Target, AUGMENTATIONS};
     use ndarray::{s, Array3, Ix2, Ix4};
-    let reference = target_models().into_iter().find(|m| m.key == "fcn").expect("fcn");
+    let reference = target_model("fcn");
     let mut model = TorchScriptModel::load(&reference.file("traced"), DeviceChoice::Cpu).expect("fcn loads");
     let input = tests::npy::<f32>(&reference.input).into_dimensionality::<Ix4>().unwrap();
     let mask = tests::npy::<f32>(tests::targets::targets_dir().join("mask.npy"))

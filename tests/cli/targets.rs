@@ -4,27 +4,26 @@
 
 use super::*;
 use ndarray::{Array2, Axis};
-use tests::targets::{concept_file, mask_png, target_models, targets_dir, TargetModel};
+use tests::targets::{concept_file, mask_png, target_model, targets_dir, TargetModel};
 use tests::{assert_close, npy, UPSAMPLED_TOL};
 
-fn model(key: &str) -> TargetModel {
-    target_models().into_iter().find(|m| m.key == key).unwrap_or_else(|| panic!("no target fixture {key}"))
-}
-
-/// `gradcam explain` on the fixture's own input batch (`.npy`, used as is) with `--json` and
-/// `--npy-out maps.npy`; the JSON and the final maps, in image order.
+/// `gradcam explain` on fixture model `m`'s own input batch (`.npy`, used as is) and its
+/// reference layer, from its file of kind `kind`, with `--json` and `--npy-out maps.npy`; the
+/// JSON and the final maps, in image order.
 fn explain(
     dir: &Path,
     backend: &str,
-    file: &Path,
-    input: &Path,
+    m: &TargetModel,
+    kind: &str,
     extra: &[&str],
 ) -> (Value, Vec<Array2<f32>>) {
     let _ = std::fs::remove_dir_all(dir.join("gradcam-out"));
     let _ = std::fs::remove_file(dir.join("maps.npy"));
-    let mut args: Vec<String> =
-        ["explain", &input.display().to_string(), "--backend", backend, "--model"].map(String::from).to_vec();
-    args.push(file.display().to_string());
+    let mut args: Vec<String> = ["explain", &m.input.display().to_string(), "--backend", backend, "--model"]
+        .map(String::from)
+        .to_vec();
+    // The reference's layer: the automatic choice of the segmenter is its 1x1 classifier's output.
+    args.extend([m.file(kind).display().to_string(), "--layer".into(), m.layer.clone()]);
     args.extend(["--json", "--pictures", "heatmap", "--npy-out", "maps.npy"].map(String::from));
     args.extend(extra.iter().map(|s| s.to_string()));
     let out = command(dir, &args).output().expect("the gradcam binary runs");
@@ -60,13 +59,12 @@ fn check(
 fn binary_models_explain_the_predicted_class_or_the_other() {
     let dir = workdir("target-binary");
     for key in ["resnet18_binary", "vit_binary"] {
-        let m = model(key);
-        let (summary, maps) = explain(&dir, "ort", &m.file("legacy_onnx"), &m.input, &["--target", "binary"]);
+        let m = target_model(key);
+        let (summary, maps) = explain(&dir, "ort", &m, "legacy_onnx", &["--target", "binary"]);
         check(key, &summary, &maps, &m, "predicted", "binary");
         let score = summary["images"][0]["target_score"].as_str().unwrap().to_owned();
         assert!(score.starts_with("binary logit"), "{score}");
-        let (summary, maps) =
-            explain(&dir, "ort", &m.file("legacy_onnx"), &m.input, &["--target", "binary", "--top", "2"]);
+        let (summary, maps) = explain(&dir, "ort", &m, "legacy_onnx", &["--target", "binary", "--top", "2"]);
         let opposite: Vec<Array2<f32>> = maps.iter().skip(1).step_by(2).cloned().collect();
         let case = m.cases.iter().find(|c| c.case == "opposite").unwrap();
         let want = npy::<f32>(case.dir.join("cam_gradcam.npy"));
@@ -86,20 +84,15 @@ fn binary_models_explain_the_predicted_class_or_the_other() {
 #[test]
 fn segmentation_with_a_mask_picture_and_without() {
     let dir = workdir("target-segmentation");
-    let m = model("fcn");
+    let m = target_model("fcn");
     let mask = mask_png().display().to_string();
     let with_mask = ["--target", "segmentation", "--class", "1", "--mask", mask.as_str()];
-    let (summary, maps) = explain(&dir, "ort", &m.file("legacy_onnx"), &m.input, &with_mask);
+    let (summary, maps) = explain(&dir, "ort", &m, "legacy_onnx", &with_mask);
     check("fcn mask", &summary, &maps, &m, "mask", "segmentation");
     let argmax = m.cases.iter().find(|c| c.case == "argmax").unwrap();
     let class = argmax.classes[0].to_string();
-    let (summary, maps) = explain(
-        &dir,
-        "ort",
-        &m.file("legacy_onnx"),
-        &m.input,
-        &["--target", "segmentation", "--class", &class],
-    );
+    let (summary, maps) =
+        explain(&dir, "ort", &m, "legacy_onnx", &["--target", "segmentation", "--class", &class]);
     check("fcn argmax", &summary, &maps, &m, "argmax", "segmentation");
     let text = summary["images"][0]["target_score"].as_str().unwrap();
     assert!(text.contains("where it wins"), "{text}");
@@ -109,10 +102,10 @@ fn segmentation_with_a_mask_picture_and_without() {
 #[test]
 fn similarity_to_a_concept_vector_in_torchscript() {
     let dir = workdir("target-similarity");
-    let m = model("resnet18_embed");
+    let m = target_model("resnet18_embed");
     let concept = concept_file("resnet18_embed").display().to_string();
     let (summary, maps) =
-        explain(&dir, "tch", &m.file("traced"), &m.input, &["--target", "similarity", "--concept", &concept]);
+        explain(&dir, "tch", &m, "traced", &["--target", "similarity", "--concept", &concept]);
     check("embed", &summary, &maps, &m, "concept", "similarity");
 }
 
@@ -120,7 +113,7 @@ fn similarity_to_a_concept_vector_in_torchscript() {
 #[test]
 fn the_text_report_says_the_score_and_no_class_table() {
     let dir = workdir("target-text");
-    let m = model("resnet18_binary");
+    let m = target_model("resnet18_binary");
     let args = [
         "explain",
         &chelsea(),
@@ -182,9 +175,8 @@ fn misused_targets_say_what_to_do() {
 #[test]
 fn method_auto_ranks_only_methods_that_explain_the_target() {
     let dir = workdir("target-auto");
-    let m = model("resnet18_binary");
-    let (summary, _) =
-        explain(&dir, "ort", &m.file("legacy_onnx"), &m.input, &["--target", "binary", "--method", "auto"]);
+    let m = target_model("resnet18_binary");
+    let (summary, _) = explain(&dir, "ort", &m, "legacy_onnx", &["--target", "binary", "--method", "auto"]);
     let chosen = summary["method_chosen_automatically"]["method"].as_str().expect("a chosen method");
     assert_ne!(chosen, "finercam");
 }

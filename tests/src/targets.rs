@@ -147,6 +147,14 @@ pub fn target_models() -> Vec<TargetModel> {
         .collect()
 }
 
+/// The target fixtures' model `key`.
+pub fn target_model(key: &str) -> TargetModel {
+    target_models()
+        .into_iter()
+        .find(|m| m.key == key)
+        .unwrap_or_else(|| panic!("no target fixture model `{key}`"))
+}
+
 /// The methods a manifest list names.
 fn methods_of(list: &Value) -> Vec<Method> {
     list.as_array()
@@ -234,4 +242,36 @@ pub fn mask_png() -> PathBuf {
 /// A concept vector file of the similarity fixtures.
 pub fn concept_file(model: &str) -> PathBuf {
     targets_dir().join(format!("concept_{model}.npy"))
+}
+
+/// One `#[test]` per target fixture model, each running `check(key)`: the same test names in
+/// every backend's suite.
+#[macro_export]
+macro_rules! target_tests {
+    ($check:path) => {
+        #[test]
+        fn binary_resnet18() {
+            $check("resnet18_binary");
+        }
+
+        #[test]
+        fn binary_vit() {
+            $check("vit_binary");
+        }
+
+        #[test]
+        fn segmentation_fcn() {
+            $check("fcn");
+        }
+
+        #[test]
+        fn similarity_resnet18() {
+            $check("resnet18_embed");
+        }
+
+        #[test]
+        fn similarity_vit() {
+            $check("vit_embed");
+        }
+    };
 }
