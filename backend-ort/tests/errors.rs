@@ -98,16 +98,16 @@ fn a_model_that_works_is_the_baseline() {
     }
 }
 
-/// A model whose first output is not `(B, K)` logits (here a `(B, C, H, W)` map) is refused
-/// with the shape it has, so the user sees why.
+/// A model whose first output is a `(B, C, H, W)` map is captured (flattened per image, with
+/// its shape); explaining a class of it is refused with that shape and the target that fits.
 #[test]
-fn a_four_d_output_is_refused_with_its_shape() {
+fn a_four_d_output_is_captured_and_a_class_of_it_refused() {
     let path = temp("map_head.onnx", &tiny_model_on("Identity", "r"));
-    let err = match OnnxModel::load(&path) {
-        Err(e) => e.to_string(),
-        Ok(mut model) => model.capture(input().view(), "layer1", None).map(|_| ()).unwrap_err().to_string(),
-    };
-    assert!(err.contains("[2, 4, 5, 4]") && err.contains("(B, K)"), "{err}");
+    let mut model = OnnxModel::load(&path).expect("a map head loads");
+    let plain = model.capture(input().view(), "layer1", None).expect("no target, no class to resolve");
+    assert_eq!((plain.logits.dim(), plain.output_shape.as_slice()), ((2, 80), &[4usize, 5, 4][..]));
+    let err = model.capture(input().view(), "layer1", Some(&Target::top_one())).unwrap_err().to_string();
+    assert!(err.contains("[4, 5, 4]") && err.contains("segmentation target"), "{err}");
 }
 
 #[test]
