@@ -324,8 +324,8 @@ fn explain_pass(
         (true, true) => Some(capture_layers(model, input, layers, target, Some(&finer_seed), options)?.1),
         _ => None,
     };
-    let target = &target.bind(logits.view(), &output_shape)?;
-    let classes = target.resolve_output(logits.view(), &output_shape)?;
+    let (bound, classes) = target.bind(logits.view(), &output_shape)?;
+    let target = &bound;
     let original_scores = target.scores(logits.view(), &classes)?;
 
     if forward.total == 0 {
@@ -521,6 +521,7 @@ impl ForwardPasses<'_> {
         let mut chunk = Array4::<f32>::zeros((step.min(channels), in_c, in_h, in_w));
         for (b, &class) in classes.iter().enumerate().take(batch) {
             let image = input.index_axis(Axis(0), b);
+            let image_target = target.image(b);
             for start in (0..channels).step_by(step) {
                 let end = (start + step).min(channels);
                 let n = end - start;
@@ -534,7 +535,7 @@ impl ForwardPasses<'_> {
                     }
                 }
                 let logits = model.forward(chunk.view())?;
-                self.record(logits, &target.image(b), class, scores.slice_mut(s![b, start..end]))?;
+                self.record(logits, &image_target, class, scores.slice_mut(s![b, start..end]))?;
             }
         }
         Ok(scores)
@@ -583,6 +584,7 @@ impl ForwardPasses<'_> {
             let image = input.slice(s![b..b + 1, .., .., ..]);
             let one = native.slice_axis(Axis(0), (b..b + 1).into());
             let min = one.iter().copied().fold(f32::INFINITY, f32::min);
+            let image_target = target.image(b);
             for start in (0..channels).step_by(step) {
                 let end = (start + step).min(channels);
                 let n = end - start;
@@ -607,7 +609,7 @@ impl ForwardPasses<'_> {
                     }
                 };
                 let logits = model.forward_with_activation(inputs, &layer.name, view)?;
-                self.record(logits, &target.image(b), class, scores.slice_mut(s![b, start..end]))?;
+                self.record(logits, &image_target, class, scores.slice_mut(s![b, start..end]))?;
             }
         }
         Ok(scores)

@@ -216,8 +216,9 @@ impl Target {
 
     /// This target with its classes resolved on `logits` (per-image shape `shape`), and a
     /// segmentation's argmax region resolved per image: what every later pass over other inputs
-    /// (ScoreCAM's masked copies, metrics' perturbed images, augmented copies) explains.
-    pub fn bind(&self, logits: ArrayView2<f32>, shape: &[usize]) -> Result<Target, CamError> {
+    /// (ScoreCAM's masked copies, metrics' perturbed images, augmented copies) explains; with
+    /// the classes it resolved.
+    pub fn bind(&self, logits: ArrayView2<f32>, shape: &[usize]) -> Result<(Target, Vec<usize>), CamError> {
         let classes = self.resolve_output(logits, shape)?;
         let score = match &self.score {
             TargetScore::Segmentation(Region::Argmax) => {
@@ -236,7 +237,7 @@ impl Target {
             }
             other => other.clone(),
         };
-        Ok(Target { classes: Classes::PerImage(classes), score })
+        Ok((Target { classes: Classes::PerImage(classes.clone()), score }, classes))
     }
 
     /// This (bound) target for image `image` of its batch alone: its class for every row, and
@@ -421,8 +422,7 @@ pub trait Seed {
 
 impl Seed for Target {
     fn seed(&self, logits: ArrayView2<f32>, shape: &[usize]) -> Result<Array2<f32>, CamError> {
-        let bound = self.bind(logits, shape)?;
-        let classes = bound.resolve_output(logits, shape)?;
+        let (bound, classes) = self.bind(logits, shape)?;
         Ok(bound.seed_for(logits, &classes))
     }
 }

@@ -21,8 +21,8 @@ fn numeric_seed(target: &Target, logits: &Array2<f32>, classes: &[usize]) -> Arr
 }
 
 fn assert_seed_is_gradient(target: &Target, logits: &Array2<f32>, shape: &[usize]) {
-    let bound = target.bind(logits.view(), shape).unwrap();
-    let classes = bound.resolve_output(logits.view(), shape).unwrap();
+    let (bound, classes) = target.bind(logits.view(), shape).unwrap();
+    assert_eq!(bound.resolve_output(logits.view(), shape).unwrap(), classes, "a bound target resolves alike");
     let seed = bound.seed_for(logits.view(), &classes);
     let numeric = numeric_seed(&bound, logits, &classes);
     for (a, b) in seed.iter().zip(numeric.iter()) {
@@ -83,11 +83,11 @@ fn binary_classes_are_the_prediction_and_its_opposite() {
 fn segmentation_sums_the_class_plane_over_the_region() {
     // (C=2, H=1, W=3): class 0 wins pixels 0 and 2, class 1 pixel 1.
     let logits = array![[5.0f32, 1.0, 4.0, 2.0, 3.0, 0.0]];
-    let argmax = Target::segmentation(0, None).bind(logits.view(), &[2, 1, 3]).unwrap();
+    let argmax = Target::segmentation(0, None).bind(logits.view(), &[2, 1, 3]).unwrap().0;
     assert_eq!(argmax.scores(logits.view(), &[0]).unwrap(), vec![9.0]);
     let TargetScore::Segmentation(Region::PerImage(masks)) = &argmax.score else { panic!("{argmax:?}") };
     assert_eq!(masks.row(0).to_vec(), vec![1.0, 0.0, 1.0]);
-    let class1 = Target::segmentation(1, None).bind(logits.view(), &[2, 1, 3]).unwrap();
+    let class1 = Target::segmentation(1, None).bind(logits.view(), &[2, 1, 3]).unwrap().0;
     assert_eq!(class1.scores(logits.view(), &[1]).unwrap(), vec![3.0]);
     let masked = Target::segmentation(1, Some(array![[1.0f32, 1.0, 0.0]]));
     assert_eq!(masked.scores(logits.view(), &[1]).unwrap(), vec![5.0]);
