@@ -73,6 +73,7 @@ fn rule(method: Method) -> Option<Rule> {
         Method::Fem => Rule::ActivationWeights(fem_weight),
         Method::KpcaCam => Rule::Projection(kernel_projection),
         Method::ScoreCam | Method::AblationCam | Method::RandomCam => return None,
+        Method::GuidedBackprop | Method::GuidedGradCam => return None,
     })
 }
 

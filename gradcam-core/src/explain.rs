@@ -14,8 +14,8 @@ use crate::layout::nhwc_to_nchw;
 use crate::resize::upsample_align_corners;
 use crate::tokens::fold_tokens;
 use crate::{
-    CamError, CamModel, FinerSeed, LayerTensor, LayerView, Layout, LegacyRandom, Method, Seed, Target,
-    TokenGrid,
+    CamError, CamModel, FinerSeed, LayerTensor, LayerView, Layout, LegacyRandom, Method, ReluBackward, Seed,
+    Target, TokenGrid,
 };
 
 /// Progress callback: `(done, total)` forward passes of ScoreCAM / AblationCAM.
@@ -97,6 +97,11 @@ pub struct Explanation {
     pub maps: Array3<f32>,
     /// Per-layer maps at activation resolution, in the order the layers were given.
     pub layers: Vec<LayerCam>,
+    /// A pixel-space method's answer ([`Method::is_pixel_space`]), `(B, 3, H_in, W_in)`:
+    /// guided backprop's input gradient times [`Explanation::maps`], which are Grad-CAM's maps
+    /// (and `layers` its layers) for guided Grad-CAM and all ones for guided backprop. `None`
+    /// for every other method.
+    pub pixels: Option<Array4<f32>>,
 }
 
 /// One layer's map at activation resolution.
@@ -174,6 +179,11 @@ fn fold(
 /// resolved once, on the unaugmented input (its pass is one of the six), and every augmented pass
 /// explains that class; pytorch-grad-cam with `targets=None` takes each augmented input's own
 /// top-1 instead, which differs only where a flip or a 10 % contrast change moves the top-1.
+///
+/// The pixel-space methods ([`Method::PIXEL`]) take one guided backward pass to the input
+/// ([`CamModel::input_gradient`]) on the unaugmented input, as pytorch-grad-cam's
+/// `GuidedBackpropReLUModel` does, for every image of the batch (it explains the first image
+/// only); guided Grad-CAM multiplies it by the Grad-CAM maps, run here when `methods` lacks them.
 pub fn explain(
     model: &mut dyn CamModel,
     input: ArrayView4<f32>,
@@ -189,6 +199,67 @@ pub fn explain(
     if methods.is_empty() {
         return Err(CamError::Unsupported("no CAM method given".into()));
     }
+    if !methods.iter().any(|m| m.is_pixel_space()) {
+        return explain_maps(model, input, layers, methods, target, options);
+    }
+    let mut heatmap_methods: Vec<Method> = methods.iter().copied().filter(|m| !m.is_pixel_space()).collect();
+    let borrowed_gradcam = methods.contains(&Method::GuidedGradCam) && !methods.contains(&Method::GradCam);
+    if borrowed_gradcam {
+        heatmap_methods.push(Method::GradCam);
+    }
+    let mut heatmaps = if heatmap_methods.is_empty() {
+        Vec::new()
+    } else {
+        explain_maps(model, input, layers, &heatmap_methods, target, options)?
+    };
+    let gradcam = heatmaps.iter().find(|e| e.method == Method::GradCam).cloned();
+    if borrowed_gradcam {
+        heatmaps.pop();
+    }
+    let guided = model.input_gradient(input, target, ReluBackward::Guided)?;
+    if guided.gradient.dim() != input.dim() {
+        return Err(CamError::Shape(format!(
+            "the backend returned an input gradient of shape {:?} for an input of shape {:?}",
+            guided.gradient.shape(),
+            input.shape()
+        )));
+    }
+    let (bound, classes) = target.bind(guided.logits.view(), &guided.output_shape)?;
+    let mut heatmaps = heatmaps.into_iter();
+    let mut out = Vec::with_capacity(methods.len());
+    for &method in methods {
+        if !method.is_pixel_space() {
+            out.push(heatmaps.next().expect("one explanation per heatmap method"));
+            continue;
+        }
+        let (maps, layers) = match (&gradcam, method) {
+            (Some(g), Method::GuidedGradCam) => (g.maps.clone(), g.layers.clone()),
+            _ => (Array3::ones((batch, in_h, in_w)), Vec::new()),
+        };
+        let pixels = &guided.gradient * &maps.view().insert_axis(Axis(1));
+        out.push(Explanation {
+            method,
+            logits: guided.logits.clone(),
+            output_shape: guided.output_shape.clone(),
+            classes: classes.clone(),
+            target: bound.clone(),
+            maps,
+            layers,
+            pixels: Some(pixels),
+        });
+    }
+    Ok(out)
+}
+
+/// [`explain`] for heatmap methods only.
+fn explain_maps(
+    model: &mut dyn CamModel,
+    input: ArrayView4<f32>,
+    layers: &[&str],
+    methods: &[Method],
+    target: &Target,
+    options: &CamOptions,
+) -> Result<Vec<Explanation>, CamError> {
     let default_layer;
     let layers: Vec<&str> = if layers.is_empty() {
         default_layer = model.default_layer()?;
@@ -402,6 +473,7 @@ fn explain_pass(
             target: target.clone(),
             maps,
             layers: layer_cams,
+            pixels: None,
         });
     }
     Ok(explanations)

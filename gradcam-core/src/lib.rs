@@ -115,7 +115,7 @@ pub use metrics::{
     evaluate, Metric, MetricOptions, MetricValues, ROAD_COMBINED_PERCENTILES, ROAD_LEAST_PERCENTILE,
     ROAD_MOST_PERCENTILE,
 };
-pub use model::{default_layer_among, CamModel, Capture, LayerInfo};
+pub use model::{default_layer_among, CamModel, Capture, InputGradient, LayerInfo, ReluBackward};
 pub use random::LegacyRandom;
 pub use resize::{resize_bilinear, resize_bilinear_into, upsample_align_corners};
 pub use road::{impute, percentile, road_keep_mask, LegacyNormal, ROAD_NEIGHBOURS, ROAD_NOISE};

@@ -15,6 +15,7 @@ use crate::CamError;
 /// assert_eq!(m.to_string(), "gradcam++");
 /// assert!(!Method::EigenCam.needs_gradients());
 /// assert_eq!("kpcacam".parse::<Method>().unwrap(), Method::KpcaCam);
+/// assert!("guided-gradcam".parse::<Method>().unwrap().is_pixel_space());
 /// assert!("gradcam+".parse::<Method>().is_err());
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -57,10 +58,18 @@ pub enum Method {
     /// RandomCAM, a sanity baseline: channel weights drawn uniformly from `[-1, 1)` by numpy's
     /// legacy generator seeded with [`crate::CamOptions::seed`] ([`crate::LegacyRandom`]).
     RandomCam,
+    /// Guided backpropagation: `d score / d input` through ReLUs that pass only positive
+    /// gradients, a `(B, 3, H, W)` map in pixel space ([`crate::Explanation::pixels`]); needs
+    /// [`crate::CamModel::input_gradient`].
+    GuidedBackprop,
+    /// Guided Grad-CAM: the guided-backprop map times the Grad-CAM map of the same class,
+    /// `(B, 3, H, W)` in pixel space.
+    GuidedGradCam,
 }
 
 impl Method {
-    /// Every method, in a fixed order.
+    /// Every method whose answer is a `(B, H, W)` heatmap, in a fixed order: the candidates of
+    /// `--method auto` and the methods [`crate::evaluate`] scores.
     pub const ALL: [Method; 14] = [
         Method::GradCam,
         Method::GradCamPlusPlus,
@@ -77,6 +86,15 @@ impl Method {
         Method::FinerCam,
         Method::RandomCam,
     ];
+
+    /// The methods whose answer is a `(B, 3, H, W)` map in pixel space ([`Method::is_pixel_space`]).
+    pub const PIXEL: [Method; 2] = [Method::GuidedBackprop, Method::GuidedGradCam];
+
+    /// Whether the method's answer is a map of the input's pixels and channels (guided backprop),
+    /// not a heatmap over a layer.
+    pub fn is_pixel_space(self) -> bool {
+        Method::PIXEL.contains(&self)
+    }
 
     /// The command-line name (`gradcam`, `gradcam++`, ...).
     pub fn name(self) -> &'static str {
@@ -95,6 +113,8 @@ impl Method {
             Method::KpcaCam => "kpcacam",
             Method::FinerCam => "finercam",
             Method::RandomCam => "randomcam",
+            Method::GuidedBackprop => "guided-backprop",
+            Method::GuidedGradCam => "guided-gradcam",
         }
     }
 
@@ -115,7 +135,10 @@ impl Method {
     /// channel reduction of weighted activations. EigenCAM and EigenGradCAM already are a first
     /// principal component; FEM and KPCA-CAM ignore the flag there.
     pub fn supports_eigen_smooth(self) -> bool {
-        !matches!(self, Method::EigenCam | Method::EigenGradCam | Method::Fem | Method::KpcaCam)
+        !matches!(
+            self,
+            Method::EigenCam | Method::EigenGradCam | Method::Fem | Method::KpcaCam | Method::GuidedBackprop
+        )
     }
 
     /// Whether the method runs extra forward passes of the model (ScoreCAM, AblationCAM).
@@ -136,8 +159,9 @@ impl FromStr for Method {
     /// Parses a command-line name, case-insensitively; `_` is accepted for `-`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let wanted = s.trim().to_ascii_lowercase().replace('_', "-");
-        Method::ALL.into_iter().find(|m| m.name() == wanted).ok_or_else(|| {
-            let names: Vec<&str> = Method::ALL.iter().map(|m| m.name()).collect();
+        let every = || Method::ALL.into_iter().chain(Method::PIXEL);
+        every().find(|m| m.name() == wanted).ok_or_else(|| {
+            let names: Vec<&str> = every().map(|m| m.name()).collect();
             CamError::Unsupported(format!("unknown CAM method `{s}`; known methods: {}", names.join(", ")))
         })
     }

@@ -1,6 +1,6 @@
 //! The one trait a backend implements: a model that can be cut at a named layer.
 
-use ndarray::{Array2, ArrayView4};
+use ndarray::{Array2, Array4, ArrayView4};
 
 use crate::{Activations, CamError, Gradients, LayerTensor, LayerView, Seed};
 
@@ -39,6 +39,27 @@ impl Gradients for Capture {
     fn gradients(&self) -> LayerView<'_> {
         self.gradient.as_ref().expect("capture was made without a target, so it has no gradient").view()
     }
+}
+
+/// How a backward pass to the input treats the model's ReLUs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReluBackward {
+    /// Autograd's: the gradient passes where the ReLU's input was positive.
+    Plain,
+    /// Guided backpropagation's (Springenberg et al., pytorch-grad-cam's `GuidedBackpropReLU`):
+    /// it passes where the ReLU's input was positive *and* the gradient itself is positive.
+    Guided,
+}
+
+/// What a backward pass down to the input gives back ([`CamModel::input_gradient`]).
+#[derive(Clone, Debug)]
+pub struct InputGradient {
+    /// The model's first output, flattened per image, as in [`Capture::logits`].
+    pub logits: Array2<f32>,
+    /// Its per-image shape, as in [`Capture::output_shape`].
+    pub output_shape: Vec<usize>,
+    /// `d score / d input`, shaped like the input `(B, 3, H, W)`.
+    pub gradient: Array4<f32>,
 }
 
 /// A model that can be cut at a named layer. Each backend (candle, libtorch, ONNX Runtime)
@@ -83,6 +104,26 @@ pub trait CamModel {
         layer: &str,
         activation: LayerView<'_>,
     ) -> Result<Array2<f32>, CamError>;
+
+    /// Runs `input` `(B, 3, H, W)` forward and back-propagates `Σ seed(logits) · logits` down to
+    /// the input itself (guided backprop, guided Grad-CAM). With [`ReluBackward::Guided`] every
+    /// ReLU of the model passes only positive gradients on the way. No parameter gradients.
+    ///
+    /// A backend that cannot differentiate down to the input keeps this default, a typed
+    /// [`CamError::Unsupported`].
+    fn input_gradient(
+        &mut self,
+        input: ArrayView4<f32>,
+        seed: &dyn Seed,
+        relu: ReluBackward,
+    ) -> Result<InputGradient, CamError> {
+        let _ = (input, seed, relu);
+        Err(CamError::Unsupported(
+            "this backend cannot back-propagate to the input, which guided-backprop and guided-gradcam need; \
+             use another backend or a layer method such as gradcam"
+                .into(),
+        ))
+    }
 }
 
 /// The layer to explain when the user names none, among `layers` in forward order (as
