@@ -481,4 +481,5 @@ pub fn check_model(label: &str, model: &mut dyn CamModel, key: &str, methods: im
         }
     }
 }
+pub mod guided;
 pub mod targets;

@@ -1,0 +1,88 @@
+#!/usr/bin/env python3
+"""Generates the guided-backprop fixtures (not committed; scripts/make-fixtures runs it into OUT_DIR/guided after
+the model fixtures, whose weights and input it reads):
+
+  python tools/make_guided_fixtures.py OUT_DIR
+
+For each model fixture (resnet18: nn.ReLU modules, the ones grad-cam guides; vit_tiny: GELU only; lite0: ReLU6,
+which grad-cam leaves plain) and the two fixture images, with per-image classes (image 0: its second-best class,
+image 1: its top-1), it writes OUT_DIR/guided/<model>/:
+  classes.npy          int64 (B,)
+  guided.npy           (B, 3, H, W) grad-cam 1.5.7's GuidedBackpropReLUModel(model)(x[b:b+1], class_b), transposed
+                       back from its (H, W, 3); one call per image, as it explains the first image of a batch only
+  gradcam.npy          (B, H, W) GradCAM's final maps at the model's default layer for the same classes
+  guided_gradcam.npy   (B, 3, H, W) gradcam * guided, as grad-cam's cam.py builds cam_gb
+  deprocessed.npy      uint8 (B, H, W, 3) deprocess_image(guided[b] as (H, W, 3))
+  deprocessed_gradcam.npy  uint8 (B, H, W, 3) deprocess_image(cam_mask * gb), cam.py's guided Grad-CAM picture
+and OUT_DIR/guided/manifest.json (written last) with each model's layer.
+"""
+import json
+import os
+import sys
+
+import numpy as np
+import timm
+import torch
+from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam.guided_backprop import GuidedBackpropReLUModel
+from pytorch_grad_cam.utils.image import deprocess_image
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from safetensors.torch import load_file
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gradcam_ref import token_reshape  # noqa: E402
+
+LAYERS = {"resnet18": "layer4", "vit_tiny": "blocks.11.norm1", "lite0": "blocks.6"}
+
+
+def build(fixtures, key):
+    manifest = json.load(open(os.path.join(fixtures, "manifest.json")))
+    entry = manifest["models"][key]
+    model = timm.create_model(entry["arch"], pretrained=False)
+    state = load_file(os.path.join(fixtures, entry["files"]["safetensors"]))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected and all(k.endswith("num_batches_tracked") for k in missing), (missing, unexpected)
+    return model.eval()
+
+
+def main():
+    fixtures = sys.argv[1]
+    out = os.path.join(fixtures, "guided")
+    os.makedirs(out, exist_ok=True)
+    x = torch.from_numpy(np.load(os.path.join(fixtures, "input.npy")))
+    summary = {"generator": "tools/make_guided_fixtures.py", "input": "input.npy", "models": {}}
+    for key, layer in LAYERS.items():
+        model = build(fixtures, key)
+        with torch.no_grad():
+            logits = model(x).numpy()
+        order = np.argsort(-logits, axis=1, kind="stable")
+        classes = np.array([order[0, 1], order[1, 0]], dtype=np.int64)
+        reshape = token_reshape(1, 14, 14) if key == "vit_tiny" else None
+        target_layer = model.get_submodule(layer)
+        with GradCAM(model, [target_layer], reshape_transform=reshape) as cam:
+            gradcam = cam(x, [ClassifierOutputTarget(int(c)) for c in classes]).astype(np.float32)
+        guided, pictures, gradcam_pictures = [], [], []
+        for b, c in enumerate(classes):
+            gb = GuidedBackpropReLUModel(model=model, device="cpu")(x[b:b + 1].clone(), int(c))  # (H, W, 3)
+            guided.append(gb.transpose(2, 0, 1))
+            pictures.append(deprocess_image(gb))
+            cam_mask = np.stack([gradcam[b]] * 3, axis=-1)
+            gradcam_pictures.append(deprocess_image(cam_mask * gb))
+        guided = np.stack(guided).astype(np.float32)
+        d = os.path.join(out, key)
+        os.makedirs(d, exist_ok=True)
+        np.save(os.path.join(d, "classes.npy"), classes)
+        np.save(os.path.join(d, "guided.npy"), guided)
+        np.save(os.path.join(d, "gradcam.npy"), gradcam)
+        np.save(os.path.join(d, "guided_gradcam.npy"), (gradcam[:, None] * guided).astype(np.float32))
+        np.save(os.path.join(d, "deprocessed.npy"), np.stack(pictures))
+        np.save(os.path.join(d, "deprocessed_gradcam.npy"), np.stack(gradcam_pictures))
+        summary["models"][key] = {"layer": layer, "classes": classes.tolist(),
+                                  "guided_abs_max": float(np.abs(guided).max())}
+        print(f"guided {key}: classes {classes.tolist()}, |guided| max {np.abs(guided).max():.3g}", flush=True)
+    with open(os.path.join(out, "manifest.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
