@@ -3,11 +3,12 @@
 
 use std::path::Path;
 
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Tensor, Var};
 use gradcam_core::{
-    default_layer_among, near_matches, CamError, CamModel, Capture, LayerInfo, LayerTensor, LayerView, Seed,
+    default_layer_among, near_matches, CamError, CamModel, Capture, InputGradient, LayerInfo, LayerTensor,
+    LayerView, ReluBackward, Seed,
 };
-use ndarray::{Array2, ArrayView4};
+use ndarray::{Array2, Array4, ArrayView4};
 
 use crate::taps::TapRecord;
 use crate::{CandleError, Taps};
@@ -361,6 +362,37 @@ impl CamModel for CandleModel {
             }
         };
         Ok(Capture { logits, output_shape, activation, gradient })
+    }
+
+    fn input_gradient(
+        &mut self,
+        input: ArrayView4<f32>,
+        seed: &dyn Seed,
+        relu: ReluBackward,
+    ) -> Result<InputGradient, CamError> {
+        let x = Var::from_tensor(&to_tensor(input)?).map_err(CandleError::from)?;
+        let mut taps = match relu {
+            ReluBackward::Plain => Taps::default(),
+            ReluBackward::Guided => Taps::guided(),
+        };
+        let logits_t = self.net.forward(x.as_tensor(), &mut taps).map_err(CandleError::from)?;
+        let logits = to_logits(&logits_t)?;
+        let output_shape = vec![logits.ncols()];
+        let seed = seed.seed(logits.view(), &output_shape)?;
+        let seed = Tensor::from_slice(seed.as_slice().unwrap_or_default(), seed.dim(), &Device::Cpu)
+            .map_err(CandleError::from)?;
+        let grad = (|| -> candle_core::Result<Tensor> {
+            let grads = logits_t.mul(&seed)?.sum_all()?.backward()?;
+            match grads.get(x.as_tensor()) {
+                Some(g) => Ok(g.clone()),
+                None => x.as_tensor().zeros_like(),
+            }
+        })()
+        .map_err(CandleError::from)?;
+        let data = grad.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(CandleError::from)?;
+        let gradient = Array4::from_shape_vec(input.dim(), data)
+            .map_err(|e| CamError::Shape(format!("input gradient: {e}")))?;
+        Ok(InputGradient { logits, output_shape, gradient })
     }
 
     fn forward(&mut self, input: ArrayView4<f32>) -> Result<Array2<f32>, CamError> {

@@ -16,7 +16,6 @@ use rayon::prelude::*;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Act {
     None,
-    Relu,
     Relu6,
 }
 
@@ -24,7 +23,6 @@ impl Act {
     fn apply(self, v: f32) -> f32 {
         match self {
             Act::None => v,
-            Act::Relu => v.max(0.0),
             Act::Relu6 => v.clamp(0.0, 6.0),
         }
     }
@@ -33,16 +31,15 @@ impl Act {
     fn passes(self, y: f32) -> bool {
         match self {
             Act::None => true,
-            Act::Relu => y > 0.0,
             Act::Relu6 => y > 0.0 && y < 6.0,
         }
     }
 
-    /// The activation alone, as candle ops (differentiable).
-    pub(crate) fn forward(self, x: &Tensor) -> Result<Tensor> {
+    /// The activation alone, as candle ops (differentiable): the reference of the fused op.
+    #[cfg(test)]
+    fn forward(self, x: &Tensor) -> Result<Tensor> {
         match self {
             Act::None => Ok(x.clone()),
-            Act::Relu => x.relu(),
             Act::Relu6 => x.clamp(0f32, 6f32),
         }
     }
@@ -83,6 +80,31 @@ impl CustomOp1 for Attach {
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
         Ok(Some((self.grad)(grad_res)?))
+    }
+}
+
+/// ReLU whose backward is guided backprop's (pytorch-grad-cam's `GuidedBackpropReLU`): the
+/// gradient passes where the input was positive and the gradient itself is positive.
+pub(crate) fn guided_relu(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(GuidedRelu)
+}
+
+struct GuidedRelu;
+
+impl CustomOp1 for GuidedRelu {
+    fn name(&self) -> &'static str {
+        "gradcam-guided-relu"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(storage, layout)?;
+        Ok((CpuStorage::F32(x.iter().map(|v| v.max(0.0)).collect()), layout.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let positive = arg.gt(0f32)?.to_dtype(grad_res.dtype())?;
+        let rising = grad_res.gt(0f32)?.to_dtype(grad_res.dtype())?;
+        Ok(Some(grad_res.mul(&positive)?.mul(&rising)?))
     }
 }
 
@@ -586,7 +608,7 @@ mod tests {
         let x = rand(&[2, 3, 4, 5], 12).affine(4.0, 1.0).unwrap();
         let bn =
             BatchNorm::new(&[1.0, 0.5, 2.0], &[0.1, -0.2, 0.3], &[0.0, 0.5, -1.0], &[1.0, 2.0, 0.5], 1e-3);
-        for act in [Act::None, Act::Relu, Act::Relu6] {
+        for act in [Act::None, Act::Relu6] {
             let scale = Tensor::from_slice(&bn.scale[..], (1, 3, 1, 1), &Device::Cpu).unwrap();
             let shift = Tensor::from_slice(&bn.shift[..], (1, 3, 1, 1), &Device::Cpu).unwrap();
             let reference = |x: &Tensor| act.forward(&x.broadcast_mul(&scale)?.broadcast_add(&shift)?);

@@ -44,6 +44,8 @@ pub struct Taps {
     stop_after: Option<String>,
     stopped: Option<Tensor>,
     record: Option<Vec<TapRecord>>,
+    /// Guided backpropagation: every [`Taps::relu`] passes only positive gradients back.
+    guided: bool,
 }
 
 impl Taps {
@@ -53,6 +55,11 @@ impl Taps {
 
     pub(crate) fn cut(layer: &str) -> Self {
         Taps { cut: Some(layer.to_string()), ..Taps::default() }
+    }
+
+    /// A forward whose ReLUs back-propagate as guided backprop's ([`Taps::relu`]).
+    pub(crate) fn guided() -> Self {
+        Taps { guided: true, ..Taps::default() }
     }
 
     pub(crate) fn replace(layer: &str, activation: Tensor) -> Self {
@@ -123,6 +130,17 @@ impl Taps {
         }
         let y = module(x, self)?;
         self.visit(name, y, true)
+    }
+
+    /// A ReLU, as every `nn.ReLU` of a model must be written: plain, or with guided backprop's
+    /// backward when the backend asked for it (pytorch-grad-cam swaps exactly the `nn.ReLU`
+    /// modules; ReLU6 and GELU stay plain).
+    pub fn relu(&self, x: &Tensor) -> Result<Tensor> {
+        if self.guided {
+            crate::ops::guided_relu(x)
+        } else {
+            x.relu()
+        }
     }
 
     /// Whether the forward is still skipping towards its resume point.

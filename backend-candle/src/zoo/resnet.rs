@@ -84,7 +84,7 @@ impl Block {
             y = taps.tap(&format!("{n}.conv{i}"), cb.conv.forward(&y)?)?;
             if i < last {
                 y = taps.tap(&format!("{n}.bn{i}"), cb.bn.forward(&y, Act::None)?)?;
-                y = taps.tap(&format!("{n}.act{i}"), Act::Relu.forward(&y)?)?;
+                y = taps.tap(&format!("{n}.act{i}"), taps.relu(&y)?)?;
             } else {
                 y = taps.tap(&format!("{n}.bn{i}"), cb.bn.forward(&y, Act::None)?)?;
             }
@@ -107,7 +107,8 @@ impl Block {
                 taps.tap(&format!("{n}.downsample"), s)?
             }
         };
-        taps.tap(&format!("{n}.act{last}"), (y + shortcut)?.relu()?)
+        let y = taps.relu(&(y + shortcut)?)?;
+        taps.tap(&format!("{n}.act{last}"), y)
     }
 }
 
@@ -184,15 +185,17 @@ impl CandleCamNet for ResNet {
             Stem::Deep(a, b, c) => {
                 let x = taps.tap("conv1.0", a.conv.forward(x)?)?;
                 let x = taps.tap("conv1.1", a.bn.forward(&x, Act::None)?)?;
-                let x = taps.tap("conv1.2", x.relu()?)?;
+                let x = taps.relu(&x)?;
+                let x = taps.tap("conv1.2", x)?;
                 let x = taps.tap("conv1.3", b.conv.forward(&x)?)?;
                 let x = taps.tap("conv1.4", b.bn.forward(&x, Act::None)?)?;
-                let x = taps.tap("conv1.5", x.relu()?)?;
+                let x = taps.relu(&x)?;
+                let x = taps.tap("conv1.5", x)?;
                 taps.tap("conv1.6", c.forward(&x)?)
             }
         })?;
         let x = taps.sequential("bn1", &x, |x, _| self.bn1.forward(x, Act::None))?;
-        let x = taps.sequential("act1", &x, |x, _| x.relu())?;
+        let x = taps.sequential("act1", &x, |x, taps| taps.relu(x))?;
         let mut x = taps.sequential("maxpool", &x, |x, _| max_pool_3x3_s2(x))?;
         for (s, blocks) in self.stages.iter().enumerate() {
             x = taps.sequential(&format!("layer{}", s + 1), &x, |x, taps| {

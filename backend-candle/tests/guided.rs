@@ -1,0 +1,45 @@
+//! Guided backprop and guided Grad-CAM against pytorch-grad-cam 1.5.7 on the model fixtures
+//! ([`tests::guided::check_guided`]), and the guided ReLU's own effect.
+
+#![cfg(feature = "candle")]
+use backend_candle::CandleModel;
+use gradcam_core::{CamModel, ReluBackward, Target};
+use tests::guided::check_guided;
+use tests::{close, input, manifest, require, TOL};
+
+fn load(key: &str) -> CandleModel {
+    let arch = manifest()["models"][key]["arch"].as_str().expect("arch in manifest").to_string();
+    CandleModel::from_safetensors(&require(format!("{key}.safetensors")), &arch)
+        .unwrap_or_else(|e| panic!("{key}: {e}"))
+}
+
+#[test]
+fn resnet18_guided_matches_grad_cam() {
+    check_guided("candle", &mut load("resnet18"), "resnet18");
+}
+
+#[test]
+fn vit_tiny_guided_matches_grad_cam() {
+    check_guided("candle", &mut load("vit_tiny"), "vit_tiny");
+}
+
+#[test]
+fn lite0_guided_matches_grad_cam() {
+    check_guided("candle", &mut load("lite0"), "lite0");
+}
+
+/// The guided ReLUs change a ResNet's input gradient (so a forward that forgot them fails
+/// here), and change nothing in a ViT, which has none.
+#[test]
+fn only_relus_are_guided() {
+    let input = input();
+    let target = Target::top_one();
+    for (key, has_relu) in [("resnet18", true), ("vit_tiny", false)] {
+        let mut model = load(key);
+        let plain = model.input_gradient(input.view(), &target, ReluBackward::Plain).unwrap();
+        let guided = model.input_gradient(input.view(), &target, ReluBackward::Guided).unwrap();
+        assert_eq!(plain.logits, guided.logits, "{key}: the forward is the same");
+        let same = close(guided.gradient.view(), plain.gradient.view(), TOL);
+        assert_eq!(same.is_err(), has_relu, "{key}: guided vs plain: {same:?}");
+    }
+}
