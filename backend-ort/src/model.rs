@@ -3,8 +3,8 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use gradcam_core::{CamError, CamModel, Capture, LayerInfo, LayerView};
-use ndarray::{Array2, ArrayD, ArrayView4};
+use gradcam_core::{CamError, CamModel, Capture, InputGradient, LayerInfo, LayerView, ReluBackward};
+use ndarray::{Array2, Array4, ArrayD, ArrayView4, Ix4};
 use ort::session::{Session, SessionInputValue, SessionOutputs};
 use ort::value::{DynValue, Tensor};
 
@@ -364,12 +364,37 @@ impl OnnxModel {
             return Ok(Capture { logits, output_shape, activation, gradient: None });
         };
 
+        let run = self.backward_run(input, Cut::Layer(layer), seed)?;
+        let activation = runtime::layer(run.activation)?;
+        let gradient = Some(runtime::layer(run.gradient)?);
+        Ok(Capture { logits: run.logits, output_shape: run.output_shape, activation, gradient })
+    }
+
+    /// One seeded forward and backward pass to `cut`: the forward model runs for every part of
+    /// the batch, core's seed is computed from its logits, then the backward model runs.
+    fn backward_run(
+        &mut self,
+        input: ArrayView4<f32>,
+        cut: Cut<'_>,
+        seed: &dyn gradcam_core::Seed,
+    ) -> Result<BackwardRun, CamError> {
+        let parts = batch::parts(input.shape()[0], self.fixed_batch);
         let (h, w) = (input.shape()[2] as i64, input.shape()[3] as i64);
-        let key = format!("{layer}@{h}x{w}");
+        let (key, what) = match cut {
+            Cut::Layer(layer) => (format!("{layer}@{h}x{w}"), format!("`{layer}`")),
+            // Not a layer name: module paths hold no spaces.
+            Cut::Input { guided } => (format!("input guided={guided}@{h}x{w}"), "the input".to_string()),
+        };
         if !self.captures.contains_key(&key) {
-            let found = self.graph.find_layer(layer).map_err(OrtBackendError::from)?;
+            let (found, guided) = match cut {
+                Cut::Layer(layer) => (self.graph.find_layer(layer).map_err(OrtBackendError::from)?, false),
+                Cut::Input { guided } => {
+                    (Layer { name: String::new(), tensor: self.input.clone(), node: 0 }, guided)
+                }
+            };
             let (graph, shapes, dims) = self.prepared(&found, Some((h, w)))?;
-            let mut split = graph.backward_split(&found.tensor, &shapes).map_err(OrtBackendError::from)?;
+            let mut split =
+                graph.backward_split_with(&found.tensor, &shapes, guided).map_err(OrtBackendError::from)?;
             let forward = commit(&split.forward, self.threads)?;
             // Only the backward model is committed again (per batch size).
             split.forward = OnnxGraph::from_model(Default::default());
@@ -392,13 +417,18 @@ impl OnnxModel {
             let outputs = s
                 .forward
                 .run(ort::inputs![input_name.as_str() => feed])
-                .map_err(OrtBackendError::ort(format!("run the model to `{layer}`")))?;
+                .map_err(OrtBackendError::ort(format!("run the model to {what}")))?;
             logits.push((runtime::array(named(&outputs, &s.split.logits)?, "the logits")?, part));
-            activations.push((runtime::array(named(&outputs, &s.split.activation)?, layer)?, part));
+            if let Cut::Layer(_) = cut {
+                activations.push((runtime::array(named(&outputs, &s.split.activation)?, &what)?, part));
+            }
             carried.push(take_outputs(outputs, &s.split.carried)?);
         }
         let (logits, output_shape) = runtime::logits(joined(&logits)?)?;
-        let activation = runtime::layer(joined(&activations)?)?;
+        let activation = match cut {
+            Cut::Layer(_) => joined(&activations)?,
+            Cut::Input { .. } => input.to_owned().into_dyn(),
+        };
         // Core's seed from this very run's outputs, then the backward pass on the forward's tensors.
         let seed = seed.seed(logits.view(), &output_shape)?;
         if seed.dim() != logits.dim() {
@@ -429,11 +459,10 @@ impl OnnxModel {
             let backward = s.backward.get_mut(&part.size).expect("committed above");
             let outputs = backward
                 .run(feeds)
-                .map_err(OrtBackendError::ort(format!("run the backward model of `{layer}`")))?;
+                .map_err(OrtBackendError::ort(format!("run the backward model of {what}")))?;
             gradients.push((runtime::array(named(&outputs, onnx_graph::GRADIENT)?, "the gradient")?, part));
         }
-        let gradient = Some(runtime::layer(joined(&gradients)?)?);
-        Ok(Capture { logits, output_shape, activation, gradient })
+        Ok(BackwardRun { logits, output_shape, activation, gradient: joined(&gradients)? })
     }
 
     fn forward_inner(&mut self, input: ArrayView4<f32>) -> Result<Array2<f32>, OrtBackendError> {
@@ -486,6 +515,23 @@ impl OnnxModel {
 }
 
 /// Output `index` of a run.
+/// Where a seeded backward pass ends.
+#[derive(Clone, Copy, Debug)]
+enum Cut<'l> {
+    /// A layer's output (Grad-CAM and its family).
+    Layer(&'l str),
+    /// The model's input (guided backprop; `guided`: ReLUs pass positive gradients only).
+    Input { guided: bool },
+}
+
+/// What [`OnnxModel::backward_run`] gives back, the batch parts joined.
+struct BackwardRun {
+    logits: Array2<f32>,
+    output_shape: Vec<usize>,
+    activation: ArrayD<f32>,
+    gradient: ArrayD<f32>,
+}
+
 fn output<'a>(outputs: &'a SessionOutputs<'_>, index: usize) -> Result<&'a DynValue, OrtBackendError> {
     if index >= outputs.len() {
         return Err(OrtBackendError::Signature(format!("the model has no output {index}")));
@@ -557,5 +603,23 @@ impl CamModel for OnnxModel {
         activation: LayerView<'_>,
     ) -> Result<Array2<f32>, CamError> {
         Ok(self.forward_with_activation_inner(input, layer, activation)?)
+    }
+
+    /// The generated backward graph extended down to the model's input; with
+    /// [`ReluBackward::Guided`] every ONNX `Relu` passes positive gradients only. pytorch-grad-cam
+    /// swaps only `nn.ReLU` modules, which an exported graph cannot tell from a functional
+    /// `F.relu`: here both are guided, as guided backprop defines it (documented in the README).
+    fn input_gradient(
+        &mut self,
+        input: ArrayView4<f32>,
+        seed: &dyn gradcam_core::Seed,
+        relu: ReluBackward,
+    ) -> Result<InputGradient, CamError> {
+        let guided = relu == ReluBackward::Guided;
+        let run = self.backward_run(input, Cut::Input { guided }, seed)?;
+        let gradient: Array4<f32> = run.gradient.into_dimensionality::<Ix4>().map_err(|_| {
+            CamError::Shape(format!("the input gradient is not shaped like the input {:?}", input.shape()))
+        })?;
+        Ok(InputGradient { logits: run.logits, output_shape: run.output_shape, gradient })
     }
 }

@@ -43,7 +43,7 @@ fn three_images() -> Array4<f32> {
     concatenate(Axis(0), &[two.view(), mirrored.view()]).expect("same shapes")
 }
 
-/// Every method in `methods` agrees between the dynamic export and copies fixed to batch 1 and
+/// Every method in `methods` (the pixel maps of guided backprop too) agrees between the dynamic export and copies fixed to batch 1 and
 /// 2, for three images, for the top class and (gradient methods) the second one.
 fn check(key: &str, exporter: &str, layer: &str, methods: &[Method]) {
     let file = format!("{key}.{exporter}.onnx");
@@ -74,6 +74,15 @@ fn check(key: &str, exporter: &str, layer: &str, methods: &[Method]) {
             for (g, w) in got.iter().zip(want) {
                 assert_eq!(g.classes, w.classes, "{what} {}", g.method);
                 assert_close(&format!("{what} {} {target:?}", g.method), g.maps.view(), w.maps.view(), 1e-4);
+                if let (Some(got), Some(want)) = (&g.pixels, &w.pixels) {
+                    assert_close(
+                        &format!("{what} {} {target:?} pixels", g.method),
+                        got.view(),
+                        want.view(),
+                        1e-4,
+                    );
+                }
+                assert_eq!(g.pixels.is_some(), w.pixels.is_some(), "{what} {}", g.method);
             }
         }
     }
@@ -89,7 +98,8 @@ fn resnet18_fixed_batch_every_method() {
 
 #[test]
 fn resnet18_dynamo_fixed_batch() {
-    check("resnet18", "dynamo", "layer4", &[Method::GradCam, Method::LayerCam, Method::EigenCam]);
+    let methods = [Method::GradCam, Method::LayerCam, Method::EigenCam, Method::GuidedGradCam];
+    check("resnet18", "dynamo", "layer4", &methods);
 }
 
 #[test]
@@ -99,5 +109,10 @@ fn vit_fixed_batch_every_method() {
 
 #[test]
 fn vit_legacy_fixed_batch() {
-    check("vit_tiny", "legacy", "blocks.11.norm1", &[Method::GradCam, Method::HiResCam]);
+    check(
+        "vit_tiny",
+        "legacy",
+        "blocks.11.norm1",
+        &[Method::GradCam, Method::HiResCam, Method::GuidedBackprop],
+    );
 }

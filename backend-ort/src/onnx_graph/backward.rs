@@ -133,7 +133,7 @@ impl OnnxGraph {
                 s
             }
         };
-        let g = self.emit_backward(activation, seed_name, shapes, &mut b)?;
+        let g = self.emit_backward(activation, seed_name, shapes, false, &mut b)?;
         b.nodes.push(super::identity(&logits, LOGITS));
         b.nodes.push(super::identity(activation, ACTIVATION));
         b.nodes.push(super::identity(&g, GRADIENT));
@@ -163,12 +163,14 @@ impl OnnxGraph {
 
     /// Emits the vector-Jacobian products from the logits (whose gradient is tensor `seed`) back
     /// to `activation` into `b`, in an order where every node follows its inputs; returns the
-    /// name of the activation's gradient.
+    /// name of the activation's gradient. `guided`: every `Relu` back-propagates as guided
+    /// backprop's.
     pub(crate) fn emit_backward(
         &self,
         activation: &str,
         seed: String,
         shapes: &Shapes,
+        guided: bool,
         b: &mut Builder,
     ) -> Result<String, GraphError> {
         let plan = self.plan(activation)?;
@@ -194,7 +196,7 @@ impl OnnxGraph {
                 };
                 return Err(GraphError::UnsupportedOp { op, node: node.name.clone() });
             };
-            let mut ctx = Ctx::new(b, &constants, shapes, node, wants.clone(), dtype);
+            let mut ctx = Ctx::new(b, &constants, shapes, node, wants.clone(), dtype, guided);
             let in_grads = rule(&mut ctx, &out_grads)?;
             for (k, want) in wants.iter().enumerate() {
                 match in_grads.get(k).cloned().flatten() {

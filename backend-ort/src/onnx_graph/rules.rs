@@ -106,8 +106,14 @@ pub const RULES: &[OpRule] = &[
     OpRule::new("Neg", Tokens::Elementwise, |c, g| Ok(vec![Some(c.b.op("Neg", &[&c.gy(g)?], vec![]))])),
     OpRule::new("Relu", Tokens::Elementwise, |c, g| {
         // `y > 0` iff `x > 0`: reading the output lets the forward keep Conv+Relu fused.
-        let pos = c.cmp("Greater", c.y(0), 0.0);
-        Ok(vec![Some(c.b.mask(&pos, &c.gy(g)?, c.dtype))])
+        let (gy, pos) = (c.gy(g)?, c.cmp("Greater", c.y(0), 0.0));
+        if c.guided {
+            // Guided backprop (pytorch-grad-cam's GuidedBackpropReLU): positive gradients only.
+            let rising = c.cmp("Greater", &gy, 0.0);
+            let both = c.b.op("And", &[&pos, &rising], vec![]);
+            return Ok(vec![Some(c.b.mask(&both, &gy, c.dtype))]);
+        }
+        Ok(vec![Some(c.b.mask(&pos, &gy, c.dtype))])
     }),
     OpRule::new("LeakyRelu", Tokens::Elementwise, |c, g| {
         let (gy, pos) = (c.gy(g)?, c.cmp("Greater", c.x(0), 0.0));
@@ -525,6 +531,8 @@ pub struct Ctx<'a> {
     wants: Vec<bool>,
     /// Element type of the gradients (that of the node's first output).
     pub(crate) dtype: i32,
+    /// Guided backpropagation: `Relu` passes only positive gradients.
+    guided: bool,
 }
 
 impl<'a> Ctx<'a> {
@@ -535,9 +543,10 @@ impl<'a> Ctx<'a> {
         node: &'a NodeProto,
         wants: Vec<bool>,
         default_dtype: i32,
+        guided: bool,
     ) -> Self {
         let dtype = node.output.first().and_then(|o| shapes.get(o)).map_or(default_dtype, |t| t.dtype);
-        Ctx { b, constants, shapes, node, wants, dtype }
+        Ctx { b, constants, shapes, node, wants, dtype, guided }
     }
 
     /// Input `i`'s name.

@@ -23,7 +23,7 @@ pub struct SplitModel {
     pub backward: OnnxGraph,
     /// The logits' tensor name (an output of `forward`).
     pub logits: String,
-    /// The activation's tensor name (an output of `forward`).
+    /// The activation's tensor name (an output of `forward`, unless it is a graph input).
     pub activation: String,
     /// Tensors `forward` outputs and `backward` takes as inputs, in a fixed order.
     pub carried: Vec<String>,
@@ -65,9 +65,20 @@ impl OnnxGraph {
     /// The backward model holds none of the original nodes except `Constant`s it reads, and only
     /// the weights its rules read (convolution kernels, normalisation scales).
     pub fn backward_split(&self, activation: &str, shapes: &Shapes) -> Result<SplitModel, GraphError> {
+        self.backward_split_with(activation, shapes, false)
+    }
+
+    /// [`OnnxGraph::backward_split`]; with `guided`, every `Relu` back-propagates only positive
+    /// gradients (guided backprop; `activation` is then usually the graph's input).
+    pub fn backward_split_with(
+        &self,
+        activation: &str,
+        shapes: &Shapes,
+        guided: bool,
+    ) -> Result<SplitModel, GraphError> {
         let logits = self.logits_name()?;
         let mut b = Builder::new(self.opset(), "gradcam");
-        let gradient = self.emit_backward(activation, SEED.to_string(), shapes, &mut b)?;
+        let gradient = self.emit_backward(activation, SEED.to_string(), shapes, guided, &mut b)?;
         b.nodes.push(super::identity(&gradient, GRADIENT));
 
         let produced: HashSet<&str> =
@@ -130,7 +141,12 @@ impl OnnxGraph {
         backward_model.graph = Some(graph).into();
         let backward = OnnxGraph { model: backward_model, dir: self.dir.clone() };
 
-        let mut outputs = vec![logits.clone(), activation.to_string()];
+        // A graph input (guided backprop's cut) is not an output: ONNX Runtime hands back no
+        // data for an input passed through.
+        let mut outputs = vec![logits.clone()];
+        if !graph_inputs.contains(activation) {
+            outputs.push(activation.to_string());
+        }
         outputs.extend(carried.iter().cloned());
         let forward = self.with_outputs(&outputs);
         Ok(SplitModel { forward, backward, logits, activation: activation.into(), carried, reads_inputs })
