@@ -33,6 +33,7 @@
 mod antialias;
 mod colormap;
 mod colormap_tables;
+mod deprocess;
 mod error;
 mod files;
 mod grid;
@@ -43,6 +44,7 @@ mod preprocess;
 mod text;
 
 pub use colormap::{level, Colormap};
+pub use deprocess::deprocess_image;
 pub use error::VizError;
 pub use files::{
     encode_picture, load_image, load_image_with, load_npy_batch, save_image, DecodeOptions, PictureFormat,
