@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use gradcam_core::{CamError, CamModel, CamOptions, Explanation, Layout, Method, Target};
 use image::RgbImage;
-use ndarray::{Array2, Array4, Axis};
+use ndarray::{Array2, Array3, Array4, Axis};
 
 use crate::error::CliError;
 use crate::plan::Item;
@@ -39,6 +39,9 @@ pub struct MapResult {
     pub origin: Option<Array2<f32>>,
     /// Whether this is the map `--npy-out` writes (the single layer, or the combination).
     pub is_final: bool,
+    /// A pixel-space method's map `(3, H_in, W_in)` (guided backprop): drawn as
+    /// pytorch-grad-cam's `deprocess_image`, and what `--npy-out` writes for it.
+    pub pixels: Option<Array3<f32>>,
 }
 
 /// Everything computed for one image.
@@ -251,6 +254,24 @@ fn rank(logits: Vec<f32>) -> Vec<Prediction> {
 fn collect_maps(explanation: &Explanation, b: usize, rank: Option<usize>, maps: &mut Vec<MapResult>) {
     let several = explanation.layers.len() > 1;
     let class = explanation.classes[b];
+    if let Some(pixels) = &explanation.pixels {
+        // One picture: guided Grad-CAM's names its Grad-CAM layer when there is one.
+        let layer = match explanation.layers.as_slice() {
+            [only] => Some((only.layer.clone(), only.layout)),
+            _ => None,
+        };
+        maps.push(MapResult {
+            class,
+            rank,
+            layer,
+            method: explanation.method,
+            map: explanation.maps.index_axis(Axis(0), b).to_owned(),
+            origin: None,
+            is_final: true,
+            pixels: Some(pixels.index_axis(Axis(0), b).to_owned()),
+        });
+        return;
+    }
     for layer in &explanation.layers {
         let origin = layer.scaled.index_axis(Axis(0), b).to_owned();
         // Core's own map of the layer (smoothed under --aug-smooth, like the combination).
@@ -263,6 +284,7 @@ fn collect_maps(explanation: &Explanation, b: usize, rank: Option<usize>, maps: 
             map,
             origin: Some(origin),
             is_final: !several,
+            pixels: None,
         });
     }
     if several {
@@ -274,6 +296,7 @@ fn collect_maps(explanation: &Explanation, b: usize, rank: Option<usize>, maps: 
             map: explanation.maps.index_axis(Axis(0), b).to_owned(),
             origin: None,
             is_final: true,
+            pixels: None,
         });
     }
 }

@@ -50,6 +50,11 @@ struct Record {
 pub fn run(args: EvaluateArgs) -> Result<(), CliError> {
     let metrics = unique(if args.metrics.is_empty() { Metric::ALL.to_vec() } else { args.metrics.clone() });
     let methods = args.cam.methods();
+    if let Some(pixel) = methods.iter().find(|m| m.is_pixel_space()) {
+        return Err(CliError::Usage(format!(
+            "{pixel} maps pixels, not a heatmap, and pytorch-grad-cam's metrics score heatmaps: evaluate another --method (gradcam, ...)"
+        )));
+    }
     // --mask and --concept are read before the model loads.
     let targets = crate::targets::targets(&args.cam)?;
     // No output folder: every image in a folder is an input.

@@ -95,7 +95,12 @@ pub fn run(args: ExplainArgs, stop: &Stop) -> Result<Ending, CliError> {
     let input_files: Vec<PathBuf> = unique_paths(&plan);
     let npy = match &args.npy_out {
         Some(path) => {
-            Some(NpyOut::prepare(path, map_size(&plan, loaded.input_size)?, args.overwrite, &input_files)?)
+            let (h, w) = map_size(&plan, loaded.input_size)?;
+            let shape = match npy_channels(&args.cam.methods())? {
+                Some(channels) => vec![channels, h, w],
+                None => vec![h, w],
+            };
+            Some(NpyOut::prepare(path, shape, args.overwrite, &input_files)?)
         }
         None => None,
     };
@@ -330,6 +335,19 @@ fn unique_paths(plan: &Plan) -> Vec<PathBuf> {
     plan.items.iter().filter(|i| seen.insert(i.path.clone())).map(|i| i.path.clone()).collect()
 }
 
+/// The channels of each map `--npy-out` stacks: `Some(3)` for a pixel-space method, which must
+/// then be the only one (a `.npy` holds maps of one shape).
+fn npy_channels(methods: &[Method]) -> Result<Option<usize>, CliError> {
+    match methods {
+        [only] if only.is_pixel_space() => Ok(Some(3)),
+        _ if methods.iter().any(|m| m.is_pixel_space()) => Err(CliError::Usage(format!(
+            "--npy-out holds maps of one shape: {} gives (3, H, W) maps and the others (H, W) ones; give it alone with --npy-out, or run the methods separately",
+            methods.iter().filter(|m| m.is_pixel_space()).map(|m| m.to_string()).collect::<Vec<_>>().join(" and ")
+        ))),
+        _ => Ok(None),
+    }
+}
+
 /// The size of every final map (the model input's), which `--npy-out` needs to be one.
 fn map_size(plan: &Plan, model: (usize, usize)) -> Result<(usize, usize), CliError> {
     let hw = |item: &plan::Item| match &item.source {
@@ -394,6 +412,12 @@ fn refuse_existing_outputs(
         if !top {
             for &layer in &map_layers {
                 for &method in methods {
+                    if method.is_pixel_space() {
+                        // One picture, named by the Grad-CAM layer of guided Grad-CAM.
+                        let layer = if method == Method::GuidedBackprop { None } else { layer };
+                        candidates.push(renderer.pixels_path(&item.name, layer, method, None));
+                        continue;
+                    }
                     let [overlay, heatmap] = renderer.map_paths(&item.name, layer, method, None);
                     if renderer.pictures.contains(&PictureKind::Overlay) {
                         candidates.push(overlay);

@@ -1,11 +1,12 @@
-//! `--npy-out FILE`: the final maps stacked `(N, H, W)` f32. They are streamed to an unnamed file
+//! `--npy-out FILE`: the final maps stacked `(N, H, W)` f32 (`(N, 3, H, W)` for a pixel-space
+//! method). They are streamed to an unnamed file
 //! next to the target as images are done, and the `.npy` is put in place at the end of a run
 //! that completed, in one step.
 
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use ndarray::Array2;
+use ndarray::ArrayD;
 
 use crate::error::CliError;
 use crate::staged::Staged;
@@ -14,7 +15,8 @@ pub struct NpyOut {
     target: PathBuf,
     dir: PathBuf,
     raw: Staged,
-    hw: (usize, usize),
+    /// Each map's shape: `[H, W]`, or `[3, H, W]`.
+    shape: Vec<usize>,
     count: usize,
     overwrite: bool,
 }
@@ -23,7 +25,7 @@ impl NpyOut {
     /// Checks the target and opens the staging file; `inputs` are files it must never be.
     pub fn prepare(
         target: &Path,
-        hw: (usize, usize),
+        shape: Vec<usize>,
         overwrite: bool,
         inputs: &[PathBuf],
     ) -> Result<NpyOut, CliError> {
@@ -60,7 +62,7 @@ impl NpyOut {
         }
         // Staging now, next to the target, finds an unwritable place before any work is done.
         let raw = Staged::new_in(&dir).map_err(CliError::write(target))?;
-        Ok(NpyOut { target: target.to_path_buf(), dir, raw, hw, count: 0, overwrite })
+        Ok(NpyOut { target: target.to_path_buf(), dir, raw, shape, count: 0, overwrite })
     }
 
     /// Index the next map gets.
@@ -68,13 +70,13 @@ impl NpyOut {
         self.count
     }
 
-    /// Appends one map `(H, W)`.
-    pub fn push(&mut self, map: &Array2<f32>) -> Result<(), CliError> {
-        if map.dim() != self.hw {
+    /// Appends one map of the shape given to [`NpyOut::prepare`].
+    pub fn push(&mut self, map: &ArrayD<f32>) -> Result<(), CliError> {
+        if map.shape() != self.shape.as_slice() {
             return Err(CliError::Usage(format!(
                 "--npy-out stacks maps of one size, {:?}, but got {:?}",
-                self.hw,
-                map.dim()
+                self.shape,
+                map.shape()
             )));
         }
         let bytes: Vec<u8> = map.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -90,13 +92,13 @@ impl NpyOut {
         }
         let err = CliError::write(&self.target);
         let mut staged = Staged::new_in(&self.dir).map_err(CliError::write(&self.target))?;
-        let (h, w) = self.hw;
+        let per_map: usize = self.shape.iter().product();
         let result = (|| -> std::io::Result<()> {
             let raw = self.raw.file();
             raw.seek(SeekFrom::Start(0))?;
             let mut out = BufWriter::new(staged.file());
-            out.write_all(&header(self.count, h, w))?;
-            std::io::copy(&mut raw.take((self.count * h * w * 4) as u64), &mut out)?;
+            out.write_all(&header(self.count, &self.shape))?;
+            std::io::copy(&mut raw.take((self.count * per_map * 4) as u64), &mut out)?;
             out.flush()?;
             drop(out);
             staged.file().sync_all()
@@ -112,10 +114,11 @@ impl NpyOut {
     }
 }
 
-/// A `.npy` version 1.0 header for a C-order float32 array `(n, h, w)`, padded so the data
+/// A `.npy` version 1.0 header for a C-order float32 array `(n, *shape)`, padded so the data
 /// starts at a multiple of 64 bytes, as numpy writes it.
-fn header(n: usize, h: usize, w: usize) -> Vec<u8> {
-    let dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({n}, {h}, {w}), }}");
+fn header(n: usize, shape: &[usize]) -> Vec<u8> {
+    let dims: Vec<String> = std::iter::once(n).chain(shape.iter().copied()).map(|d| d.to_string()).collect();
+    let dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({}), }}", dims.join(", "));
     let unpadded = 10 + dict.len() + 1;
     let pad = (64 - unpadded % 64) % 64;
     let len = (dict.len() + pad + 1) as u16;
@@ -142,7 +145,9 @@ fn same_file(a: &Path, b: &Path, _: &std::fs::Metadata) -> bool {
 mod tests {
     #[test]
     fn header_is_what_numpy_writes() {
-        let h = super::header(6, 224, 224);
+        let h = super::header(6, &[224, 224]);
+        assert!(String::from_utf8_lossy(&h).contains("'shape': (6, 224, 224)"));
+        assert!(String::from_utf8_lossy(&super::header(2, &[3, 8, 9])).contains("'shape': (2, 3, 8, 9)"));
         assert_eq!(h.len() % 64, 0);
         assert!(h.starts_with(b"\x93NUMPY\x01\x00"));
         assert_eq!(*h.last().unwrap(), b'\n');

@@ -15,7 +15,7 @@ use crate::error::CliError;
 const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "bmp", "gif", "tif", "tiff", "webp"];
 
 /// Endings of the pictures this tool writes: skipped when a folder input is the output folder.
-pub const OUTPUT_ENDINGS: &[&str] = &[".overlay.png", ".heatmap.png", ".grid.png"];
+pub const OUTPUT_ENDINGS: &[&str] = &[".overlay.png", ".heatmap.png", ".grid.png", ".pixels.png"];
 
 /// Where an item's pixels come from.
 #[derive(Clone, Debug)]

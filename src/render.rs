@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 use gradcam_core::{Layout, Method};
 use gradcam_viz::{Colormap, GridOptions, PictureFormat};
 use image::RgbImage;
-use ndarray::Array2;
+use ndarray::ArrayD;
 
 use crate::assets::ClassNames;
 use crate::cli::PictureKind;
@@ -28,6 +28,8 @@ pub struct MapRecord {
     pub method: Method,
     pub overlay: Option<PathBuf>,
     pub heatmap: Option<PathBuf>,
+    /// A pixel-space method's picture (`deprocess_image`).
+    pub pixels: Option<PathBuf>,
     /// Whether `--npy-out` holds this map.
     pub is_final: bool,
 }
@@ -43,8 +45,9 @@ pub struct Rendered {
     pub grid: Option<PathBuf>,
     /// Every file of the image: path and encoded bytes.
     pub files: Vec<(PathBuf, Vec<u8>)>,
-    /// The maps `--npy-out` stacks, in order: class rank, then method.
-    pub finals: Vec<Array2<f32>>,
+    /// The maps `--npy-out` stacks, in order: class rank, then method (`(H, W)`, or
+    /// `(3, H, W)` for a pixel-space method).
+    pub finals: Vec<ArrayD<f32>>,
     pub warnings: Vec<String>,
 }
 
@@ -99,13 +102,27 @@ impl Renderer {
         [self.out.join(format!("{stem}.overlay.png")), self.out.join(format!("{stem}.heatmap.png"))]
     }
 
+    /// The picture of a pixel-space method's map (see [`map_stem`]).
+    pub fn pixels_path(
+        &self,
+        name: &str,
+        layer: Option<&str>,
+        method: Method,
+        class: Option<usize>,
+    ) -> PathBuf {
+        self.out.join(format!("{}.pixels.png", map_stem(name, layer, method, class)))
+    }
+
     pub fn render(&self, result: ImageResult) -> Result<Rendered, Failed> {
         let ImageResult { item, picture, num_classes, predictions, target_score, maps, layouts, warnings } =
             result;
         match self.draw(&item, &picture, num_classes, &maps) {
             Ok((records, grid, files)) => Ok(Rendered {
                 finals: if self.keep_finals {
-                    maps.into_iter().filter(|m| m.is_final).map(|m| m.map).collect()
+                    maps.into_iter()
+                        .filter(|m| m.is_final)
+                        .map(|m| m.pixels.map_or_else(|| m.map.into_dyn(), |p| p.into_dyn()))
+                        .collect()
                 } else {
                     Vec::new()
                 },
@@ -137,6 +154,24 @@ impl Renderer {
         let need_overlay = self.wants(PictureKind::Overlay) || self.wants(PictureKind::Grid);
         for map in maps {
             let layer = map.layer.as_ref().map(|(l, _)| l.as_str());
+            if let Some(pixels) = &map.pixels {
+                let path = self.pixels_path(&item.name, layer, map.method, map.rank.map(|_| map.class));
+                let picture = gradcam_viz::deprocess_image(pixels.view())?;
+                files.push((path.clone(), encode(&picture, &path)?));
+                records.push(MapRecord {
+                    class: map.class,
+                    rank: map.rank,
+                    layer: map.layer.clone(),
+                    method: map.method,
+                    overlay: None,
+                    heatmap: None,
+                    pixels: Some(path),
+                    is_final: map.is_final,
+                });
+                // Not in the grid, whose cells are overlays.
+                overlays.push(None);
+                continue;
+            }
             let [overlay_path, heatmap_path] =
                 self.map_paths(&item.name, layer, map.method, map.rank.map(|_| map.class));
             let overlay = if need_overlay {
@@ -151,6 +186,7 @@ impl Renderer {
                 method: map.method,
                 overlay: None,
                 heatmap: None,
+                pixels: None,
                 is_final: map.is_final,
             };
             if let (true, Some(o)) = (self.wants(PictureKind::Overlay), &overlay) {
@@ -171,7 +207,7 @@ impl Renderer {
             records.push(record);
             overlays.push(overlay.filter(|_| self.wants(PictureKind::Grid)));
         }
-        let grid = if self.wants(PictureKind::Grid) && !maps.is_empty() {
+        let grid = if self.wants(PictureKind::Grid) && maps.iter().any(|m| m.pixels.is_none()) {
             let path = self.grid_path(&item.name);
             let sheet = self.grid(item, picture, num_classes, maps, &overlays)?;
             files.push((path.clone(), encode(&sheet, &path)?));
@@ -193,7 +229,7 @@ impl Renderer {
         overlays: &[Option<RgbImage>],
     ) -> Result<RgbImage, CliError> {
         let mut rows: Vec<(Option<usize>, Option<&str>)> = Vec::new();
-        for map in maps {
+        for map in maps.iter().filter(|m| m.pixels.is_none()) {
             let key = (map.rank, map.layer.as_ref().map(|(l, _)| l.as_str()));
             if !rows.contains(&key) {
                 rows.push(key);
@@ -210,6 +246,7 @@ impl Renderer {
             let in_row: Vec<(&MapResult, &Option<RgbImage>)> = maps
                 .iter()
                 .zip(overlays)
+                .filter(|(m, _)| m.pixels.is_none())
                 .filter(|(m, _)| m.rank == rank && m.layer.as_ref().map(|(l, _)| l.as_str()) == layer)
                 .collect();
             let Some((first, _)) = in_row.first() else { continue };
@@ -229,7 +266,7 @@ impl Renderer {
             }
         }
         let options = GridOptions {
-            columns: self.methods.len() + 1,
+            columns: self.methods.iter().filter(|m| !m.is_pixel_space()).count() + 1,
             colorbar: Some(self.colormap),
             ..GridOptions::default()
         };
@@ -238,11 +275,14 @@ impl Renderer {
 }
 
 /// File name stem of a map: `chelsea.blocks.6.gradcam`, with `combined` in place of the layer
-/// for the combination of several layers, and `.c285` appended when `--top` chose the class.
+/// for the combination of several layers, and `.c285` appended when `--top` chose the class. A
+/// pixel-space map without a layer (guided backprop) has none: `chelsea.guided-backprop`.
 pub fn map_stem(name: &str, layer: Option<&str>, method: Method, class: Option<usize>) -> String {
-    let layer = layer.unwrap_or("combined");
     let class = class.map(|c| format!(".c{c}")).unwrap_or_default();
-    format!("{name}.{layer}.{method}{class}")
+    match layer {
+        None if method == Method::GuidedBackprop => format!("{name}.{method}{class}"),
+        layer => format!("{name}.{}.{method}{class}", layer.unwrap_or("combined")),
+    }
 }
 
 fn encode(picture: &RgbImage, path: &Path) -> Result<Vec<u8>, CliError> {

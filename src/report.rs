@@ -54,6 +54,7 @@ pub fn image_record(
                 "method": m.method.name(),
                 "overlay": m.overlay.as_deref().map(path_json),
                 "heatmap": m.heatmap.as_deref().map(path_json),
+                "pixels": m.pixels.as_deref().map(path_json),
                 "npy_index": npy_index,
             })
         })

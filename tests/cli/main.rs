@@ -17,6 +17,8 @@ mod evaluate;
 #[cfg(feature = "candle")]
 mod faults;
 #[cfg(feature = "candle")]
+mod guided;
+#[cfg(feature = "candle")]
 mod hostile;
 #[cfg(feature = "candle")]
 mod methods;
