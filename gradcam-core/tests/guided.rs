@@ -1,0 +1,158 @@
+//! The pixel-space methods through `explain`: their maps, their order among other methods, the
+//! Grad-CAM maps guided Grad-CAM borrows, and a backend without input gradients.
+
+use gradcam_core::{
+    explain, CamError, CamModel, CamOptions, Capture, InputGradient, LayerInfo, LayerTensor, LayerView,
+    Method, ReluBackward, Seed, Target,
+};
+use ndarray::{array, Array2, Array4, ArrayView4, Axis};
+
+/// The layer `features` is the input itself; the head averages each channel and mixes them into
+/// two logits, so `d logit_k / d x[b, c, y, x] = head[k, c] / (h w)`.
+struct Linear {
+    head: Array2<f32>,
+}
+
+impl Linear {
+    fn logits(&self, x: ArrayView4<f32>) -> Array2<f32> {
+        let (b, c, h, w) = x.dim();
+        x.to_shape((b, c, h * w)).unwrap().mean_axis(Axis(2)).unwrap().dot(&self.head.t())
+    }
+
+    fn gradient(&self, seed: &dyn Seed, x: ArrayView4<f32>) -> Result<(Array2<f32>, Array4<f32>), CamError> {
+        let logits = self.logits(x);
+        let (b, c, h, w) = x.dim();
+        let per_channel = seed.seed(logits.view(), &[2])?.dot(&self.head);
+        Ok((logits, Array4::from_shape_fn((b, c, h, w), |(b, c, _, _)| per_channel[[b, c]] / (h * w) as f32)))
+    }
+}
+
+impl CamModel for Linear {
+    fn layers(&mut self) -> Result<Vec<LayerInfo>, CamError> {
+        Ok(vec![LayerInfo { name: "features".into(), shape: vec![1, 3, 4, 6] }])
+    }
+
+    fn capture(&mut self, x: ArrayView4<f32>, _: &str, seed: Option<&dyn Seed>) -> Result<Capture, CamError> {
+        let (logits, gradient) = match seed {
+            Some(seed) => {
+                let (logits, g) = self.gradient(seed, x)?;
+                (logits, Some(LayerTensor::Spatial(g)))
+            }
+            None => (self.logits(x), None),
+        };
+        Ok(Capture {
+            logits,
+            output_shape: vec![2],
+            activation: LayerTensor::Spatial(x.to_owned()),
+            gradient,
+        })
+    }
+
+    fn forward(&mut self, x: ArrayView4<f32>) -> Result<Array2<f32>, CamError> {
+        Ok(self.logits(x))
+    }
+
+    fn forward_with_activation(
+        &mut self,
+        _: ArrayView4<f32>,
+        _: &str,
+        a: LayerView<'_>,
+    ) -> Result<Array2<f32>, CamError> {
+        match a {
+            LayerView::Spatial(a) => Ok(self.logits(a)),
+            LayerView::Tokens(_) => unreachable!("a spatial layer"),
+        }
+    }
+
+    fn input_gradient(
+        &mut self,
+        x: ArrayView4<f32>,
+        seed: &dyn Seed,
+        relu: ReluBackward,
+    ) -> Result<InputGradient, CamError> {
+        // No ReLU here: guided and plain agree. `explain` asks for the guided one.
+        assert_eq!(relu, ReluBackward::Guided);
+        let (logits, gradient) = self.gradient(seed, x)?;
+        Ok(InputGradient { logits, output_shape: vec![2], gradient })
+    }
+}
+
+/// The same model keeping the trait's default `input_gradient`.
+struct LinearWithoutInputGradients(Linear);
+
+impl CamModel for LinearWithoutInputGradients {
+    fn layers(&mut self) -> Result<Vec<LayerInfo>, CamError> {
+        self.0.layers()
+    }
+    fn capture(&mut self, x: ArrayView4<f32>, l: &str, seed: Option<&dyn Seed>) -> Result<Capture, CamError> {
+        self.0.capture(x, l, seed)
+    }
+    fn forward(&mut self, x: ArrayView4<f32>) -> Result<Array2<f32>, CamError> {
+        self.0.forward(x)
+    }
+    fn forward_with_activation(
+        &mut self,
+        x: ArrayView4<f32>,
+        l: &str,
+        a: LayerView<'_>,
+    ) -> Result<Array2<f32>, CamError> {
+        self.0.forward_with_activation(x, l, a)
+    }
+}
+
+fn input() -> Array4<f32> {
+    Array4::from_shape_fn((2, 3, 4, 6), |(b, c, y, x)| ((b * 7 + c * 5 + y * 3 + x) % 11) as f32 / 10.0 - 0.3)
+}
+
+fn model() -> Linear {
+    Linear { head: array![[1.0, -0.5, 0.25], [-0.75, 1.0, 0.5]] }
+}
+
+#[test]
+fn pixel_methods_in_order_with_their_maps() {
+    let (x, target) = (input(), Target::per_image(vec![1, 0]));
+    let methods = [Method::GuidedBackprop, Method::GradCam, Method::GuidedGradCam, Method::HiResCam];
+    let out =
+        explain(&mut model(), x.view(), &["features"], &methods, &target, &CamOptions::default()).unwrap();
+    assert_eq!(out.iter().map(|e| e.method).collect::<Vec<_>>(), methods);
+    let (_, gradient) = model().gradient(&target, x.view()).unwrap();
+    let [guided, gradcam, guided_gradcam, hirescam] = &out[..] else { unreachable!() };
+    for e in &out {
+        assert_eq!(e.classes, [1, 0], "{}", e.method);
+    }
+    assert!(gradcam.pixels.is_none() && hirescam.pixels.is_none());
+    assert_eq!(guided.pixels.as_ref().unwrap(), &gradient);
+    assert!(guided.maps.iter().all(|v| *v == 1.0) && guided.layers.is_empty());
+    assert_eq!(guided_gradcam.maps, gradcam.maps);
+    assert_eq!(guided_gradcam.layers, gradcam.layers);
+    let product = &gradient * &gradcam.maps.view().insert_axis(Axis(1));
+    assert_eq!(guided_gradcam.pixels.as_ref().unwrap(), &product);
+
+    // Guided Grad-CAM alone runs Grad-CAM for its maps and answers only itself.
+    let alone = explain(
+        &mut model(),
+        x.view(),
+        &["features"],
+        &[Method::GuidedGradCam],
+        &target,
+        &CamOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(alone.len(), 1);
+    assert_eq!(alone[0].pixels.as_ref().unwrap(), &product);
+}
+
+#[test]
+fn a_backend_without_input_gradients_says_so() {
+    let mut model = LinearWithoutInputGradients(model());
+    let err = explain(
+        &mut model,
+        input().view(),
+        &[],
+        &[Method::GuidedBackprop],
+        &Target::top_one(),
+        &CamOptions::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(&err, CamError::Unsupported(m) if m.contains("guided-backprop")), "{err}");
+}
