@@ -20,7 +20,7 @@ use crate::error::CliError;
 use crate::layers::choose_layers;
 use crate::plan::{self, Item};
 use crate::progress::Progress;
-use crate::read::Reader;
+use crate::read::{Failed, Reader};
 use crate::report::{path_json, run_summary};
 
 /// One method at one layer: the sum of each metric over the images so far.
@@ -63,7 +63,7 @@ pub fn run(args: EvaluateArgs) -> Result<(), CliError> {
     let (layers, auto_layer) = choose_layers(&mut loaded, &args.cam.layers)?;
     let progress = Progress::new(!args.json && std::io::stderr().is_terminal(), plan.items.len());
     let metric_options = MetricOptions { road_noise: args.road_noise, seed: args.cam.seed };
-    let Scores { rows, records, ranked_by } = score_items(
+    let Scores { rows, records, ranked_by, failed } = score_items(
         &mut loaded,
         &plan.items,
         &layers,
@@ -74,6 +74,10 @@ pub fn run(args: EvaluateArgs) -> Result<(), CliError> {
         &progress,
     )?;
     progress.finish();
+    for f in &failed {
+        eprintln!("error: {}", crate::error_chain(&f.error));
+    }
+    let scored = plan.items.len() - failed.len();
 
     if args.json {
         let named = |values: Vec<f64>| -> Value {
@@ -90,7 +94,13 @@ pub fn run(args: EvaluateArgs) -> Result<(), CliError> {
             "ranked_by": metrics[ranked_by].name(),
             "road_noise": args.road_noise,
             "seed": args.cam.seed,
-            "images": plan.items.len(),
+            "images": scored,
+            "failed": failed.iter().map(|f| json!({
+                "name": f.item.name,
+                "input": f.item.input(),
+                "npy_index": f.item.npy_index(),
+                "error": crate::error_chain(&f.error),
+            })).collect::<Vec<_>>(),
             "rows": rows.iter().map(|r| json!({
                 "method": r.method.name(),
                 "layer": r.layer,
@@ -119,7 +129,10 @@ pub fn run(args: EvaluateArgs) -> Result<(), CliError> {
             .map_err(|e| CliError::Usage(format!("internal error: cannot write the JSON summary: {e}")))?;
         println!("{text}");
     } else {
-        print!("{}", table(&rows, &metrics, ranked_by, plan.items.len(), &args));
+        print!("{}", table(&rows, &metrics, ranked_by, scored, &args));
+    }
+    if !failed.is_empty() {
+        return Err(CliError::SomeFailed { failed: failed.len(), total: plan.items.len() });
     }
     Ok(())
 }
@@ -130,6 +143,8 @@ struct Scores {
     rows: Vec<Row>,
     records: Vec<Record>,
     ranked_by: usize,
+    /// The images that could not be read (not in any mean).
+    failed: Vec<Failed>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -168,12 +183,19 @@ fn score_items(
         records: Vec::new(),
     };
 
-    // Batches of at most --batch images of one size, in input order. A read failure ends the
-    // run: every mean is over the same images.
+    // Batches of at most --batch images of one size, in input order. An image that cannot be
+    // read fails alone, as in `explain`: every mean is over the images that were read.
     let batch_size = cam.batch as usize;
     let mut pending: Vec<(Item, Array3<f32>)> = Vec::new();
+    let mut failed = Vec::new();
     for item in items.iter().cloned() {
-        let loaded = reader.read(item).map_err(|failed| failed.error)?;
+        let loaded = match reader.read(item) {
+            Ok(loaded) => loaded,
+            Err(f) => {
+                failed.push(f);
+                continue;
+            }
+        };
         if pending.len() == batch_size || pending.first().is_some_and(|(_, t)| t.dim() != loaded.tensor.dim())
         {
             scorer.score(std::mem::take(&mut pending), progress)?;
@@ -182,6 +204,12 @@ fn score_items(
     }
     if !pending.is_empty() {
         scorer.score(pending, progress)?;
+    }
+    if failed.len() == items.len() {
+        if let Some(first) = failed.into_iter().next() {
+            return Err(first.error);
+        }
+        failed = Vec::new();
     }
 
     let Scorer { mut rows, records, .. } = scorer;
@@ -195,7 +223,7 @@ fn score_items(
             x.total_cmp(&y)
         }
     });
-    Ok(Scores { rows, records, ranked_by })
+    Ok(Scores { rows, records, ranked_by, failed })
 }
 
 /// `explain --method auto`'s choice: the method of [`CamArgs::auto_candidates`] whose maps score best by

@@ -153,6 +153,27 @@ fn bad_metrics_noise_and_inputs_are_usage_errors() {
     assert_failure(&out, 1, "input not found: missing.png", &dir, &[]);
 }
 
+/// An image that cannot be read fails alone, as in `explain`: the others are scored, the error
+/// is said and listed, and the run ends with status 1. Before, the first bad image ended the
+/// run with nothing scored.
+#[test]
+fn a_bad_image_fails_alone() {
+    let dir = workdir("evaluate-bad-one");
+    std::fs::write(dir.join("broken.png"), b"not a png").unwrap();
+    let out = evaluate(&dir, &["broken.png", "--metric", "drop", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("cannot read image broken.png"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("1 of 3 images"), "{}", stderr(&out));
+    let summary = json(&out);
+    assert_eq!(summary["images"], 2);
+    assert_eq!(summary["failed"][0]["input"], "broken.png");
+    assert_eq!(summary["per_image"].as_array().unwrap().len(), 2, "chelsea and coffee scored");
+    // Nothing readable: the error itself, no table.
+    let out = gradcam(&dir, &["evaluate", "broken.png"]);
+    assert_failure(&out, 1, "cannot read image broken.png", &dir, &["broken.png"]);
+    assert!(stdout(&out).is_empty(), "{}", stdout(&out));
+}
+
 /// `explain --method auto` explains with the candidate `evaluate --method auto` ranks first by
 /// road-combined on the same images (same seed, same noise), and says which and why.
 #[test]
