@@ -18,6 +18,7 @@ fn main() {
         .cpp(true)
         .file("shim/shim.cpp")
         .file("shim/attention.cpp")
+        .file("shim/guided.cpp")
         .include(libtorch.join("include"))
         .include(libtorch.join("include/torch/csrc/api/include"))
         .flag("-std=c++17")

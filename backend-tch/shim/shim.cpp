@@ -9,13 +9,19 @@
 //   capture (self, x)         -> (logits, activation)          activation is a LEAF that requires grad
 //   replace (self, x, act)    -> logits                        the layer's output replaced by `act`
 //   forward (self, x)         -> logits                        the whole model, for inference
+//   input   (self, x)         -> (logits, input)               input is a LEAF that requires grad;
+//                                                               plain or guided ReLUs (guided.cpp)
 // `capture` is two graphs cut at the layer. The part before the cut never needs autograd, so it is
 // frozen and optimized for inference as torch.jit.optimize_for_inference does (weights as
 // constants, conv-BN folding, oneDNN on the CPU). The part after it starts from the layer's output
 // made a leaf that requires grad; as no parameter requires grad, autograd records only that part,
 // so one forward gives what the backward needs, and the backward never goes below the layer. Fused
 // ops without a derivative are rewritten there into ops with one (attention.cpp).
-// `replace` and `forward` never need autograd and are optimized whole.
+// `replace` and `forward` never need autograd and are optimized whole. `input` differentiates the
+// whole forward down to the input, so none of it is frozen or optimized (oneDNN tensors have no
+// autograd); as in `capture`, no parameter requires grad, so autograd records only what the input
+// reaches. Its guided variant replaces every ReLU by the op `gradcam::guided_relu`, registered here
+// (this file is always linked, so its static registration is never dropped).
 //
 // The C API passes tensors as `at::Tensor*` (tch's `C_tensor`); strings and errors are malloc'ed
 // and freed by gc_free_string. Every function returns NULL on success or an error message.
@@ -28,11 +34,14 @@
 #include <torch/csrc/jit/passes/frozen_graph_optimizations.h>
 #include <torch/csrc/jit/passes/frozen_linear_transpose.h>
 #include <torch/csrc/jit/passes/frozen_ops_to_mkldnn.h>
+#include <torch/csrc/jit/passes/inliner.h>
 #include <torch/csrc/jit/passes/shape_analysis.h>
 #include <torch/csrc/jit/serialization/import.h>
+#include <torch/library.h>
 #include <torch/script.h>
 
 #include "attention.h"
+#include "guided.h"
 
 #include <algorithm>
 #include <cstdlib>
@@ -614,6 +623,10 @@ size_t prune_tokens_after_cut(const std::shared_ptr<Graph> &after, Value *keep, 
 
 }  // namespace
 
+// `gradcam::guided_relu`, for the graphs guide_relus rewrites. A CompositeImplicitAutograd kernel
+// (def with a function): it runs on every device and its autograd::Function records the backward.
+TORCH_LIBRARY(gradcam, m) { m.def("guided_relu(Tensor x) -> Tensor", &gradcam::guided_relu); }
+
 struct gc_module {
   torch::jit::Module module;
   c10::Device device;
@@ -678,6 +691,8 @@ char *gc_forward(gc_module *m, const at::Tensor *x, at::Tensor **out) {
 //   mode 1 (capture): returns (logits, leaf activation of `layer`).
 //   mode 2 (replace): takes an extra input, the replacement for `layer`'s output; returns logits.
 //   mode 3 (forward): returns logits; `layer` is ignored.
+//   mode 4 (input):   returns (logits, leaf input); `layer` is ignored. Mode 5: the same with every
+//                     ReLU guided (gradcam::guide_relus).
 // `found` is set to 0 when `layer` has no exposable output (never called, inside control flow, or
 // not a tensor); the function is then not built. For capture, `prune` asks for class-token pruning,
 // with shapes probed at `height` x `width`; `pruned` receives the number of pruned nodes.
@@ -717,6 +732,23 @@ char *gc_build(gc_module *m, const char *layer, int mode, int height, int width,
       *paths_out = dup(names);
     } else if (mode == 3) {
       optimize_for_inference(in.graph, m->module, cpu);
+    } else if (mode == 4 || mode == 5) {
+      // Scripted modules call functions (F.relu, F.batch_norm) through prim::CallFunction: inlined,
+      // with their flags (`inplace`) folded, so that every ReLU is a node of this graph.
+      torch::jit::Inline(g);
+      torch::jit::ConstantPropagation(in.graph);
+      // Autograd runs through the whole graph: no op may lack a derivative.
+      if (gradcam::unfuse_attention(g.block())) torch::jit::EliminateDeadCode(in.graph);
+      // x is cloned first: the graph's in-place ops then never touch the leaf, and mutation removal
+      // sees a fresh tensor.
+      make_leaf(g, g.inputs()[1]);
+      if (mode == 5) {
+        auto [guided, copied] = gradcam::guide_relus(in.graph);
+        if (std::getenv("GRADCAM_TCH_DEBUG"))
+          std::cerr << "guided ReLUs: " << guided << " (" << copied << " written back in place)" << std::endl;
+      }
+    } else if (mode < 0 || mode > 5) {
+      throw std::runtime_error("unknown mode " + std::to_string(mode));
     } else {
       auto rec = std::find_if(in.records.begin(), in.records.end(),
                               [&](const Record &r) { return r.path == layer; });

@@ -49,6 +49,17 @@ pub enum TchError {
         /// The op (`aten::…`).
         op: String,
     },
+    /// The model runs an op libtorch cannot differentiate, and the gradient must reach the input
+    /// (guided backprop, guided Grad-CAM).
+    #[error(
+        "libtorch has no derivative for `{op}`, which the model runs: guided-backprop and guided-gradcam need \
+         the gradient down to the input; use a layer method instead (gradcam, or one without gradients such as \
+         scorecam)"
+    )]
+    NoInputDerivative {
+        /// The op (`aten::…`).
+        op: String,
+    },
     /// The model does not run on an input of the size its layers are listed for.
     #[error(
         "cannot run the model on a {height}x{width} input to list its layers ({message}); a traced model may \

@@ -94,6 +94,19 @@ pub enum Mode {
     Replace = 2,
     /// `(x) -> logits`, optimized for inference.
     Forward = 3,
+    /// `(x) -> (logits, input)`, the input a leaf that requires grad; the whole forward is
+    /// differentiable (nothing frozen).
+    Input = 4,
+    /// [`Mode::Input`] with every ReLU (`aten::relu`, `aten::relu_`) guided: its backward passes
+    /// only positive gradients where its input was positive.
+    GuidedInput = 5,
+}
+
+impl Mode {
+    /// Whether the function is built for a layer (the others ignore the layer name).
+    pub fn has_layer(self) -> bool {
+        matches!(self, Mode::Capture | Mode::Replace)
+    }
 }
 
 impl Module {

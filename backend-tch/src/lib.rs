@@ -21,7 +21,9 @@
 //! `build.rs` against libtorch) inlines the module's `forward` graph and exposes the chosen
 //! module's output. One forward returns the logits and the activation, the activation being a
 //! leaf that requires grad, so the backward runs through the part after the layer only and no
-//! parameter ever gets a gradient.
+//! parameter ever gets a gradient. Guided backprop ([`gradcam_core::CamModel::input_gradient`])
+//! differentiates the whole forward down to the input instead, nothing frozen, every ReLU of the
+//! graph guided (`shim/guided.cpp`).
 //!
 //! Everything lives behind the `tch` cargo feature; without it this crate is empty and the
 //! workspace builds without libtorch.

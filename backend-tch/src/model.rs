@@ -3,8 +3,11 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use gradcam_core::{near_matches, CamError, CamModel, Capture, LayerInfo, LayerTensor, LayerView, Seed};
-use ndarray::{Array2, ArrayView4};
+use gradcam_core::{
+    near_matches, CamError, CamModel, Capture, InputGradient, LayerInfo, LayerTensor, LayerView,
+    ReluBackward, Seed,
+};
+use ndarray::{Array2, Array4, ArrayView2, ArrayView4};
 use tch::{Device, Kind, Tensor};
 
 use crate::error::missing_derivative;
@@ -156,7 +159,7 @@ impl TorchScriptModel {
     fn function(&mut self, layer: &str, mode: Mode) -> Result<&Function, CamError> {
         let key = (layer.to_owned(), mode);
         if !self.functions.contains_key(&key) {
-            if mode != Mode::Forward && !self.module_paths.iter().any(|p| p == layer) {
+            if mode.has_layer() && !self.module_paths.iter().any(|p| p == layer) {
                 let near = near_matches(layer, self.module_paths.iter().map(String::as_str));
                 return Err(CamError::UnknownLayer { name: layer.to_owned(), near });
             }
@@ -230,6 +233,16 @@ fn view_tensor(v: LayerView<'_>, device: Device) -> Tensor {
     t.to_device(device)
 }
 
+/// `Σ seed · logits`, the score whose gradient a capture takes; `seed` is `(B, D)` as core's
+/// [`Seed::seed`] returns it for `logits` flattened per image.
+fn score(logits: &Tensor, seed: ArrayView2<f32>, device: Device) -> Tensor {
+    let seed = tensor_from(&[seed.nrows(), seed.ncols()], seed.as_slice(), || seed.iter().copied().collect())
+        .reshape(logits.size())
+        .to_device(device)
+        .to_kind(logits.kind());
+    (logits * seed).sum(logits.kind())
+}
+
 fn torch_err(e: impl Into<TchError>) -> CamError {
     CamError::backend(e.into())
 }
@@ -240,6 +253,17 @@ fn differentiation_err(layer: &str, e: impl Into<TchError>) -> CamError {
     if let TchError::Torch(message) = &e {
         if let Some(op) = missing_derivative(message) {
             return torch_err(TchError::NoDerivative { layer: layer.to_owned(), op: op.to_owned() });
+        }
+    }
+    torch_err(e)
+}
+
+/// An input gradient's error, as [`differentiation_err`] says it.
+fn input_differentiation_err(e: impl Into<TchError>) -> CamError {
+    let e = e.into();
+    if let TchError::Torch(message) = &e {
+        if let Some(op) = missing_derivative(message) {
+            return torch_err(TchError::NoInputDerivative { op: op.to_owned() });
         }
     }
     torch_err(e)
@@ -281,13 +305,7 @@ impl CamModel for TorchScriptModel {
         let gradient = match seed {
             Some(seed) => {
                 let seed = seed.seed(logits.view(), &output_shape)?;
-                let seed = tensor_from(&[seed.nrows(), seed.ncols()], seed.as_slice(), || {
-                    seed.iter().copied().collect()
-                })
-                .reshape(logits_t.size())
-                .to_device(device)
-                .to_kind(logits_t.kind());
-                let score = (&logits_t * seed).sum(logits_t.kind());
+                let score = score(&logits_t, seed.view(), device);
                 let grads = Tensor::f_run_backward(&[score], &[&act_t], false, false)
                     .map_err(|e| differentiation_err(layer, TchError::from(e)))?;
                 Some(layer_tensor(&grads[0])?)
@@ -295,6 +313,47 @@ impl CamModel for TorchScriptModel {
             None => None,
         };
         Ok(Capture { logits, output_shape, activation: layer_tensor(&act_t.detach())?, gradient })
+    }
+
+    /// The whole forward runs with autograd (nothing frozen or fused, unlike [`CamModel::capture`]'s
+    /// part before the layer), the input a leaf that requires grad, parameters without grad.
+    ///
+    /// [`ReluBackward::Guided`] guides every ReLU of the graph, `aten::relu` and `aten::relu_`
+    /// alike: the definition of guided backprop (Springenberg et al.). pytorch-grad-cam swaps
+    /// `nn.ReLU` modules only, which differs for ReLUs called as functions (`F.relu`, torchvision
+    /// DenseNet's last one). ReLU6, LeakyReLU, GELU and the like stay plain, as there.
+    fn input_gradient(
+        &mut self,
+        input: ArrayView4<f32>,
+        seed: &dyn Seed,
+        relu: ReluBackward,
+    ) -> Result<InputGradient, CamError> {
+        let x = self.input_tensor(input);
+        let device = self.device;
+        let mode = match relu {
+            ReluBackward::Plain => Mode::Input,
+            ReluBackward::Guided => Mode::GuidedInput,
+        };
+        let function = self.function("", mode)?;
+        let outputs = tch::with_grad(|| function.run(&[&x], 2)).map_err(input_differentiation_err)?;
+        let [logits_t, leaf]: [Tensor; 2] =
+            outputs.try_into().map_err(|_| torch_err(TchError::Torch("expected (logits, input)".into())))?;
+        let (logits, output_shape) = logits_array(&logits_t).map_err(CamError::backend)?;
+        let seed = seed.seed(logits.view(), &output_shape)?;
+        let score = score(&logits_t, seed.view(), device);
+        let grads = Tensor::f_run_backward(&[score], &[&leaf], false, false)
+            .map_err(|e| input_differentiation_err(TchError::from(e)))?;
+        let (shape, data) = host(&grads[0]).map_err(CamError::backend)?;
+        let gradient = match shape[..] {
+            [b, c, h, w] => Array4::from_shape_vec((b, c, h, w), data)
+                .map_err(|e| torch_err(TchError::Shape(e.to_string())))?,
+            _ => {
+                return Err(torch_err(TchError::Shape(format!(
+                    "input gradient of shape {shape:?}, expected (B, 3, H, W)"
+                ))))
+            }
+        };
+        Ok(InputGradient { logits, output_shape, gradient })
     }
 
     fn forward(&mut self, input: ArrayView4<f32>) -> Result<Array2<f32>, CamError> {

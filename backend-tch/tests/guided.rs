@@ -1,0 +1,152 @@
+//! Guided backprop and guided Grad-CAM in the tch backend against grad-cam 1.5.7
+//! ([`tests::guided::check_guided`]), and the ReLU swap itself: guided and plain input gradients
+//! differ on a ReLU network and agree on one without ReLUs.
+
+use backend_tch::tch::{CModule, Tensor};
+use backend_tch::{DeviceChoice, TorchScriptModel};
+use gradcam_core::{CamModel, InputGradient, ReluBackward, Target};
+use ndarray::{Array2, Array4};
+use tests::guided::check_guided;
+use tests::{assert_close, close, manifest, require, TOL};
+
+/// Fixture model `key`'s export `kind` (`traced`, `scripted`) on the CPU, when the manifest has it.
+fn load(key: &str, kind: &str) -> Option<TorchScriptModel> {
+    let manifest = manifest();
+    let file = manifest["models"][key]["files"][kind].as_str()?.to_owned();
+    Some(TorchScriptModel::load(&require(&file), DeviceChoice::Cpu).unwrap_or_else(|e| panic!("{file}: {e}")))
+}
+
+fn check(key: &str) {
+    let traced = load(key, "traced").unwrap_or_else(|| panic!("{key}: no traced export in the manifest"));
+    // timm does not script every model; the manifest then has no scripted file.
+    for (kind, model) in [("traced", Some(traced)), ("scripted", load(key, "scripted"))] {
+        if let Some(mut model) = model {
+            check_guided(&format!("tch {kind}"), &mut model, key);
+        }
+    }
+}
+
+#[test]
+fn resnet18_matches_grad_cam() {
+    check("resnet18");
+}
+
+#[test]
+fn vit_tiny_matches_grad_cam() {
+    check("vit_tiny");
+}
+
+#[test]
+fn lite0_matches_grad_cam() {
+    check("lite0");
+}
+
+/// Both input gradients of the fixture input for each image's top-1 class.
+fn plain_and_guided(key: &str) -> (InputGradient, InputGradient) {
+    let mut model = load(key, "traced").unwrap_or_else(|| panic!("{key}: no traced export"));
+    let input = tests::input();
+    let mut run = |relu| {
+        model.input_gradient(input.view(), &Target::top_one(), relu).unwrap_or_else(|e| panic!("{key}: {e}"))
+    };
+    (run(ReluBackward::Plain), run(ReluBackward::Guided))
+}
+
+/// resnet18 is all nn.ReLU: if the swap silently did not happen, guided would equal plain.
+#[test]
+fn guided_differs_from_plain_on_relu_networks() {
+    let (plain, guided) = plain_and_guided("resnet18");
+    assert_eq!(plain.logits, guided.logits, "the forward is the same");
+    assert_eq!(plain.gradient.dim(), (2, 3, 224, 224));
+    assert!(
+        close(guided.gradient.view(), plain.gradient.view(), 0.1).is_err(),
+        "guided backprop changed the gradient by less than 10 % of its scale"
+    );
+}
+
+/// vit_tiny has no ReLU (GELU only): guided is plain.
+#[test]
+fn guided_is_plain_without_relus() {
+    let (plain, guided) = plain_and_guided("vit_tiny");
+    assert!(plain.gradient.iter().any(|&g| g != 0.0), "a zero gradient proves nothing");
+    if let Err(e) = close(guided.gradient.view(), plain.gradient.view(), TOL) {
+        panic!("vit_tiny guided vs plain: {e}");
+    }
+}
+
+/// An in-place ReLU on a view (`y.view(..).relu_()`, then `y` read): mutation removal cannot make
+/// it out-of-place, so the guided op's result is written back into the view. Against the closed
+/// form: logits = relu(x) w^T; the gradient entering the ReLU for class c is w[c], so plain is
+/// w[c] (x > 0) and guided w[c] (x > 0) (w[c] > 0).
+#[test]
+fn in_place_relu_on_a_view_is_guided_and_written_back() {
+    let (batch, features, classes) = (2usize, 3 * 4 * 5, 3usize);
+    let xs: Vec<f32> = (0..batch * features).map(|i| ((i * 7 % 13) as f32 - 6.0) / 4.0).collect();
+    let ws: Vec<f32> = (0..classes * features).map(|i| ((i * 5 % 11) as f32 - 5.0) / 8.0).collect();
+    let w = Tensor::from_slice(&ws).view([classes as i64, features as i64]);
+    let x = Tensor::from_slice(&xs).view([batch as i64, 3, 4, 5]);
+    let traced = CModule::create_by_tracing("ViewRelu", "forward", &[x], &mut |inputs| {
+        let y = &inputs[0] * 1.0;
+        let _ = y.view([batch as i64, -1]).relu_();
+        vec![y.flatten(1, -1).matmul(&w.tr())]
+    })
+    .expect("trace");
+    let dir = tests::scratch_dir(env!("CARGO_TARGET_TMPDIR"), "guided", "view_relu");
+    let path = dir.join("view_relu.traced.pt");
+    traced.save(&path).expect("save");
+    let mut model = TorchScriptModel::load(&path, DeviceChoice::Cpu).expect("load");
+
+    let input = Array4::from_shape_vec((batch, 3, 4, 5), xs.clone()).unwrap();
+    let target = Target::per_image(vec![0, 2]);
+    let plain = model.input_gradient(input.view(), &target, ReluBackward::Plain).expect("plain");
+    let guided = model.input_gradient(input.view(), &target, ReluBackward::Guided).expect("guided");
+    let w = Array2::from_shape_vec((classes, features), ws).unwrap();
+    let x = Array2::from_shape_vec((batch, features), xs).unwrap();
+    let logits = x.mapv(|v| v.max(0.0)).dot(&w.t());
+    for (name, got) in [("plain", &plain), ("guided", &guided)] {
+        assert_close(&format!("{name} logits"), got.logits.view(), logits.view(), TOL);
+    }
+    let mut want_plain = Array2::<f32>::zeros((batch, features));
+    let mut want_guided = want_plain.clone();
+    for (b, c) in [0, 2].into_iter().enumerate() {
+        for j in 0..features {
+            let (g, on) = (w[[c, j]], x[[b, j]] > 0.0);
+            want_plain[[b, j]] = if on { g } else { 0.0 };
+            want_guided[[b, j]] = if on && g > 0.0 { g } else { 0.0 };
+        }
+    }
+    let flat = |g: &InputGradient| g.gradient.clone().into_shape_with_order((batch, features)).unwrap();
+    assert_close("plain gradient", flat(&plain).view(), want_plain.view(), TOL);
+    assert_close("guided gradient", flat(&guided).view(), want_guided.view(), TOL);
+}
+
+/// torchvision's ViT runs the fused `aten::_native_multi_head_attention`, which libtorch cannot
+/// differentiate; the input graph rewrites it as capture does. Its plain input gradient against
+/// central finite differences of the score along one direction, for both exports.
+#[test]
+fn fused_attention_differentiates_down_to_the_input() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("models");
+    let input =
+        tests::npy::<f32>(dir.join("tv_vit/input.npy")).into_dimensionality::<ndarray::Ix4>().unwrap();
+    let direction = input.mapv(f32::signum);
+    let (class, eps) = (3, 1e-2f32);
+    for file in ["tv_vit.traced.pt", "tv_vit.scripted.pt"] {
+        let mut model = TorchScriptModel::load(&dir.join(file), DeviceChoice::Cpu).expect("load");
+        let target = Target::class(class);
+        let plain = model
+            .input_gradient(input.view(), &target, ReluBackward::Plain)
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        let guided = model.input_gradient(input.view(), &target, ReluBackward::Guided).expect("guided");
+        assert_close(&format!("{file} guided (no ReLU)"), guided.gradient.view(), plain.gradient.view(), TOL);
+        let mut score = |x: &Array4<f32>| -> f64 {
+            let logits = model.forward(x.view()).expect("forward");
+            logits.column(class).iter().map(|&v| v as f64).sum()
+        };
+        let finite = (score(&(&input + &(&direction * eps))) - score(&(&input - &(&direction * eps))))
+            / (2.0 * eps as f64);
+        let analytic: f64 = plain.gradient.iter().zip(&direction).map(|(&g, &d)| (g * d) as f64).sum();
+        assert!(
+            (finite - analytic).abs() <= 1e-2 * analytic.abs().max(1e-3),
+            "{file}: finite differences {finite} vs gradient {analytic}"
+        );
+    }
+}
