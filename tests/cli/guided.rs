@@ -1,6 +1,6 @@
-//! `--method guided-backprop|guided-gradcam` end to end on the guided fixtures (candle's
-//! ResNet-18): `--npy-out` holds grad-cam 1.5.7's `(N, 3, H, W)` maps, the pictures are its
-//! `deprocess_image`, and the misuses are messages that say what to do.
+//! `--method guided-backprop|guided-gradcam` end to end on the guided fixtures (ResNet-18 in every
+//! backend built in): `--npy-out` holds grad-cam 1.5.7's `(N, 3, H, W)` maps, the pictures are
+//! its `deprocess_image`, and the misuses are messages that say what to do.
 
 use super::*;
 use ndarray::{Array4, Axis};
@@ -9,31 +9,46 @@ use tests::{assert_close, fixtures_dir, npy, TOL, UPSAMPLED_TOL};
 
 /// `gradcam explain` of the fixtures' two-image input with `--top 2` (image 0's fixture class is
 /// its runner-up, image 1's its top-1), `--json` and `--npy-out maps.npy`.
-fn explain(dir: &Path, method: &str) -> Value {
+fn explain(dir: &Path, backend: Backend, method: &str) -> Value {
     let _ = std::fs::remove_dir_all(dir.join("out"));
     let _ = std::fs::remove_file(dir.join("maps.npy"));
     let input = fixtures_dir().join("input.npy").display().to_string();
-    let model = fixtures_dir().join("resnet18.safetensors").display().to_string();
-    let args = [
-        "explain",
-        &input,
-        "--model",
-        &model,
-        "--arch",
-        "resnet18",
-        "--method",
-        method,
-        "--top",
-        "2",
-        "--json",
-        "--npy-out",
-        "maps.npy",
-        "--out",
-        "out",
-    ];
-    let out = gradcam(dir, &args);
+    let mut args = vec!["explain".to_string(), input, "--method".into(), method.into()];
+    args.extend(backend.args());
+    args.extend(["--top", "2", "--json", "--npy-out", "maps.npy", "--out", "out"].map(String::from));
+    let out = command(dir, &args).output().expect("the gradcam binary runs");
     assert_success(&out);
     json(&out)
+}
+
+/// The fixture ResNet-18 as one backend reads it.
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    #[cfg(feature = "candle")]
+    Candle,
+    #[cfg(feature = "tch")]
+    Tch,
+    #[cfg(feature = "ort")]
+    Ort,
+}
+
+impl Backend {
+    fn args(self) -> Vec<String> {
+        let file = |name: &str| fixtures_dir().join(name).display().to_string();
+        let args = match self {
+            #[cfg(feature = "candle")]
+            Backend::Candle => {
+                ["--model".into(), file("resnet18.safetensors"), "--arch".into(), "resnet18".into()]
+            }
+            #[cfg(feature = "tch")]
+            Backend::Tch => ["--backend".into(), "tch".into(), "--model".into(), file("resnet18.traced.pt")],
+            #[cfg(feature = "ort")]
+            Backend::Ort => {
+                ["--backend".into(), "ort".into(), "--model".into(), file("resnet18.dynamo.onnx")]
+            }
+        };
+        args.to_vec()
+    }
 }
 
 /// Per image: the map record of the fixture's class.
@@ -71,10 +86,10 @@ fn assert_picture(dir: &Path, path: &str, want: ndarray::ArrayView3<u8>) {
 
 /// `method`'s maps and pictures against `want` and the fixture's `pictures`, the picture named
 /// `input.<b>.<stem>.c<class>.pixels.png`.
-fn check(method: &str, stem: &str, want: &Array4<f32>, tol: f32, pictures: &str) {
-    let dir = workdir(&format!("guided-{method}"));
+fn check(backend: Backend, method: &str, stem: &str, want: &Array4<f32>, tol: f32, pictures: &str) {
+    let dir = workdir(&format!("guided-{backend:?}-{method}"));
     let reference = guided_reference("resnet18");
-    let json = explain(&dir, method);
+    let json = explain(&dir, backend, method);
     let maps: Array4<f32> = ndarray_npy::read_npy(dir.join("maps.npy")).expect("(N, 3, H, W) maps.npy");
     assert_eq!(maps.len_of(Axis(0)), 4, "two images, two classes");
     let deprocessed = npy::<u8>(guided_dir("resnet18").join(pictures));
@@ -82,7 +97,7 @@ fn check(method: &str, stem: &str, want: &Array4<f32>, tol: f32, pictures: &str)
         assert_eq!(record["method"], method);
         assert!(record["overlay"].is_null() && record["heatmap"].is_null(), "{record}");
         let index = record["npy_index"].as_u64().expect("npy index") as usize;
-        let what = format!("{method} image {b}");
+        let what = format!("{backend:?} {method} image {b}");
         assert_close(&what, maps.index_axis(Axis(0), index), want.index_axis(Axis(0), b), tol);
         let picture = record["pixels"].as_str().expect("a picture");
         let class = reference.classes[b];
@@ -91,18 +106,41 @@ fn check(method: &str, stem: &str, want: &Array4<f32>, tol: f32, pictures: &str)
     }
 }
 
-#[test]
-fn guided_backprop_matches_grad_cam() {
-    check("guided-backprop", "guided-backprop", &guided_reference("resnet18").guided, TOL, "deprocessed.npy");
+/// Guided backprop, and guided Grad-CAM at the automatic layer (`layer4`, the fixture's), which
+/// its picture names.
+fn check_both(backend: Backend) {
+    let reference = guided_reference("resnet18");
+    check(backend, "guided-backprop", "guided-backprop", &reference.guided, TOL, "deprocessed.npy");
+    let stem = "layer4.guided-gradcam";
+    check(
+        backend,
+        "guided-gradcam",
+        stem,
+        &reference.guided_gradcam,
+        UPSAMPLED_TOL,
+        "deprocessed_gradcam.npy",
+    );
 }
 
-/// Guided Grad-CAM at the automatic layer (`layer4`, the fixture's), named in its picture.
+#[cfg(feature = "candle")]
 #[test]
-fn guided_gradcam_matches_grad_cam() {
-    let want = guided_reference("resnet18").guided_gradcam;
-    check("guided-gradcam", "layer4.guided-gradcam", &want, UPSAMPLED_TOL, "deprocessed_gradcam.npy");
+fn candle_guided_matches_grad_cam() {
+    check_both(Backend::Candle);
 }
 
+#[cfg(feature = "tch")]
+#[test]
+fn tch_guided_matches_grad_cam() {
+    check_both(Backend::Tch);
+}
+
+#[cfg(feature = "ort")]
+#[test]
+fn ort_guided_matches_grad_cam() {
+    check_both(Backend::Ort);
+}
+
+#[cfg(feature = "candle")]
 #[test]
 fn guided_misuse() {
     let dir = workdir("guided-misuse");

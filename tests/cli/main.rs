@@ -16,7 +16,7 @@ use serde_json::Value;
 mod evaluate;
 #[cfg(feature = "candle")]
 mod faults;
-#[cfg(feature = "candle")]
+#[cfg(any(feature = "candle", feature = "tch", feature = "ort"))]
 mod guided;
 #[cfg(feature = "candle")]
 mod hostile;
