@@ -34,6 +34,22 @@ pub struct MapRecord {
     pub is_final: bool,
 }
 
+impl MapRecord {
+    /// What `map` is, with no picture yet.
+    fn of(map: &MapResult) -> Self {
+        MapRecord {
+            class: map.class,
+            rank: map.rank,
+            layer: map.layer.clone(),
+            method: map.method,
+            overlay: None,
+            heatmap: None,
+            pixels: None,
+            is_final: map.is_final,
+        }
+    }
+}
+
 /// One image, rendered: files to write and what they hold.
 pub struct Rendered {
     pub item: Item,
@@ -158,16 +174,7 @@ impl Renderer {
                 let path = self.pixels_path(&item.name, layer, map.method, map.rank.map(|_| map.class));
                 let picture = gradcam_viz::deprocess_image(pixels.view())?;
                 files.push((path.clone(), encode(&picture, &path)?));
-                records.push(MapRecord {
-                    class: map.class,
-                    rank: map.rank,
-                    layer: map.layer.clone(),
-                    method: map.method,
-                    overlay: None,
-                    heatmap: None,
-                    pixels: Some(path),
-                    is_final: map.is_final,
-                });
+                records.push(MapRecord { pixels: Some(path), ..MapRecord::of(map) });
                 // Not in the grid, whose cells are overlays.
                 overlays.push(None);
                 continue;
@@ -179,16 +186,7 @@ impl Renderer {
             } else {
                 None
             };
-            let mut record = MapRecord {
-                class: map.class,
-                rank: map.rank,
-                layer: map.layer.clone(),
-                method: map.method,
-                overlay: None,
-                heatmap: None,
-                pixels: None,
-                is_final: map.is_final,
-            };
+            let mut record = MapRecord::of(map);
             if let (true, Some(o)) = (self.wants(PictureKind::Overlay), &overlay) {
                 files.push((overlay_path.clone(), encode(o, &overlay_path)?));
                 record.overlay = Some(overlay_path);

@@ -283,6 +283,28 @@ impl CandleModel {
     }
 }
 
+/// `d Σ seed(logits) · logits / d leaf`, core's seed computed from this very forward's `logits`
+/// (zeros where the logits do not depend on the leaf).
+fn backward(
+    logits_t: &Tensor,
+    logits: &Array2<f32>,
+    output_shape: &[usize],
+    seed: &dyn Seed,
+    leaf: &Var,
+) -> Result<Tensor, CamError> {
+    let seed = seed.seed(logits.view(), output_shape)?;
+    let seed = Tensor::from_slice(seed.as_slice().unwrap_or_default(), seed.dim(), &Device::Cpu)
+        .map_err(CandleError::from)?;
+    let grad = (|| -> candle_core::Result<Tensor> {
+        let grads = logits_t.mul(&seed)?.sum_all()?.backward()?;
+        match grads.get(leaf.as_tensor()) {
+            Some(g) => Ok(g.clone()),
+            None => leaf.as_tensor().zeros_like(),
+        }
+    })();
+    Ok(grad.map_err(CandleError::from)?)
+}
+
 fn hash(data: &[f32]) -> u64 {
     // FNV-1a over the bits: only a pre-filter, equality is checked in full.
     data.iter().fold(0xcbf2_9ce4_8422_2325, |h, v| (h ^ v.to_bits() as u64).wrapping_mul(0x100_0000_01b3))
@@ -345,21 +367,7 @@ impl CamModel for CandleModel {
         let activation = to_layer(leaf.as_tensor())?;
         let gradient = match seed {
             None => None,
-            Some(seed) => {
-                let seed = seed.seed(logits.view(), &output_shape)?;
-                let seed = Tensor::from_slice(seed.as_slice().unwrap_or_default(), seed.dim(), &Device::Cpu)
-                    .map_err(CandleError::from)?;
-                let grad = (|| -> candle_core::Result<Tensor> {
-                    let grads = logits_t.mul(&seed)?.sum_all()?.backward()?;
-                    match grads.get(leaf.as_tensor()) {
-                        Some(g) => Ok(g.clone()),
-                        // The logits do not depend on this layer.
-                        None => leaf.as_tensor().zeros_like(),
-                    }
-                })()
-                .map_err(CandleError::from)?;
-                Some(to_layer(&grad)?)
-            }
+            Some(seed) => Some(to_layer(&backward(&logits_t, &logits, &output_shape, seed, &leaf)?)?),
         };
         Ok(Capture { logits, output_shape, activation, gradient })
     }
@@ -378,17 +386,7 @@ impl CamModel for CandleModel {
         let logits_t = self.net.forward(x.as_tensor(), &mut taps).map_err(CandleError::from)?;
         let logits = to_logits(&logits_t)?;
         let output_shape = vec![logits.ncols()];
-        let seed = seed.seed(logits.view(), &output_shape)?;
-        let seed = Tensor::from_slice(seed.as_slice().unwrap_or_default(), seed.dim(), &Device::Cpu)
-            .map_err(CandleError::from)?;
-        let grad = (|| -> candle_core::Result<Tensor> {
-            let grads = logits_t.mul(&seed)?.sum_all()?.backward()?;
-            match grads.get(x.as_tensor()) {
-                Some(g) => Ok(g.clone()),
-                None => x.as_tensor().zeros_like(),
-            }
-        })()
-        .map_err(CandleError::from)?;
+        let grad = backward(&logits_t, &logits, &output_shape, seed, &x)?;
         let data = grad.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(CandleError::from)?;
         let gradient = Array4::from_shape_vec(input.dim(), data)
             .map_err(|e| CamError::Shape(format!("input gradient: {e}")))?;

@@ -17,35 +17,7 @@ fn check(key: &str, exporter: &str) {
     check_guided(&format!("ort {exporter}"), &mut load(key, exporter), key);
 }
 
-#[test]
-fn resnet18_legacy() {
-    check("resnet18", "legacy");
-}
-
-#[test]
-fn resnet18_dynamo() {
-    check("resnet18", "dynamo");
-}
-
-#[test]
-fn vit_tiny_legacy() {
-    check("vit_tiny", "legacy");
-}
-
-#[test]
-fn vit_tiny_dynamo() {
-    check("vit_tiny", "dynamo");
-}
-
-#[test]
-fn lite0_legacy() {
-    check("lite0", "legacy");
-}
-
-#[test]
-fn lite0_dynamo() {
-    check("lite0", "dynamo");
-}
+tests::onnx_fixture_tests!(check);
 
 /// The guided rule changes a ResNet's input gradient and nothing in a ViT, which has no ReLU; a
 /// batch of three (a fixed part of two plus one) gives each image what it gives alone.

@@ -14,37 +14,10 @@ fn check(key: &str, exporter: &str) {
     check_model(&format!("ort {exporter}"), &mut model, key, |_| true);
 }
 
-#[test]
-fn resnet18_legacy() {
-    check("resnet18", "legacy");
-}
-
-#[test]
-fn resnet18_dynamo() {
-    check("resnet18", "dynamo");
-}
-
-#[test]
-fn vit_tiny_legacy() {
-    check("vit_tiny", "legacy");
-}
-
-#[test]
-fn vit_tiny_dynamo() {
-    check("vit_tiny", "dynamo");
-}
-
-/// The exports fold BatchNorm into the convolutions, so a ReLU6 pre-activation within float noise
-/// of a kink can fall on the other side than in PyTorch: the reference's tie mask covers it.
-#[test]
-fn lite0_legacy() {
-    check("lite0", "legacy");
-}
-
-#[test]
-fn lite0_dynamo() {
-    check("lite0", "dynamo");
-}
+// The exports fold BatchNorm into the convolutions, so a ReLU6 pre-activation of Lite0 within
+// float noise of a kink can fall on the other side than in PyTorch: the reference's tie mask
+// covers it.
+tests::onnx_fixture_tests!(check);
 
 #[test]
 fn default_layers_match_the_other_backends() {

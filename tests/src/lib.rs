@@ -483,3 +483,40 @@ pub fn check_model(label: &str, model: &mut dyn CamModel, key: &str, methods: im
 }
 pub mod guided;
 pub mod targets;
+
+/// One `#[test]` per model fixture and ONNX exporter, each calling `$check(key, exporter)`:
+/// `resnet18_legacy`, `resnet18_dynamo`, `vit_tiny_legacy`, … `lite0_dynamo`.
+#[macro_export]
+macro_rules! onnx_fixture_tests {
+    ($check:path) => {
+        #[test]
+        fn resnet18_legacy() {
+            $check("resnet18", "legacy");
+        }
+
+        #[test]
+        fn resnet18_dynamo() {
+            $check("resnet18", "dynamo");
+        }
+
+        #[test]
+        fn vit_tiny_legacy() {
+            $check("vit_tiny", "legacy");
+        }
+
+        #[test]
+        fn vit_tiny_dynamo() {
+            $check("vit_tiny", "dynamo");
+        }
+
+        #[test]
+        fn lite0_legacy() {
+            $check("lite0", "legacy");
+        }
+
+        #[test]
+        fn lite0_dynamo() {
+            $check("lite0", "dynamo");
+        }
+    };
+}
