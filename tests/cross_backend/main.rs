@@ -140,3 +140,66 @@ fn vit_tiny_backends_agree() {
 fn lite0_backends_agree() {
     check("lite0", "tf_efficientnet_lite0");
 }
+
+/// Guided backprop and guided Grad-CAM where no guided fixture was made: the target fixtures'
+/// FCN-style segmenter (a non-square 96×128 input, each case's segmentation target), one-logit
+/// ResNet-18 (its runner-up class, the negated logit) and ViT embedding (cosine to a concept),
+/// in every TorchScript and ONNX file of each: every file's pixel maps agree with every other's.
+#[cfg(any(feature = "tch", feature = "ort"))]
+#[test]
+fn guided_methods_agree_on_models_that_are_not_classifiers() {
+    use tests::targets::target_model;
+    let methods = [Method::GuidedBackprop, Method::GuidedGradCam];
+    let mut compared = 0;
+    for (key, case) in [("fcn", 0), ("resnet18_binary", 1), ("vit_embed", 0)] {
+        let m = target_model(key);
+        let input = tests::npy::<f32>(&m.input).into_dimensionality::<ndarray::Ix4>().expect("(B, 3, H, W)");
+        let target = &m.cases[case].target;
+        #[allow(unused_mut)]
+        let mut opened: Vec<(&str, Box<dyn CamModel>)> = Vec::new();
+        #[cfg(feature = "tch")]
+        opened.push((
+            "tch traced",
+            Box::new(
+                backend_tch::TorchScriptModel::load(&m.file("traced"), backend_tch::DeviceChoice::Cpu)
+                    .unwrap(),
+            ),
+        ));
+        #[cfg(feature = "ort")]
+        for (label, kind) in [("ort legacy", "legacy_onnx"), ("ort dynamo", "dynamo_onnx")] {
+            opened.push((label, Box::new(backend_ort::OnnxModel::load(&m.file(kind)).unwrap())));
+        }
+        let mut pixels = Vec::new();
+        for (label, model) in &mut opened {
+            let out = gradcam_core::explain(
+                model.as_mut(),
+                input.view(),
+                &[&m.layer],
+                &methods,
+                target,
+                &reference_options(),
+            )
+            .unwrap_or_else(|e| panic!("{label} {key}: {e}"));
+            for e in out {
+                let p = e.pixels.unwrap_or_else(|| panic!("{label} {key} {}: no pixels", e.method));
+                assert!(
+                    p.iter().all(|v| v.is_finite()) && p.iter().any(|v| *v != 0.0),
+                    "{label} {key} {}",
+                    e.method
+                );
+                pixels.push((*label, e.method, p));
+            }
+        }
+        for (i, (a_label, method, a)) in pixels.iter().enumerate() {
+            for (b_label, _, b) in pixels[i + 1..].iter().filter(|(_, m, _)| m == method) {
+                compared += 1;
+                if let Err(e) = close(a.view(), b.view(), TOL) {
+                    panic!("{key} {method}: {a_label} vs {b_label}: {e}");
+                }
+            }
+        }
+    }
+    #[cfg(feature = "ort")]
+    assert!(compared > 0, "nothing was compared");
+    let _ = compared;
+}
