@@ -73,7 +73,7 @@ fn rule(method: Method) -> Option<Rule> {
         Method::Fem => Rule::ActivationWeights(fem_weight),
         Method::KpcaCam => Rule::Projection(kernel_projection),
         Method::ScoreCam | Method::AblationCam | Method::RandomCam => return None,
-        Method::GuidedBackprop | Method::GuidedGradCam => return None,
+        Method::FullGrad | Method::GuidedBackprop | Method::GuidedGradCam => return None,
     })
 }
 
@@ -385,7 +385,7 @@ pub fn scale_maps(raw: ArrayView3<f32>) -> Array3<f32> {
     out
 }
 
-fn min_max_in_place(map: &mut [f32]) {
+pub(crate) fn min_max_in_place(map: &mut [f32]) {
     let min = map.iter().copied().fold(f32::INFINITY, f32::min);
     for v in map.iter_mut() {
         *v -= min;

@@ -14,8 +14,8 @@ use crate::layout::nhwc_to_nchw;
 use crate::resize::upsample_align_corners;
 use crate::tokens::fold_tokens;
 use crate::{
-    CamError, CamModel, FinerSeed, LayerTensor, LayerView, Layout, LegacyRandom, Method, ReluBackward, Seed,
-    Target, TokenGrid,
+    fullgrad_maps, CamError, CamModel, FinerSeed, LayerTensor, LayerView, Layout, LegacyRandom, Method,
+    ReluBackward, Seed, Target, TokenGrid,
 };
 
 /// Progress callback: `(done, total)` forward passes of ScoreCAM / AblationCAM.
@@ -199,10 +199,13 @@ pub fn explain(
     if methods.is_empty() {
         return Err(CamError::Unsupported("no CAM method given".into()));
     }
-    if !methods.iter().any(|m| m.is_pixel_space()) {
+    // FullGrad and the pixel-space methods take their own backward passes; the rest share the
+    // layers' captures.
+    let own_pass = |m: &Method| m.is_pixel_space() || *m == Method::FullGrad;
+    if !methods.iter().any(own_pass) {
         return explain_maps(model, input, layers, methods, target, options);
     }
-    let mut heatmap_methods: Vec<Method> = methods.iter().copied().filter(|m| !m.is_pixel_space()).collect();
+    let mut heatmap_methods: Vec<Method> = methods.iter().copied().filter(|m| !own_pass(m)).collect();
     let borrowed_gradcam = methods.contains(&Method::GuidedGradCam) && !methods.contains(&Method::GradCam);
     if borrowed_gradcam {
         heatmap_methods.push(Method::GradCam);
@@ -216,22 +219,36 @@ pub fn explain(
     if borrowed_gradcam {
         heatmaps.pop();
     }
-    let guided = model.input_gradient(input, target, ReluBackward::Guided)?;
-    if guided.gradient.dim() != input.dim() {
-        return Err(CamError::Shape(format!(
-            "the backend returned an input gradient of shape {:?} for an input of shape {:?}",
-            guided.gradient.shape(),
-            input.shape()
-        )));
-    }
-    let (bound, classes) = target.bind(guided.logits.view(), &guided.output_shape)?;
+    let fullgrad = if methods.contains(&Method::FullGrad) {
+        Some(explain_fullgrad(model, input, target, options)?)
+    } else {
+        None
+    };
     let mut heatmaps = heatmaps.into_iter();
     let mut out = Vec::with_capacity(methods.len());
+    let mut guided_pass = None;
     for &method in methods {
+        if method == Method::FullGrad {
+            out.push(fullgrad.clone().expect("explained above"));
+            continue;
+        }
         if !method.is_pixel_space() {
             out.push(heatmaps.next().expect("one explanation per heatmap method"));
             continue;
         }
+        if guided_pass.is_none() {
+            let guided = model.input_gradient(input, target, ReluBackward::Guided)?;
+            if guided.gradient.dim() != input.dim() {
+                return Err(CamError::Shape(format!(
+                    "the backend returned an input gradient of shape {:?} for an input of shape {:?}",
+                    guided.gradient.shape(),
+                    input.shape()
+                )));
+            }
+            let (bound, classes) = target.bind(guided.logits.view(), &guided.output_shape)?;
+            guided_pass = Some((guided, bound, classes));
+        }
+        let (guided, bound, classes) = guided_pass.as_ref().expect("taken above");
         let (maps, layers) = match (&gradcam, method) {
             (Some(g), Method::GuidedGradCam) => (g.maps.clone(), g.layers.clone()),
             _ => (Array3::ones((batch, in_h, in_w)), Vec::new()),
@@ -249,6 +266,55 @@ pub fn explain(
         });
     }
     Ok(out)
+}
+
+/// FullGrad's explanation: one backward pass to the input and every bias
+/// ([`CamModel::full_gradients`]) per augmentation, maps by [`fullgrad_maps`] (averaged after
+/// un-flipping under `aug_smooth`, as every other method).
+fn explain_fullgrad(
+    model: &mut dyn CamModel,
+    input: ArrayView4<f32>,
+    target: &Target,
+    options: &CamOptions,
+) -> Result<Explanation, CamError> {
+    if options.eigen_smooth {
+        return Err(CamError::Unsupported(
+            "fullgrad has its own eigen-smooth in pytorch-grad-cam, which is not implemented here: explain fullgrad without it"
+                .into(),
+        ));
+    }
+    let grads = model.full_gradients(input, target)?;
+    let (bound, classes) = target.bind(grads.logits.view(), &grads.output_shape)?;
+    let mut maps = fullgrad_maps(input, &grads)?;
+    if options.aug_smooth {
+        let width = match grads.output_shape.as_slice() {
+            [_, _, w] => *w,
+            _ => 0,
+        };
+        // The mean in ttach's order, one pass after the other, then / 6.
+        let mut sum = Array3::<f32>::zeros(maps.raw_dim());
+        for augmentation in &AUGMENTATIONS {
+            if *augmentation == Augmentation::IDENTITY {
+                sum += &maps;
+                continue;
+            }
+            let augmented = augmentation.apply(input);
+            let target = if augmentation.flip { bound.mirrored(width) } else { bound.clone() };
+            let g = model.full_gradients(augmented.view(), &target)?;
+            sum += &augmentation.undo(fullgrad_maps(augmented.view(), &g)?.view());
+        }
+        maps = sum.mapv(|v| v / AUGMENTATIONS.len() as f32);
+    }
+    Ok(Explanation {
+        method: Method::FullGrad,
+        logits: grads.logits,
+        output_shape: grads.output_shape,
+        classes,
+        target: bound,
+        maps,
+        layers: Vec::new(),
+        pixels: None,
+    })
 }
 
 /// [`explain`] for heatmap methods only.

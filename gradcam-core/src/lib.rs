@@ -83,6 +83,7 @@ mod eigen;
 mod error;
 mod explain;
 mod finer;
+mod fullgrad;
 mod kernel;
 mod layer;
 mod layout;
@@ -107,6 +108,7 @@ pub use explain::{
     AUGMENTATIONS,
 };
 pub use finer::{finer_comparisons, FinerSeed, FINER_COMPARISONS, FINER_EPS};
+pub use fullgrad::fullgrad_maps;
 pub use kernel::{kernel_projection, KPCA_COEF0};
 pub use layer::{near_matches, Activations, Gradients, LayerTensor, LayerView};
 pub use layout::Layout;
@@ -115,7 +117,10 @@ pub use metrics::{
     evaluate, Metric, MetricOptions, MetricValues, ROAD_COMBINED_PERCENTILES, ROAD_LEAST_PERCENTILE,
     ROAD_MOST_PERCENTILE,
 };
-pub use model::{default_layer_among, CamModel, Capture, InputGradient, LayerInfo, ReluBackward};
+pub use model::{
+    default_layer_among, BiasGradient, CamModel, Capture, FullGradients, InputGradient, LayerInfo,
+    ReluBackward,
+};
 pub use random::LegacyRandom;
 pub use resize::{resize_bilinear, resize_bilinear_into, upsample_align_corners};
 pub use road::{impute, percentile, road_keep_mask, LegacyNormal, ROAD_NEIGHBOURS, ROAD_NOISE};

@@ -58,6 +58,11 @@ pub enum Method {
     /// RandomCAM, a sanity baseline: channel weights drawn uniformly from `[-1, 1)` by numpy's
     /// legacy generator seeded with [`crate::CamOptions::seed`] ([`crate::LegacyRandom`]).
     RandomCam,
+    /// FullGrad: `|input gradient × input|` plus `|bias × output gradient|` of every layer with a
+    /// bias, each channel min-max scaled and resized to the input ([`crate::fullgrad_maps`]);
+    /// it ignores the given layers, as pytorch-grad-cam does, and needs
+    /// [`crate::CamModel::full_gradients`].
+    FullGrad,
     /// Guided backpropagation: `d score / d input` through ReLUs that pass only positive
     /// gradients, a `(B, 3, H, W)` map in pixel space ([`crate::Explanation::pixels`]); needs
     /// [`crate::CamModel::input_gradient`].
@@ -68,8 +73,9 @@ pub enum Method {
 }
 
 impl Method {
-    /// Every method whose answer is a `(B, H, W)` heatmap, in a fixed order: the candidates of
-    /// `--method auto` and the methods [`crate::evaluate`] scores.
+    /// Every method that explains the given layers with a `(B, H, W)` heatmap, in a fixed order:
+    /// the candidates of `--method auto`. [`Method::FullGrad`] (every bias layer instead) and the
+    /// pixel-space methods ([`Method::PIXEL`]) are not among them ([`Method::EVERY`] lists all).
     pub const ALL: [Method; 14] = [
         Method::GradCam,
         Method::GradCamPlusPlus,
@@ -85,6 +91,27 @@ impl Method {
         Method::KpcaCam,
         Method::FinerCam,
         Method::RandomCam,
+    ];
+
+    /// Every method: [`Method::ALL`], [`Method::FullGrad`], [`Method::PIXEL`].
+    pub const EVERY: [Method; 17] = [
+        Method::GradCam,
+        Method::GradCamPlusPlus,
+        Method::XGradCam,
+        Method::HiResCam,
+        Method::LayerCam,
+        Method::GradCamElementWise,
+        Method::EigenCam,
+        Method::EigenGradCam,
+        Method::ScoreCam,
+        Method::AblationCam,
+        Method::Fem,
+        Method::KpcaCam,
+        Method::FinerCam,
+        Method::RandomCam,
+        Method::FullGrad,
+        Method::GuidedBackprop,
+        Method::GuidedGradCam,
     ];
 
     /// The methods whose answer is a `(B, 3, H, W)` map in pixel space ([`Method::is_pixel_space`]).
@@ -113,6 +140,7 @@ impl Method {
             Method::KpcaCam => "kpcacam",
             Method::FinerCam => "finercam",
             Method::RandomCam => "randomcam",
+            Method::FullGrad => "fullgrad",
             Method::GuidedBackprop => "guided-backprop",
             Method::GuidedGradCam => "guided-gradcam",
         }
@@ -133,11 +161,17 @@ impl Method {
 
     /// Whether pytorch-grad-cam's `eigen_smooth` changes the method: every method whose map is a
     /// channel reduction of weighted activations. EigenCAM and EigenGradCAM already are a first
-    /// principal component; FEM and KPCA-CAM ignore the flag there.
+    /// principal component; FEM and KPCA-CAM ignore the flag there. FullGrad's own version of it
+    /// is not implemented: [`crate::explain`] refuses the combination.
     pub fn supports_eigen_smooth(self) -> bool {
         !matches!(
             self,
-            Method::EigenCam | Method::EigenGradCam | Method::Fem | Method::KpcaCam | Method::GuidedBackprop
+            Method::EigenCam
+                | Method::EigenGradCam
+                | Method::Fem
+                | Method::KpcaCam
+                | Method::FullGrad
+                | Method::GuidedBackprop
         )
     }
 
@@ -159,9 +193,8 @@ impl FromStr for Method {
     /// Parses a command-line name, case-insensitively; `_` is accepted for `-`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let wanted = s.trim().to_ascii_lowercase().replace('_', "-");
-        let every = || Method::ALL.into_iter().chain(Method::PIXEL);
-        every().find(|m| m.name() == wanted).ok_or_else(|| {
-            let names: Vec<&str> = every().map(|m| m.name()).collect();
+        Method::EVERY.into_iter().find(|m| m.name() == wanted).ok_or_else(|| {
+            let names: Vec<&str> = Method::EVERY.iter().map(|m| m.name()).collect();
             CamError::Unsupported(format!("unknown CAM method `{s}`; known methods: {}", names.join(", ")))
         })
     }

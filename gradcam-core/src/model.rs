@@ -62,6 +62,32 @@ pub struct InputGradient {
     pub gradient: Array4<f32>,
 }
 
+/// A layer whose output has a per-channel bias, with that output's gradient (FullGrad).
+#[derive(Clone, Debug)]
+pub struct BiasGradient {
+    /// The layer's module path.
+    pub layer: String,
+    /// Its bias per channel: a convolution's own, a BatchNorm's folded from its running
+    /// statistics (`bias − mean · weight / √(var + eps)`).
+    pub bias: Vec<f32>,
+    /// `d score / d output`, `(B, C, h, w)`.
+    pub gradient: Array4<f32>,
+}
+
+/// What one backward pass down to the input and every bias gives back
+/// ([`CamModel::full_gradients`]).
+#[derive(Clone, Debug)]
+pub struct FullGradients {
+    /// The model's first output, flattened per image, as in [`Capture::logits`].
+    pub logits: Array2<f32>,
+    /// Its per-image shape, as in [`Capture::output_shape`].
+    pub output_shape: Vec<usize>,
+    /// `d score / d input`, `(B, 3, H, W)` (plain ReLUs).
+    pub input_gradient: Array4<f32>,
+    /// Every layer with a bias, in forward order.
+    pub biases: Vec<BiasGradient>,
+}
+
 /// A model that can be cut at a named layer. Each backend (candle, libtorch, ONNX Runtime)
 /// implements it; core's pipeline only ever talks to this trait.
 ///
@@ -121,6 +147,20 @@ pub trait CamModel {
         Err(CamError::Unsupported(
             "this backend cannot back-propagate to the input, which guided-backprop and guided-gradcam need; \
              use another backend or a layer method such as gradcam"
+                .into(),
+        ))
+    }
+
+    /// Runs `input` forward and back-propagates `Σ seed(logits) · logits` to the input and to the
+    /// output of every layer with a per-channel bias, in one pass (FullGrad). Which layers have
+    /// one follows pytorch-grad-cam: modules that are exactly `nn.Conv2d` or `nn.BatchNorm2d`
+    /// with a bias.
+    ///
+    /// A backend that cannot keeps this default, a typed [`CamError::Unsupported`].
+    fn full_gradients(&mut self, input: ArrayView4<f32>, seed: &dyn Seed) -> Result<FullGradients, CamError> {
+        let _ = (input, seed);
+        Err(CamError::Unsupported(
+            "this backend cannot take the bias gradients fullgrad needs yet; use the candle backend or another method"
                 .into(),
         ))
     }
