@@ -14,7 +14,10 @@ image 1: its top-1), it writes OUT_DIR/guided/<model>/:
   guided_gradcam.npy   (B, 3, H, W) gradcam * guided, as grad-cam's cam.py builds cam_gb
   deprocessed.npy      uint8 (B, H, W, 3) deprocess_image(guided[b] as (H, W, 3))
   deprocessed_gradcam.npy  uint8 (B, H, W, 3) deprocess_image(cam_mask * gb), cam.py's guided Grad-CAM picture
-and OUT_DIR/guided/manifest.json (written last) with each model's layer.
+  fullgrad.npy         (B, H, W) FullGrad(model, [])(x, targets) for the same classes: the input gradient and every
+                       module that is exactly nn.Conv2d or nn.BatchNorm2d with a bias (resnet18: its 20 BatchNorms;
+                       vit_tiny: patch_embed.proj; lite0: none, timm's BatchNormAct2d is not exactly BatchNorm2d)
+and OUT_DIR/guided/manifest.json (written last) with each model's layer and FullGrad's bias layers.
 """
 import json
 import os
@@ -23,7 +26,7 @@ import sys
 import numpy as np
 import timm
 import torch
-from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam import FullGrad, GradCAM
 from pytorch_grad_cam.guided_backprop import GuidedBackpropReLUModel
 from pytorch_grad_cam.utils.image import deprocess_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -61,6 +64,9 @@ def main():
         target_layer = model.get_submodule(layer)
         with GradCAM(model, [target_layer], reshape_transform=reshape) as cam:
             gradcam = cam(x, [ClassifierOutputTarget(int(c)) for c in classes]).astype(np.float32)
+        with FullGrad(model, []) as cam:
+            fullgrad = cam(x, [ClassifierOutputTarget(int(c)) for c in classes]).astype(np.float32)
+            bias_layers = [n for n, m in model.named_modules() if any(m is t for t in cam.target_layers)]
         guided, pictures, gradcam_pictures = [], [], []
         for b, c in enumerate(classes):
             gb = GuidedBackpropReLUModel(model=model, device="cpu")(x[b:b + 1].clone(), int(c))  # (H, W, 3)
@@ -75,9 +81,10 @@ def main():
         np.save(os.path.join(d, "guided.npy"), guided)
         np.save(os.path.join(d, "gradcam.npy"), gradcam)
         np.save(os.path.join(d, "guided_gradcam.npy"), (gradcam[:, None] * guided).astype(np.float32))
+        np.save(os.path.join(d, "fullgrad.npy"), fullgrad)
         np.save(os.path.join(d, "deprocessed.npy"), np.stack(pictures))
         np.save(os.path.join(d, "deprocessed_gradcam.npy"), np.stack(gradcam_pictures))
-        summary["models"][key] = {"layer": layer, "classes": classes.tolist(),
+        summary["models"][key] = {"layer": layer, "classes": classes.tolist(), "fullgrad_bias_layers": bias_layers,
                                   "guided_abs_max": float(np.abs(guided).max())}
         print(f"guided {key}: classes {classes.tolist()}, |guided| max {np.abs(guided).max():.3g}", flush=True)
     with open(os.path.join(out, "manifest.json"), "w") as f:

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use gradcam_core::{explain, CamModel, Method, Target};
-use ndarray::{Array1, Array3, Array4, ArrayView4, Ix1, Ix3, Ix4};
+use ndarray::{Array1, Array3, Array4, ArrayView, Dimension, Ix1, Ix3, Ix4};
 
 use crate::{assert_close, fixtures_dir, input, npy, reference_options, TOL, UPSAMPLED_TOL};
 
@@ -29,7 +29,13 @@ const KINKED_L2: f32 = 1e-2;
 /// [`assert_close`] for most fixtures; for a [`KINKED`] one, [`KINKED_FRACTION`] of the elements
 /// within `tol` and the relative L2 error within [`KINKED_L2`] (a wrong class, a missing guided
 /// ReLU or a wrong input scaling is still far outside both).
-fn assert_pixels_close(what: &str, key: &str, got: ArrayView4<f32>, want: ArrayView4<f32>, tol: f32) {
+fn assert_pixels_close<D: Dimension>(
+    what: &str,
+    key: &str,
+    got: ArrayView<f32, D>,
+    want: ArrayView<f32, D>,
+    tol: f32,
+) {
     if !KINKED.contains(&key) {
         return assert_close(what, got, want, tol);
     }
@@ -63,6 +69,8 @@ pub struct GuidedReference {
     pub gradcam: Array3<f32>,
     /// `gradcam × guided`, `(B, 3, H, W)`.
     pub guided_gradcam: Array4<f32>,
+    /// `FullGrad(model, [])`'s maps for the same classes, `(B, H, W)`.
+    pub fullgrad: Array3<f32>,
 }
 
 /// Reads `key`'s guided references.
@@ -77,6 +85,7 @@ pub fn guided_reference(key: &str) -> GuidedReference {
         guided_gradcam: npy(dir.join("guided_gradcam.npy"))
             .into_dimensionality::<Ix4>()
             .expect("guided_gradcam (B, 3, H, W)"),
+        fullgrad: npy(dir.join("fullgrad.npy")).into_dimensionality::<Ix3>().expect("fullgrad (B, H, W)"),
     }
 }
 
@@ -116,4 +125,23 @@ pub fn check_guided(label: &str, model: &mut dyn CamModel, key: &str) {
         reference.guided_gradcam.view(),
         UPSAMPLED_TOL,
     );
+}
+
+/// FullGrad of fixture model `key` (opened as `model`) for per-image classes, against grad-cam
+/// 1.5.7's `FullGrad(model, [])`, to [`UPSAMPLED_TOL`] (its maps are at the input's resolution;
+/// [`KINKED`] models as a whole),
+/// with HiResCAM in the same call (answers in order; FullGrad ignores the layer).
+pub fn check_fullgrad(label: &str, model: &mut dyn CamModel, key: &str) {
+    let (_, layer) = GUIDED_MODELS.iter().find(|(k, _)| *k == key).expect("a guided fixture model");
+    let reference = guided_reference(key);
+    let what = format!("{label} {key} fullgrad");
+    let methods = [Method::FullGrad, Method::HiResCam];
+    let target = Target::per_image(reference.classes.clone());
+    let out = explain(model, input().view(), &[layer], &methods, &target, &reference_options())
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert_eq!(out.iter().map(|e| e.method).collect::<Vec<_>>(), methods, "{what}: order");
+    assert_eq!(out[0].classes, reference.classes, "{what}: classes");
+    assert!(out[0].layers.is_empty(), "{what}: FullGrad explains no given layer");
+    // Lite0's input gradient crosses ReLU6 kinks ([`KINKED`]): its FullGrad is its input term.
+    assert_pixels_close(&what, key, out[0].maps.view(), reference.fullgrad.view(), UPSAMPLED_TOL);
 }
