@@ -3,10 +3,11 @@
 
 use std::path::Path;
 
+use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor, Var};
 use gradcam_core::{
-    default_layer_among, near_matches, CamError, CamModel, Capture, InputGradient, LayerInfo, LayerTensor,
-    LayerView, ReluBackward, Seed,
+    default_layer_among, near_matches, BiasGradient, CamError, CamModel, Capture, FullGradients,
+    InputGradient, LayerInfo, LayerTensor, LayerView, ReluBackward, Seed,
 };
 use ndarray::{Array2, Array4, ArrayView4};
 
@@ -283,26 +284,37 @@ impl CandleModel {
     }
 }
 
-/// `d Σ seed(logits) · logits / d leaf`, core's seed computed from this very forward's `logits`
-/// (zeros where the logits do not depend on the leaf).
+/// The gradients of `Σ seed(logits) · logits`, core's seed computed from this very forward's
+/// `logits`.
 fn backward(
     logits_t: &Tensor,
     logits: &Array2<f32>,
     output_shape: &[usize],
     seed: &dyn Seed,
-    leaf: &Var,
-) -> Result<Tensor, CamError> {
+) -> Result<GradStore, CamError> {
     let seed = seed.seed(logits.view(), output_shape)?;
     let seed = Tensor::from_slice(seed.as_slice().unwrap_or_default(), seed.dim(), &Device::Cpu)
         .map_err(CandleError::from)?;
-    let grad = (|| -> candle_core::Result<Tensor> {
-        let grads = logits_t.mul(&seed)?.sum_all()?.backward()?;
-        match grads.get(leaf.as_tensor()) {
-            Some(g) => Ok(g.clone()),
-            None => leaf.as_tensor().zeros_like(),
-        }
-    })();
-    Ok(grad.map_err(CandleError::from)?)
+    let grads = logits_t.mul(&seed).and_then(|t| t.sum_all()).and_then(|t| t.backward());
+    Ok(grads.map_err(CandleError::from)?)
+}
+
+/// `leaf`'s gradient in `grads` (zeros where the logits do not depend on it).
+fn grad_of(grads: &GradStore, leaf: &Var) -> Result<Tensor, CamError> {
+    match grads.get(leaf.as_tensor()) {
+        Some(g) => Ok(g.clone()),
+        None => Ok(leaf.as_tensor().zeros_like().map_err(CandleError::from)?),
+    }
+}
+
+/// A tensor `(B, C, H, W)` as an array.
+fn to_array4(t: &Tensor) -> Result<Array4<f32>, CamError> {
+    let dims = t.dims().to_vec();
+    let [b, c, h, w] = dims[..] else {
+        return Err(CamError::Shape(format!("expected a (B, C, H, W) tensor, got {dims:?}")));
+    };
+    let data = t.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(CandleError::from)?;
+    Array4::from_shape_vec((b, c, h, w), data).map_err(|e| CamError::Shape(e.to_string()))
 }
 
 fn hash(data: &[f32]) -> u64 {
@@ -367,7 +379,10 @@ impl CamModel for CandleModel {
         let activation = to_layer(leaf.as_tensor())?;
         let gradient = match seed {
             None => None,
-            Some(seed) => Some(to_layer(&backward(&logits_t, &logits, &output_shape, seed, &leaf)?)?),
+            Some(seed) => {
+                let grads = backward(&logits_t, &logits, &output_shape, seed)?;
+                Some(to_layer(&grad_of(&grads, &leaf)?)?)
+            }
         };
         Ok(Capture { logits, output_shape, activation, gradient })
     }
@@ -386,11 +401,31 @@ impl CamModel for CandleModel {
         let logits_t = self.net.forward(x.as_tensor(), &mut taps).map_err(CandleError::from)?;
         let logits = to_logits(&logits_t)?;
         let output_shape = vec![logits.ncols()];
-        let grad = backward(&logits_t, &logits, &output_shape, seed, &x)?;
-        let data = grad.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(CandleError::from)?;
-        let gradient = Array4::from_shape_vec(input.dim(), data)
-            .map_err(|e| CamError::Shape(format!("input gradient: {e}")))?;
+        let grads = backward(&logits_t, &logits, &output_shape, seed)?;
+        let gradient = to_array4(&grad_of(&grads, &x)?)?;
         Ok(InputGradient { logits, output_shape, gradient })
+    }
+
+    /// The input's gradient and every `nn.BatchNorm2d` / biased `nn.Conv2d` output's (the zoo
+    /// marks them with [`Taps::biased`]: timm's `BatchNormAct2d` of the EfficientNets is neither,
+    /// as pytorch-grad-cam's exact type test sees it), from one backward pass.
+    fn full_gradients(&mut self, input: ArrayView4<f32>, seed: &dyn Seed) -> Result<FullGradients, CamError> {
+        let x = Var::from_tensor(&to_tensor(input)?).map_err(CandleError::from)?;
+        let mut taps = Taps::full_grad();
+        let logits_t = self.net.forward(x.as_tensor(), &mut taps).map_err(CandleError::from)?;
+        let logits = to_logits(&logits_t)?;
+        let output_shape = vec![logits.ncols()];
+        let grads = backward(&logits_t, &logits, &output_shape, seed)?;
+        let input_gradient = to_array4(&grad_of(&grads, &x)?)?;
+        let biases = taps
+            .biases()
+            .into_iter()
+            .map(|t| {
+                let gradient = to_array4(&grad_of(&grads, &t.leaf)?)?;
+                Ok(BiasGradient { layer: t.name, bias: t.bias, gradient })
+            })
+            .collect::<Result<Vec<_>, CamError>>()?;
+        Ok(FullGradients { logits, output_shape, input_gradient, biases })
     }
 
     fn forward(&mut self, input: ArrayView4<f32>) -> Result<Array2<f32>, CamError> {

@@ -124,6 +124,12 @@ impl BatchNorm {
         BatchNorm { scale: Arc::new(scale), shift: Arc::new(shift) }
     }
 
+    /// The bias of the affine map it folds to, `bias − mean · weight / √(var + eps)`: FullGrad's
+    /// bias of a BatchNorm.
+    pub(crate) fn bias(&self) -> &[f32] {
+        &self.shift
+    }
+
     /// Number of channels.
     pub(crate) fn channels(&self) -> usize {
         self.scale.len()
@@ -253,6 +259,11 @@ impl Conv2d {
         let depthwise =
             if depthwise { Some(Arc::new(weight.flatten_all()?.to_vec1::<f32>()?)) } else { None };
         Ok(Conv2d { weight, bias, stride, padding, depthwise })
+    }
+
+    /// The bias per output channel, when the convolution has one.
+    pub(crate) fn bias(&self) -> Result<Option<Vec<f32>>> {
+        self.bias.as_ref().map(|b| b.flatten_all()?.to_vec1::<f32>()).transpose()
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {

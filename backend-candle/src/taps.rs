@@ -46,6 +46,16 @@ pub struct Taps {
     record: Option<Vec<TapRecord>>,
     /// Guided backpropagation: every [`Taps::relu`] passes only positive gradients back.
     guided: bool,
+    /// FullGrad: every [`Taps::biased`] output, with the zero leaf added to it and its bias.
+    biases: Option<Vec<BiasTap>>,
+}
+
+/// A layer output with a bias, seen in a FullGrad forward: `d score / d leaf` is the output's
+/// gradient.
+pub(crate) struct BiasTap {
+    pub(crate) name: String,
+    pub(crate) leaf: Var,
+    pub(crate) bias: Vec<f32>,
 }
 
 impl Taps {
@@ -60,6 +70,16 @@ impl Taps {
     /// A forward whose ReLUs back-propagate as guided backprop's ([`Taps::relu`]).
     pub(crate) fn guided() -> Self {
         Taps { guided: true, ..Taps::default() }
+    }
+
+    /// A forward that records every layer with a bias ([`Taps::biased`]) for FullGrad.
+    pub(crate) fn full_grad() -> Self {
+        Taps { biases: Some(Vec::new()), ..Taps::default() }
+    }
+
+    /// The layers with a bias a [`Taps::full_grad`] forward went through, in forward order.
+    pub(crate) fn biases(&mut self) -> Vec<BiasTap> {
+        self.biases.take().unwrap_or_default()
     }
 
     pub(crate) fn replace(layer: &str, activation: Tensor) -> Self {
@@ -141,6 +161,24 @@ impl Taps {
         } else {
             x.relu()
         }
+    }
+
+    /// Whether the forward records layers with a bias (FullGrad): only then is
+    /// [`Taps::biased`]'s bias read.
+    pub fn wants_biases(&self) -> bool {
+        self.biases.is_some()
+    }
+
+    /// The output `x` of the layer `name` whose per-channel bias is `bias`, written wherever the
+    /// model has a module that is exactly `nn.BatchNorm2d`, or `nn.Conv2d` with a bias (what
+    /// pytorch-grad-cam's FullGrad reads). In a FullGrad forward, a zero-valued leaf is added to
+    /// it: the leaf's gradient is the output's. Otherwise `x` itself.
+    pub fn biased(&mut self, name: &str, x: Tensor, bias: &[f32]) -> Result<Tensor> {
+        let Some(biases) = &mut self.biases else { return Ok(x) };
+        let leaf = Var::zeros(x.shape(), x.dtype(), x.device())?;
+        let x = (x + leaf.as_tensor())?;
+        biases.push(BiasTap { name: name.to_string(), leaf, bias: bias.to_vec() });
+        Ok(x)
     }
 
     /// Whether the forward is still skipping towards its resume point.

@@ -4,7 +4,7 @@
 #![cfg(feature = "candle")]
 use backend_candle::CandleModel;
 use gradcam_core::{CamModel, ReluBackward, Target};
-use tests::guided::check_guided;
+use tests::guided::{check_fullgrad, check_guided};
 use tests::{close, input, manifest, require, TOL};
 
 fn load(key: &str) -> CandleModel {
@@ -26,6 +26,21 @@ fn vit_tiny_guided_matches_grad_cam() {
 #[test]
 fn lite0_guided_matches_grad_cam() {
     check_guided("candle", &mut load("lite0"), "lite0");
+}
+
+#[test]
+fn resnet18_fullgrad_matches_grad_cam() {
+    check_fullgrad("candle", &mut load("resnet18"), "resnet18");
+}
+
+#[test]
+fn vit_tiny_fullgrad_matches_grad_cam() {
+    check_fullgrad("candle", &mut load("vit_tiny"), "vit_tiny");
+}
+
+#[test]
+fn lite0_fullgrad_matches_grad_cam() {
+    check_fullgrad("candle", &mut load("lite0"), "lite0");
 }
 
 /// The guided ReLUs change a ResNet's input gradient (so a forward that forgot them fails

@@ -82,18 +82,22 @@ impl Block {
         for (i, cb) in self.convs.iter().enumerate() {
             let i = i + 1;
             y = taps.tap(&format!("{n}.conv{i}"), cb.conv.forward(&y)?)?;
+            let bn = format!("{n}.bn{i}");
+            let out = cb.bn.forward(&y, Act::None)?;
+            let out = taps.biased(&bn, out, cb.bn.bias())?;
+            y = taps.tap(&bn, out)?;
             if i < last {
-                y = taps.tap(&format!("{n}.bn{i}"), cb.bn.forward(&y, Act::None)?)?;
                 y = taps.tap(&format!("{n}.act{i}"), taps.relu(&y)?)?;
-            } else {
-                y = taps.tap(&format!("{n}.bn{i}"), cb.bn.forward(&y, Act::None)?)?;
             }
         }
         let shortcut = match &self.downsample {
             None => x.clone(),
             Some(Downsample::Conv(cb)) => {
                 let s = taps.tap(&format!("{n}.downsample.0"), cb.conv.forward(x)?)?;
-                let s = taps.tap(&format!("{n}.downsample.1"), cb.bn.forward(&s, Act::None)?)?;
+                let name = format!("{n}.downsample.1");
+                let s = cb.bn.forward(&s, Act::None)?;
+                let s = taps.biased(&name, s, cb.bn.bias())?;
+                let s = taps.tap(&name, s)?;
                 taps.tap(&format!("{n}.downsample"), s)?
             }
             Some(Downsample::Avg { pool, conv_bn: cb }) => {
@@ -103,7 +107,10 @@ impl Block {
                     x.clone()
                 };
                 let s = taps.tap(&format!("{n}.downsample.1"), cb.conv.forward(&s)?)?;
-                let s = taps.tap(&format!("{n}.downsample.2"), cb.bn.forward(&s, Act::None)?)?;
+                let name = format!("{n}.downsample.2");
+                let s = cb.bn.forward(&s, Act::None)?;
+                let s = taps.biased(&name, s, cb.bn.bias())?;
+                let s = taps.tap(&name, s)?;
                 taps.tap(&format!("{n}.downsample"), s)?
             }
         };
@@ -184,17 +191,23 @@ impl CandleCamNet for ResNet {
             Stem::Plain(c) => c.forward(x),
             Stem::Deep(a, b, c) => {
                 let x = taps.tap("conv1.0", a.conv.forward(x)?)?;
-                let x = taps.tap("conv1.1", a.bn.forward(&x, Act::None)?)?;
+                let x = a.bn.forward(&x, Act::None)?;
+                let x = taps.biased("conv1.1", x, a.bn.bias())?;
+                let x = taps.tap("conv1.1", x)?;
                 let x = taps.relu(&x)?;
                 let x = taps.tap("conv1.2", x)?;
                 let x = taps.tap("conv1.3", b.conv.forward(&x)?)?;
-                let x = taps.tap("conv1.4", b.bn.forward(&x, Act::None)?)?;
+                let x = b.bn.forward(&x, Act::None)?;
+                let x = taps.biased("conv1.4", x, b.bn.bias())?;
+                let x = taps.tap("conv1.4", x)?;
                 let x = taps.relu(&x)?;
                 let x = taps.tap("conv1.5", x)?;
                 taps.tap("conv1.6", c.forward(&x)?)
             }
         })?;
-        let x = taps.sequential("bn1", &x, |x, _| self.bn1.forward(x, Act::None))?;
+        let x = taps.sequential("bn1", &x, |x, taps| {
+            taps.biased("bn1", self.bn1.forward(x, Act::None)?, self.bn1.bias())
+        })?;
         let x = taps.sequential("act1", &x, |x, taps| taps.relu(x))?;
         let mut x = taps.sequential("maxpool", &x, |x, _| max_pool_3x3_s2(x))?;
         for (s, blocks) in self.stages.iter().enumerate() {

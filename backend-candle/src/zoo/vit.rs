@@ -184,7 +184,13 @@ impl CandleCamNet for Vit {
                     gw * p
                 );
             }
-            let x = taps.tap("patch_embed.proj", self.patch.forward(x)?)?;
+            let mut x = self.patch.forward(x)?;
+            if taps.wants_biases() {
+                if let Some(bias) = self.patch.bias()? {
+                    x = taps.biased("patch_embed.proj", x, &bias)?;
+                }
+            }
+            let x = taps.tap("patch_embed.proj", x)?;
             x.flatten_from(2)?.transpose(1, 2)
         })?;
         let x = taps.sequential("pos_drop", &x, |x, _| {
