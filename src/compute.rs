@@ -254,6 +254,20 @@ fn rank(logits: Vec<f32>) -> Vec<Prediction> {
 fn collect_maps(explanation: &Explanation, b: usize, rank: Option<usize>, maps: &mut Vec<MapResult>) {
     let several = explanation.layers.len() > 1;
     let class = explanation.classes[b];
+    if explanation.layers.is_empty() && explanation.pixels.is_none() {
+        // FullGrad: one map of the whole model, no layer of its own.
+        maps.push(MapResult {
+            class,
+            rank,
+            layer: None,
+            method: explanation.method,
+            map: explanation.maps.index_axis(Axis(0), b).to_owned(),
+            origin: None,
+            is_final: true,
+            pixels: None,
+        });
+        return;
+    }
     if let Some(pixels) = &explanation.pixels {
         // One picture: guided Grad-CAM's names its Grad-CAM layer when there is one.
         let layer = match explanation.layers.as_slice() {

@@ -418,6 +418,7 @@ fn refuse_existing_outputs(
                         candidates.push(renderer.pixels_path(&item.name, layer, method, None));
                         continue;
                     }
+                    let layer = if method == Method::FullGrad { None } else { layer };
                     let [overlay, heatmap] = renderer.map_paths(&item.name, layer, method, None);
                     if renderer.pictures.contains(&PictureKind::Overlay) {
                         candidates.push(overlay);

@@ -226,8 +226,12 @@ impl Renderer {
         maps: &[MapResult],
         overlays: &[Option<RgbImage>],
     ) -> Result<RgbImage, CliError> {
+        // FullGrad reads no given layer: its overlay stands in every row of its class, and makes a
+        // row of its own only when no other method does.
+        let whole_model = |m: &MapResult| m.method == Method::FullGrad;
+        let only_whole_model = maps.iter().filter(|m| m.pixels.is_none()).all(whole_model);
         let mut rows: Vec<(Option<usize>, Option<&str>)> = Vec::new();
-        for map in maps.iter().filter(|m| m.pixels.is_none()) {
+        for map in maps.iter().filter(|m| m.pixels.is_none() && (only_whole_model || !whole_model(m))) {
             let key = (map.rank, map.layer.as_ref().map(|(l, _)| l.as_str()));
             if !rows.contains(&key) {
                 rows.push(key);
@@ -245,7 +249,9 @@ impl Renderer {
                 .iter()
                 .zip(overlays)
                 .filter(|(m, _)| m.pixels.is_none())
-                .filter(|(m, _)| m.rank == rank && m.layer.as_ref().map(|(l, _)| l.as_str()) == layer)
+                .filter(|(m, _)| {
+                    m.rank == rank && (whole_model(m) || m.layer.as_ref().map(|(l, _)| l.as_str()) == layer)
+                })
                 .collect();
             let Some((first, _)) = in_row.first() else { continue };
             let class = first.class;
@@ -254,7 +260,11 @@ impl Renderer {
                 None => format!("class {class}"),
             };
             cells.push((
-                format!("{}: {} · {class_label}", item.name, layer.unwrap_or("combined")),
+                format!(
+                    "{}: {} · {class_label}",
+                    item.name,
+                    layer.unwrap_or(if only_whole_model { "whole model" } else { "combined" })
+                ),
                 photo.clone(),
             ));
             for method in &self.methods {
@@ -274,11 +284,13 @@ impl Renderer {
 
 /// File name stem of a map: `chelsea.blocks.6.gradcam`, with `combined` in place of the layer
 /// for the combination of several layers, and `.c285` appended when `--top` chose the class. A
-/// pixel-space map without a layer (guided backprop) has none: `chelsea.guided-backprop`.
+/// method that reads no given layer (guided backprop, FullGrad) has none: `chelsea.fullgrad`.
 pub fn map_stem(name: &str, layer: Option<&str>, method: Method, class: Option<usize>) -> String {
     let class = class.map(|c| format!(".c{c}")).unwrap_or_default();
     match layer {
-        None if method == Method::GuidedBackprop => format!("{name}.{method}{class}"),
+        None if matches!(method, Method::GuidedBackprop | Method::FullGrad) => {
+            format!("{name}.{method}{class}")
+        }
         layer => format!("{name}.{}.{method}{class}", layer.unwrap_or("combined")),
     }
 }

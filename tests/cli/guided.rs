@@ -159,3 +159,38 @@ fn guided_misuse() {
     assert!(stderr(&again).contains("already exists"), "{}", stderr(&again));
     assert_eq!(snapshot(&dir), before, "nothing changed");
 }
+
+/// FullGrad end to end in candle: one map per image and class, named without a layer (it reads
+/// every bias layer, not `--layer`), equal to grad-cam's `FullGrad` in the `.npy`.
+#[cfg(feature = "candle")]
+#[test]
+fn candle_fullgrad_matches_grad_cam() {
+    let dir = workdir("fullgrad-candle");
+    let reference = guided_reference("resnet18");
+    let json = explain(&dir, Backend::Candle, "fullgrad");
+    let maps: ndarray::Array3<f32> = ndarray_npy::read_npy(dir.join("maps.npy")).expect("(N, H, W) maps.npy");
+    for (b, record) in records(&json, &reference.classes).iter().enumerate() {
+        let class = reference.classes[b];
+        assert_eq!(record["overlay"], format!("out/input.{b}.fullgrad.c{class}.overlay.png"), "{record}");
+        assert!(record["layer"].is_null(), "{record}");
+        let index = record["npy_index"].as_u64().expect("npy index") as usize;
+        let what = format!("fullgrad image {b}");
+        assert_close(
+            &what,
+            maps.index_axis(Axis(0), index),
+            reference.fullgrad.index_axis(Axis(0), b),
+            UPSAMPLED_TOL,
+        );
+    }
+}
+
+/// A backend without bias gradients says so, before writing anything.
+#[cfg(feature = "ort")]
+#[test]
+fn fullgrad_where_a_backend_lacks_it() {
+    let dir = workdir("fullgrad-ort");
+    let mut args = vec!["explain".to_string(), chelsea(), "--method".into(), "fullgrad".into()];
+    args.extend(Backend::Ort.args());
+    let out = command(&dir, &args).output().expect("the gradcam binary runs");
+    assert_failure(&out, 1, "cannot take the bias gradients fullgrad needs", &dir, &[]);
+}
