@@ -1,9 +1,10 @@
-//! The pixel-space methods through `explain`: their maps, their order among other methods, the
-//! Grad-CAM maps guided Grad-CAM borrows, and a backend without input gradients.
+//! The methods with their own backward pass through `explain`: the pixel-space methods (their
+//! maps, their order among other methods, the Grad-CAM maps guided Grad-CAM borrows), FullGrad
+//! (its smoothing), and a backend without them.
 
 use gradcam_core::{
-    explain, CamError, CamModel, CamOptions, Capture, InputGradient, LayerInfo, LayerTensor, LayerView,
-    Method, ReluBackward, Seed, Target,
+    explain, fullgrad_maps, BiasGradient, CamError, CamModel, CamOptions, Capture, FullGradients,
+    InputGradient, LayerInfo, LayerTensor, LayerView, Method, ReluBackward, Seed, Target, AUGMENTATIONS,
 };
 use ndarray::{array, Array2, Array4, ArrayView4, Axis};
 
@@ -74,6 +75,21 @@ impl CamModel for Linear {
         assert_eq!(relu, ReluBackward::Guided);
         let (logits, gradient) = self.gradient(seed, x)?;
         Ok(InputGradient { logits, output_shape: vec![2], gradient })
+    }
+
+    fn full_gradients(&mut self, x: ArrayView4<f32>, seed: &dyn Seed) -> Result<FullGradients, CamError> {
+        self.full(x, seed)
+    }
+}
+
+impl Linear {
+    /// FullGrad's gradients: the input's, and the input itself as a "layer" with biases
+    /// `[1, -2, 0.5]` (its gradient is the input's).
+    fn full(&self, x: ArrayView4<f32>, seed: &dyn Seed) -> Result<FullGradients, CamError> {
+        let (logits, gradient) = self.gradient(seed, x)?;
+        let layer =
+            BiasGradient { layer: "features".into(), bias: vec![1.0, -2.0, 0.5], gradient: gradient.clone() };
+        Ok(FullGradients { logits, output_shape: vec![2], input_gradient: gradient, biases: vec![layer] })
     }
 }
 
@@ -155,4 +171,42 @@ fn a_backend_without_input_gradients_says_so() {
     )
     .unwrap_err();
     assert!(matches!(&err, CamError::Unsupported(m) if m.contains("guided-backprop")), "{err}");
+}
+
+/// FullGrad's map is `fullgrad_maps` of the backend's gradients; under `aug_smooth`, the mean of
+/// the six augmented inputs' maps, un-flipped, for the class of the plain input; with
+/// `eigen_smooth` (its own variant in pytorch-grad-cam, not done) a typed refusal.
+#[test]
+fn fullgrad_plain_augmented_and_refused() {
+    let (x, target) = (input(), Target::per_image(vec![1, 0]));
+    let methods = [Method::HiResCam, Method::FullGrad];
+    let out =
+        explain(&mut model(), x.view(), &["features"], &methods, &target, &CamOptions::default()).unwrap();
+    assert_eq!(out.iter().map(|e| e.method).collect::<Vec<_>>(), methods);
+    let want = fullgrad_maps(x.view(), &model().full(x.view(), &target).unwrap()).unwrap();
+    assert_eq!(out[1].maps, want);
+    assert!(out[1].layers.is_empty() && out[1].pixels.is_none());
+    assert_eq!(out[1].classes, [1, 0]);
+
+    let aug = CamOptions { aug_smooth: true, ..CamOptions::default() };
+    let smoothed = explain(&mut model(), x.view(), &[], &[Method::FullGrad], &target, &aug).unwrap();
+    let mut mean = ndarray::Array3::<f32>::zeros(want.raw_dim());
+    for a in &AUGMENTATIONS {
+        let augmented = a.apply(x.view());
+        let maps =
+            fullgrad_maps(augmented.view(), &model().full(augmented.view(), &target).unwrap()).unwrap();
+        mean += &a.undo(maps.view());
+    }
+    mean.mapv_inplace(|v| v / AUGMENTATIONS.len() as f32);
+    let diff = smoothed[0].maps.iter().zip(&mean).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(diff <= 1e-6, "aug-smooth: {diff}");
+    assert!(diff < 1.0 && smoothed[0].maps != want, "aug-smooth changed nothing");
+
+    let eigen = CamOptions { eigen_smooth: true, ..CamOptions::default() };
+    let err = explain(&mut model(), x.view(), &[], &[Method::FullGrad], &target, &eigen).unwrap_err();
+    assert!(matches!(&err, CamError::Unsupported(m) if m.contains("eigen-smooth")), "{err}");
+    let err =
+        explain(&mut LinearWithoutInputGradients(model()), x.view(), &[], &[Method::FullGrad], &target, &aug)
+            .unwrap_err();
+    assert!(matches!(&err, CamError::Unsupported(m) if m.contains("fullgrad")), "{err}");
 }
