@@ -11,6 +11,8 @@
 //   forward (self, x)         -> logits                        the whole model, for inference
 //   input   (self, x)         -> (logits, input)               input is a LEAF that requires grad;
 //                                                               plain or guided ReLUs (guided.cpp)
+//   full    (self, x)         -> (logits, input, out_i.., bias_i..)   `input`, with the output and
+//                                                               bias of every FullGrad bias layer
 // `capture` is two graphs cut at the layer. The part before the cut never needs autograd, so it is
 // frozen and optimized for inference as torch.jit.optimize_for_inference does (weights as
 // constants, conv-BN folding, oneDNN on the CPU). The part after it starts from the layer's output
@@ -621,6 +623,118 @@ size_t prune_tokens_after_cut(const std::shared_ptr<Graph> &after, Value *keep, 
   return pruned;
 }
 
+// FullGrad's bias layers, by pytorch-grad-cam's rule: modules whose type is exactly nn.Conv2d or
+// nn.BatchNorm2d, with a bias (a BatchNorm without affine has none); subclasses and look-alikes
+// (timm's BatchNormAct2d, Conv2dSame) are not.
+enum class BiasKind { None, Conv, BatchNorm };
+
+// A TorchScript class name without the `___torch_mangle_N.` segments it gets when one Python class
+// compiles to several types (`...conv.___torch_mangle_3.Conv2d`).
+std::string unmangled(std::string name) {
+  const std::string tag = "___torch_mangle_";
+  for (size_t at; (at = name.find(tag)) != std::string::npos;) {
+    const size_t dot = name.find('.', at);
+    name.erase(at, dot == std::string::npos ? std::string::npos : dot - at + 1);
+  }
+  return name;
+}
+
+std::optional<at::Tensor> tensor_attr(const torch::jit::Module &module, const std::string &name) {
+  if (!module.hasattr(name)) return std::nullopt;
+  c10::IValue v = module.attr(name);
+  if (!v.isTensor()) return std::nullopt;
+  return v.toTensor();
+}
+
+BiasKind bias_kind(const torch::jit::Module &module) {
+  auto name = module.type()->name();
+  if (!name) return BiasKind::None;
+  const std::string type = unmangled(name->qualifiedName());
+  if (!tensor_attr(module, "bias")) return BiasKind::None;
+  if (type == "__torch__.torch.nn.modules.batchnorm.BatchNorm2d") return BiasKind::BatchNorm;
+  if (type == "__torch__.torch.nn.modules.conv.Conv2d") return BiasKind::Conv;
+  return BiasKind::None;
+}
+
+// A bias layer's bias per channel, as pytorch-grad-cam's FullGrad takes it: a convolution's own; a
+// BatchNorm's folded from its running statistics, `bias - mean * weight / sqrt(var + eps)`, with
+// `eps` read from the layer's `aten::batch_norm` node (tracing keeps no `eps` attribute).
+at::Tensor bias_of(const torch::jit::Module &module, BiasKind kind, Value *output, const std::string &path) {
+  if (kind == BiasKind::Conv) return tensor_attr(module, "bias")->detach().clone();
+  Node *bn = output->node();
+  std::optional<c10::IValue> eps;
+  if (bn->kind() == c10::aten::batch_norm && bn->inputs().size() > 7) eps = torch::jit::toIValue(bn->input(7));
+  if (!eps || !eps->isDouble())
+    throw std::runtime_error("BatchNorm2d `" + path + "`: its output is not an aten::batch_norm with a constant eps, so "
+                             "fullgrad cannot fold its bias; use another method");
+  auto mean = tensor_attr(module, "running_mean"), var = tensor_attr(module, "running_var");
+  if (!mean || !var)
+    throw std::runtime_error("BatchNorm2d `" + path + "` keeps no running statistics, which fullgrad folds into its "
+                             "bias; use another method");
+  const at::Tensor std = at::sqrt(*var + eps->toDouble());
+  auto weight = tensor_attr(module, "weight"), bias = tensor_attr(module, "bias");  // both: affine
+  if (!weight) throw std::runtime_error("BatchNorm2d `" + path + "` has a bias but no weight; use another method");
+  return (-(*mean * *weight / std) + *bias).detach().clone();
+}
+
+// FullGrad's graph, built from `g` (self, x) -> logits as `input` (mode 4) is, returning
+// (logits, leaf input, out_1, ..., out_n, bias_1, ..., bias_n) for the bias layers in forward
+// order; `paths` receives their paths. Each out_i is the layer's output as autograd sees it: the
+// graph's readers get a clone of it, so in-place ops after the layer (ReLU(inplace=True)) write the
+// clone and never the tapped value, whose gradient is then the one PyTorch's hooks report.
+void build_full(Inlined &in, const torch::jit::Module &module, std::string &paths) {
+  Graph &g = *in.graph;
+  Modules modules;
+  for (const auto &item : module.named_modules()) modules.emplace(item.name, item.value);
+  auto pos = positions(g);
+  std::vector<Record> taps;
+  for (const Record &r : in.records) {
+    auto found = modules.find(r.path);
+    if (found == modules.end() || bias_kind(found->second) == BiasKind::None) continue;
+    if (!exposable(g, r.value))
+      throw std::runtime_error("`" + r.path + "` has a bias but runs inside control flow, where fullgrad cannot take "
+                               "its output's gradient; use another method");
+    taps.push_back(r);
+  }
+  std::stable_sort(taps.begin(), taps.end(), [&](const Record &a, const Record &b) { return pos[a.value] < pos[b.value]; });
+  // The taps ride along as outputs, so that inlining the functions (F.batch_norm in scripted
+  // modules) and constant propagation carry them to their new values.
+  std::vector<Value *> outs{g.outputs()[0]};
+  for (const Record &r : taps) outs.push_back(r.value);
+  set_output(g, outs);
+  torch::jit::Inline(g);
+  torch::jit::ConstantPropagation(in.graph);
+  if (gradcam::unfuse_attention(g.block())) torch::jit::EliminateDeadCode(in.graph);
+  Node *tuple = g.outputs()[0]->node();
+  std::vector<Value *> values(tuple->inputs().begin() + 1, tuple->inputs().end());
+  g.return_node()->replaceInput(0, tuple->input(0));
+  tuple->destroy();
+  std::vector<at::Tensor> biases;
+  for (size_t i = 0; i < taps.size(); ++i) {
+    Value *v = values[i];
+    if (!exposable(g, v))
+      throw std::runtime_error("`" + taps[i].path + "`'s output is computed inside control flow once inlined; fullgrad "
+                               "cannot take its gradient");
+    const torch::jit::Module &layer = modules.at(taps[i].path);
+    biases.push_back(bias_of(layer, bias_kind(layer), v, taps[i].path));
+    torch::jit::WithInsertPoint guard(v->node()->next());
+    Value *copy = g.insert(c10::aten::clone, {v});
+    v->replaceAllUsesWith(copy);
+    copy->node()->replaceInput(0, v);
+    paths += taps[i].path + '\n';
+  }
+  make_leaf(g, g.inputs()[1]);
+  Node *pair = g.outputs()[0]->node();
+  std::vector<Value *> all{pair->input(0), pair->input(1)};
+  all.insert(all.end(), values.begin(), values.end());
+  {
+    torch::jit::WithInsertPoint guard(g.return_node());
+    for (const at::Tensor &b : biases) all.push_back(g.insertConstant(b));
+  }
+  set_output(g, all);
+  pair->destroy();
+}
+
 }  // namespace
 
 // `gradcam::guided_relu`, for the graphs guide_relus rewrites. A CompositeImplicitAutograd kernel
@@ -693,6 +807,8 @@ char *gc_forward(gc_module *m, const at::Tensor *x, at::Tensor **out) {
 //   mode 3 (forward): returns logits; `layer` is ignored.
 //   mode 4 (input):   returns (logits, leaf input); `layer` is ignored. Mode 5: the same with every
 //                     ReLU guided (gradcam::guide_relus).
+//   mode 6 (full):    returns (logits, leaf input, out_1..out_n, bias_1..bias_n) for FullGrad's bias
+//                     layers (build_full), whose paths `paths_out` receives; `layer` is ignored.
 // `found` is set to 0 when `layer` has no exposable output (never called, inside control flow, or
 // not a tensor); the function is then not built. For capture, `prune` asks for class-token pruning,
 // with shapes probed at `height` x `width`; `pruned` receives the number of pruned nodes.
@@ -747,7 +863,11 @@ char *gc_build(gc_module *m, const char *layer, int mode, int height, int width,
         if (std::getenv("GRADCAM_TCH_DEBUG"))
           std::cerr << "guided ReLUs: " << guided << " (" << copied << " written back in place)" << std::endl;
       }
-    } else if (mode < 0 || mode > 5) {
+    } else if (mode == 6) {
+      std::string names;
+      build_full(in, m->module, names);
+      *paths_out = dup(names);
+    } else if (mode < 0 || mode > 6) {
       throw std::runtime_error("unknown mode " + std::to_string(mode));
     } else {
       auto rec = std::find_if(in.records.begin(), in.records.end(),

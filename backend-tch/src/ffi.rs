@@ -100,6 +100,11 @@ pub enum Mode {
     /// [`Mode::Input`] with every ReLU (`aten::relu`, `aten::relu_`) guided: its backward passes
     /// only positive gradients where its input was positive.
     GuidedInput = 5,
+    /// `(x) -> (logits, input, out_1, ..., out_n, bias_1, ..., bias_n)`: [`Mode::Input`] with the
+    /// output (not a leaf: autograd runs through it) and the per-channel bias of every FullGrad
+    /// bias layer (exactly `nn.Conv2d` with a bias or `nn.BatchNorm2d`, its bias folded), in
+    /// forward order; [`Built::names`] lists their paths.
+    Full = 6,
 }
 
 impl Mode {
@@ -179,7 +184,7 @@ impl Module {
 /// What [`Module::build`] made.
 pub struct Built {
     pub function: Function,
-    /// [`Mode::Probe`]: the path of each exposed layer.
+    /// [`Mode::Probe`]: the path of each exposed layer; [`Mode::Full`]: of each bias layer.
     pub names: Vec<String>,
     /// [`Mode::Capture`]: how many nodes after the cut run on the class token only.
     pub pruned: usize,

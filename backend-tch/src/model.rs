@@ -4,8 +4,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use gradcam_core::{
-    near_matches, CamError, CamModel, Capture, InputGradient, LayerInfo, LayerTensor, LayerView,
-    ReluBackward, Seed,
+    near_matches, BiasGradient, CamError, CamModel, Capture, FullGradients, InputGradient, LayerInfo,
+    LayerTensor, LayerView, ReluBackward, Seed,
 };
 use ndarray::{Array2, Array4, ArrayView2, ArrayView4};
 use tch::{Device, Kind, Tensor};
@@ -31,6 +31,8 @@ pub struct TorchScriptModel {
     token_pruning: bool,
     /// Pruned nodes of each layer's capture function.
     pruned: HashMap<String, usize>,
+    /// The paths of FullGrad's bias layers, once [`Mode::Full`] is built.
+    bias_layers: Vec<String>,
 }
 
 impl std::fmt::Debug for TorchScriptModel {
@@ -68,6 +70,7 @@ impl TorchScriptModel {
             functions: HashMap::new(),
             token_pruning: true,
             pruned: HashMap::new(),
+            bias_layers: Vec::new(),
         })
     }
 
@@ -167,7 +170,7 @@ impl TorchScriptModel {
                 .module
                 .build(layer, mode, self.probe_hw, self.token_pruning)
                 .map_err(|e| CamError::backend(TchError::Torch(e)))?;
-            let Built { function, pruned, .. } = built.ok_or_else(|| {
+            let Built { function, pruned, names } = built.ok_or_else(|| {
                 CamError::backend(TchError::Layer {
                     layer: layer.to_owned(),
                     reason: "its output is not a tensor computed by `forward` outside control flow (the \
@@ -176,8 +179,12 @@ impl TorchScriptModel {
                         .into(),
                 })
             })?;
-            if mode == Mode::Capture {
-                self.pruned.insert(layer.to_owned(), pruned);
+            match mode {
+                Mode::Capture => {
+                    self.pruned.insert(layer.to_owned(), pruned);
+                }
+                Mode::Full => self.bias_layers = names,
+                _ => {}
             }
             self.functions.insert(key.clone(), function);
         }
@@ -269,6 +276,17 @@ fn input_differentiation_err(e: impl Into<TchError>) -> CamError {
     torch_err(e)
 }
 
+/// A 4-d tensor on the host; `what` and `expected` name it in the error.
+fn array4(t: &Tensor, what: &str, expected: &str) -> Result<Array4<f32>, CamError> {
+    let (shape, data) = host(t).map_err(CamError::backend)?;
+    match shape[..] {
+        [b, c, h, w] => {
+            Array4::from_shape_vec((b, c, h, w), data).map_err(|e| torch_err(TchError::Shape(e.to_string())))
+        }
+        _ => Err(torch_err(TchError::Shape(format!("{what} of shape {shape:?}, expected {expected}")))),
+    }
+}
+
 impl From<String> for TchError {
     fn from(e: String) -> Self {
         TchError::Torch(e)
@@ -343,17 +361,47 @@ impl CamModel for TorchScriptModel {
         let score = score(&logits_t, seed.view(), device);
         let grads = Tensor::f_run_backward(&[score], &[&leaf], false, false)
             .map_err(|e| input_differentiation_err(TchError::from(e)))?;
-        let (shape, data) = host(&grads[0]).map_err(CamError::backend)?;
-        let gradient = match shape[..] {
-            [b, c, h, w] => Array4::from_shape_vec((b, c, h, w), data)
-                .map_err(|e| torch_err(TchError::Shape(e.to_string())))?,
-            _ => {
-                return Err(torch_err(TchError::Shape(format!(
-                    "input gradient of shape {shape:?}, expected (B, 3, H, W)"
-                ))))
-            }
-        };
+        let gradient = array4(&grads[0], "input gradient", "(B, 3, H, W)")?;
         Ok(InputGradient { logits, output_shape, gradient })
+    }
+
+    /// One forward with autograd as [`CamModel::input_gradient`]'s (plain ReLUs), whose graph
+    /// also returns the output of every bias layer (exactly `nn.Conv2d` with a bias, or
+    /// `nn.BatchNorm2d`, as pytorch-grad-cam picks them) and its bias; one backward to the input
+    /// and to those outputs. The graph's readers of each output get a clone of it, so an in-place
+    /// op after the layer (`ReLU(inplace=True)`) never changes the tensor whose gradient is taken.
+    fn full_gradients(&mut self, input: ArrayView4<f32>, seed: &dyn Seed) -> Result<FullGradients, CamError> {
+        let x = self.input_tensor(input);
+        let device = self.device;
+        self.function("", Mode::Full)?;
+        let layers = self.bias_layers.clone();
+        let function = &self.functions[&(String::new(), Mode::Full)];
+        let n = layers.len();
+        let outputs = tch::with_grad(|| function.run(&[&x], 2 + 2 * n)).map_err(input_differentiation_err)?;
+        if outputs.len() != 2 + 2 * n {
+            return Err(torch_err(TchError::Torch(format!(
+                "expected logits, the input and {n} bias layers' outputs and biases; got {} tensors",
+                outputs.len()
+            ))));
+        }
+        let (logits, output_shape) = logits_array(&outputs[0]).map_err(CamError::backend)?;
+        let seed = seed.seed(logits.view(), &output_shape)?;
+        let score = score(&outputs[0], seed.view(), device);
+        let wrt: Vec<&Tensor> = outputs[1..2 + n].iter().collect();
+        let grads = Tensor::f_run_backward(&[score], &wrt, false, false)
+            .map_err(|e| input_differentiation_err(TchError::from(e)))?;
+        let input_gradient = array4(&grads[0], "input gradient", "(B, 3, H, W)")?;
+        let mut biases = Vec::with_capacity(n);
+        for (i, layer) in layers.into_iter().enumerate() {
+            let output = &outputs[2 + i];
+            // A layer the score does not depend on gets no gradient from autograd: zero.
+            let grad =
+                if grads[1 + i].defined() { grads[1 + i].shallow_clone() } else { output.zeros_like() };
+            let gradient = array4(&grad, &format!("`{layer}`'s output gradient"), "(B, C, h, w)")?;
+            let (_, bias) = host(&outputs[2 + n + i]).map_err(CamError::backend)?;
+            biases.push(BiasGradient { layer, bias, gradient });
+        }
+        Ok(FullGradients { logits, output_shape, input_gradient, biases })
     }
 
     fn forward(&mut self, input: ArrayView4<f32>) -> Result<Array2<f32>, CamError> {

@@ -1,13 +1,14 @@
-//! Guided backprop and guided Grad-CAM in the tch backend against grad-cam 1.5.7
-//! ([`tests::guided::check_guided`]), and the ReLU swap itself: guided and plain input gradients
-//! differ on a ReLU network and agree on one without ReLUs.
+//! Guided backprop, guided Grad-CAM and FullGrad in the tch backend against grad-cam 1.5.7
+//! ([`tests::guided::check_guided`], [`tests::guided::check_fullgrad`]), FullGrad's choice of bias
+//! layers, and the ReLU swap itself: guided and plain input gradients differ on a ReLU network and
+//! agree on one without ReLUs.
 
 use backend_tch::tch::{CModule, Tensor};
 use backend_tch::{DeviceChoice, TorchScriptModel};
 use gradcam_core::{CamModel, InputGradient, ReluBackward, Target};
 use ndarray::{Array2, Array4};
-use tests::guided::check_guided;
-use tests::{assert_close, close, manifest, require, TOL};
+use tests::guided::{check_fullgrad, check_guided, guided_dir};
+use tests::{assert_close, close, manifest, read_json, require, TOL};
 
 /// Fixture model `key`'s export `kind` (`traced`, `scripted`) on the CPU, when the manifest has it.
 fn load(key: &str, kind: &str) -> Option<TorchScriptModel> {
@@ -16,13 +17,72 @@ fn load(key: &str, kind: &str) -> Option<TorchScriptModel> {
     Some(TorchScriptModel::load(&require(&file), DeviceChoice::Cpu).unwrap_or_else(|e| panic!("{file}: {e}")))
 }
 
-fn check(key: &str) {
+/// `f(label, model)` for each export of `key`: traced, and scripted where the manifest has one.
+fn each_export(key: &str, mut f: impl FnMut(&str, &mut TorchScriptModel)) {
     let traced = load(key, "traced").unwrap_or_else(|| panic!("{key}: no traced export in the manifest"));
     // timm does not script every model; the manifest then has no scripted file.
     for (kind, model) in [("traced", Some(traced)), ("scripted", load(key, "scripted"))] {
         if let Some(mut model) = model {
-            check_guided(&format!("tch {kind}"), &mut model, key);
+            f(&format!("tch {kind}"), &mut model);
         }
+    }
+}
+
+fn check(key: &str) {
+    each_export(key, |label, model| check_guided(label, model, key));
+}
+
+fn check_full(key: &str) {
+    each_export(key, |label, model| check_fullgrad(label, model, key));
+}
+
+#[test]
+fn resnet18_fullgrad_matches_grad_cam() {
+    check_full("resnet18");
+}
+
+#[test]
+fn vit_tiny_fullgrad_matches_grad_cam() {
+    check_full("vit_tiny");
+}
+
+#[test]
+fn lite0_fullgrad_matches_grad_cam() {
+    check_full("lite0");
+}
+
+/// FullGrad's bias layers are grad-cam's, in forward order: every exactly-`nn.BatchNorm2d` of
+/// resnet18 (its convolutions have no bias), vit_tiny's patch embedding (an `nn.Conv2d` with a
+/// bias), none of Lite0 (timm's `BatchNormAct2d` is a subclass; its convolutions have no bias).
+/// Each bias has one value per channel of its layer's output gradient. (The fixtures' resnet18
+/// is freshly initialised, with zero biases and zero `bn2` weights, so its values are checked on
+/// `fullgrad_biases_and_gradients_match_pytorch`'s model instead.)
+#[test]
+fn fullgrad_bias_layers_are_grad_cams() {
+    let guided = read_json(&guided_dir("").join("manifest.json")).unwrap_or_else(|e| panic!("{e}"));
+    let input = tests::input();
+    for key in ["resnet18", "vit_tiny", "lite0"] {
+        let want: Vec<String> = guided["models"][key]["fullgrad_bias_layers"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{key}: no fullgrad_bias_layers in the guided manifest"))
+            .iter()
+            .map(|v| v.as_str().expect("a layer path").to_owned())
+            .collect();
+        each_export(key, |label, model| {
+            let grads =
+                model.full_gradients(input.view(), &Target::top_one()).unwrap_or_else(|e| panic!("{e}"));
+            let got: Vec<String> = grads.biases.iter().map(|b| b.layer.clone()).collect();
+            assert_eq!(got, want, "{label} {key}: bias layers");
+            for b in &grads.biases {
+                let (batch, channels, _, _) = b.gradient.dim();
+                assert_eq!(
+                    (batch, channels),
+                    (2, b.bias.len()),
+                    "{label} {key} {}: bias per channel",
+                    b.layer
+                );
+            }
+        });
     }
 }
 
@@ -148,5 +208,52 @@ fn fused_attention_differentiates_down_to_the_input() {
             (finite - analytic).abs() <= 1e-2 * analytic.abs().max(1e-3),
             "{file}: finite differences {finite} vs gradient {analytic}"
         );
+    }
+}
+
+/// A small model whose biases are not zero (the fixtures' resnet18 is freshly initialised: every
+/// folded bias is 0), with in-place ReLUs right after its BatchNorms (a module and `F.relu(inplace)`)
+/// and look-alikes grad-cam skips (`tests/models/make.py`'s `biased`): bias layers, folded biases,
+/// each layer's output gradient and the input gradient against eager PyTorch, both exports. An
+/// output gradient taken after the in-place ReLU would be masked where the output is negative.
+#[test]
+fn fullgrad_biases_and_gradients_match_pytorch() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("models");
+    let models = read_json(&dir.join("manifest.json")).unwrap_or_else(|e| panic!("{e}"));
+    let entry = &models["models"]["biased"];
+    let class = models["class"].as_u64().expect("class") as usize;
+    let want: Vec<&str> =
+        entry["bias_layers"].as_array().expect("bias_layers").iter().filter_map(|v| v.as_str()).collect();
+    assert_eq!(want, ["stem", "bn", "bn2"], "the reference's bias layers");
+    let reference = dir.join("biased").join("fullgrad");
+    let input =
+        tests::npy::<f32>(dir.join("biased/input.npy")).into_dimensionality::<ndarray::Ix4>().unwrap();
+    for kind in ["traced", "scripted"] {
+        let file = entry["files"][kind].as_str().expect("file");
+        let mut model = TorchScriptModel::load(&dir.join(file), DeviceChoice::Cpu).expect("load");
+        let grads = model
+            .full_gradients(input.view(), &Target::class(class))
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        let got: Vec<&str> = grads.biases.iter().map(|b| b.layer.as_str()).collect();
+        assert_eq!(got, want, "{file}: bias layers");
+        let input_gradient = tests::npy::<f32>(reference.join("input_gradient.npy"));
+        assert_close(
+            &format!("{file} input gradient"),
+            grads.input_gradient.view().into_dyn(),
+            input_gradient.view(),
+            TOL,
+        );
+        for b in &grads.biases {
+            let bias = tests::npy::<f32>(reference.join(&b.layer).join("bias.npy"));
+            let got = ndarray::ArrayView1::from(&b.bias[..]);
+            assert_close(&format!("{file} {} bias", b.layer), got.into_dyn(), bias.view(), TOL);
+            let gradient = tests::npy::<f32>(reference.join(&b.layer).join("gradient.npy"));
+            assert_close(
+                &format!("{file} {} gradient", b.layer),
+                b.gradient.view().into_dyn(),
+                gradient.view(),
+                TOL,
+            );
+        }
     }
 }

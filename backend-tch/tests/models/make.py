@@ -19,6 +19,12 @@ path, which autograd takes). manifest.json lists the models, layers, sizes and t
   encoder_layer nn.TransformerEncoderLayer fast path (aten::_transformer_encoder_layer_fwd): no derivative,
                used for the error message.
   tuple_output returns (logits, None) as a NamedTuple, as torchvision's scripted GoogLeNet does.
+  biased       FullGrad's bias layers: a Conv2d with a bias, BatchNorm2ds with running statistics away from
+               (0, 1) and an in-place ReLU after them (module and functional), and look-alikes FullGrad skips
+               (a Conv2d without bias, a BatchNorm2d without affine, a BatchNorm2d subclass). Its
+               biased/fullgrad/ holds grad-cam's bias layers (manifest "bias_layers"), their biases as
+               grad-cam's FullGrad folds them (<layer>/bias.npy), d logits[:, CLASS].sum() / d each layer's
+               output (<layer>/gradient.npy) and / d input (input_gradient.npy).
 
 With model names after OUT_DIR, only those are made again (the others' files and manifest entries stay).
 """
@@ -122,6 +128,70 @@ class TupleOutput(nn.Module):
         return Outputs(self.head(x.mean((2, 3))), None)
 
 
+class BatchNormSub(nn.BatchNorm2d):
+    """A BatchNorm2d subclass, as timm's BatchNormAct2d: FullGrad's exact type test skips it."""
+
+
+class Biased(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, 2, 1)
+        self.bn = nn.BatchNorm2d(8)
+        self.act = nn.ReLU(inplace=True)
+        self.conv = nn.Conv2d(8, 8, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.plain = nn.BatchNorm2d(8, affine=False)
+        self.sub = BatchNormSub(8)
+        self.head = nn.Linear(8, 10)
+        g = torch.Generator().manual_seed(2)
+        for bn in (self.bn, self.bn2, self.plain, self.sub):
+            bn.running_mean.copy_(torch.randn(8, generator=g) * 0.5)
+            bn.running_var.copy_(torch.rand(8, generator=g) + 0.5)
+            if bn.affine:
+                bn.weight.data.copy_(1 + 0.3 * torch.randn(8, generator=g))
+                bn.bias.data.copy_(0.3 * torch.randn(8, generator=g))
+
+    def forward(self, x):
+        x = self.act(self.bn(self.stem(x)))
+        y = F.relu(self.bn2(self.conv(x)), inplace=True)
+        return self.head(self.sub(self.plain(x + y)).mean((2, 3)))
+
+
+def fullgrad_reference(model, x, out):
+    """grad-cam's bias layers and biases; the gradients of each one's output (later in-place ops modify a
+    copy) and of the input."""
+    from pytorch_grad_cam import FullGrad
+
+    cam = FullGrad(model, [])
+    names = {m: n for n, m in model.named_modules()}
+    layers = [names[m] for m in cam.target_layers]
+    cam.activations_and_grads.release()
+    outputs = {}
+
+    def tap(name):
+        def hook(module, inputs, output):
+            outputs[name] = output
+            return output.clone()
+        return hook
+
+    handles = [model.get_submodule(n).register_forward_hook(tap(n)) for n in layers]
+    x = x.clone().requires_grad_(True)
+    try:
+        logits = model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    grads = torch.autograd.grad(logits[:, CLASS].sum(), [x] + [outputs[n] for n in layers])
+    d = os.path.join(out, "fullgrad")
+    os.makedirs(d, exist_ok=True)
+    np.save(os.path.join(d, "input_gradient.npy"), grads[0].numpy().astype(np.float32))
+    for name, bias, grad in zip(layers, cam.bias_data, grads[1:]):
+        os.makedirs(os.path.join(d, name), exist_ok=True)
+        np.save(os.path.join(d, name, "bias.npy"), bias.astype(np.float32))
+        np.save(os.path.join(d, name, "gradient.npy"), grad.numpy().astype(np.float32))
+    return layers
+
+
 def tv_vit():
     return torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2,
                                                 hidden_dim=16, mlp_dim=32, num_classes=10)
@@ -136,6 +206,7 @@ MODELS = {
     "fixed_size": (FixedSize, (24, 40), ["stem", "conv"], TRACED),  # its Python ints only trace
     "encoder_layer": (EncoderLayer, (16, 16), ["embed"], TRACED),
     "tuple_output": (TupleOutput, (16, 16), ["conv"], SCRIPTED),  # a trace cannot return None
+    "biased": (Biased, (16, 16), [], BOTH),  # references in biased/fullgrad/ only
 }
 
 
@@ -194,6 +265,8 @@ def main():
             for key, value in zip(("logits", "activation", "gradient"), reference(model, x, layer)):
                 np.save(os.path.join(d, f"{key}.npy"), value.numpy().astype(np.float32))
         manifest["models"][name] = {"files": files, "size": [h, w], "layers": layers}
+        if name == "biased":
+            manifest["models"][name]["bias_layers"] = fullgrad_reference(model, x, os.path.join(out, name))
         print(name, files, flush=True)
     manifest["models"] = dict(sorted(manifest["models"].items(), key=lambda kv: list(MODELS).index(kv[0])))
     with open(path, "w") as f:
