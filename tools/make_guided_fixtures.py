@@ -17,6 +17,9 @@ image 1: its top-1), it writes OUT_DIR/guided/<model>/:
   fullgrad.npy         (B, H, W) FullGrad(model, [])(x, targets) for the same classes: the input gradient and every
                        module that is exactly nn.Conv2d or nn.BatchNorm2d with a bias (resnet18: its 20 BatchNorms;
                        vit_tiny: patch_embed.proj; lite0: none, timm's BatchNormAct2d is not exactly BatchNorm2d)
+and, because a freshly initialised ResNet's BatchNorms fold to zero biases (FullGrad would see only its input term),
+OUT_DIR/guided/resnet18_bn.safetensors and .traced.pt: the resnet18 fixture with random BatchNorm statistics and
+affine parameters (torch.manual_seed(1)), with its classes.npy and fullgrad.npy in OUT_DIR/guided/resnet18_bn/;
 and OUT_DIR/guided/manifest.json (written last) with each model's layer and FullGrad's bias layers.
 """
 import json
@@ -30,7 +33,7 @@ from pytorch_grad_cam import FullGrad, GradCAM
 from pytorch_grad_cam.guided_backprop import GuidedBackpropReLUModel
 from pytorch_grad_cam.utils.image import deprocess_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gradcam_ref import token_reshape  # noqa: E402
@@ -87,6 +90,31 @@ def main():
         summary["models"][key] = {"layer": layer, "classes": classes.tolist(), "fullgrad_bias_layers": bias_layers,
                                   "guided_abs_max": float(np.abs(guided).max())}
         print(f"guided {key}: classes {classes.tolist()}, |guided| max {np.abs(guided).max():.3g}", flush=True)
+    # FullGrad with non-zero folded BatchNorm biases.
+    model = build(fixtures, "resnet18")
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+        logits = model(x).numpy()
+    state = {k: v.detach().to(torch.float32).contiguous() for k, v in model.state_dict().items()
+             if not k.endswith("num_batches_tracked")}
+    save_file(state, os.path.join(out, "resnet18_bn.safetensors"))
+    torch.jit.trace(model, x[:1]).save(os.path.join(out, "resnet18_bn.traced.pt"))
+    order = np.argsort(-logits, axis=1, kind="stable")
+    classes = np.array([order[0, 1], order[1, 0]], dtype=np.int64)
+    with FullGrad(model, []) as cam:
+        fullgrad = cam(x, [ClassifierOutputTarget(int(c)) for c in classes]).astype(np.float32)
+    d = os.path.join(out, "resnet18_bn")
+    os.makedirs(d, exist_ok=True)
+    np.save(os.path.join(d, "classes.npy"), classes)
+    np.save(os.path.join(d, "fullgrad.npy"), fullgrad)
+    summary["models"]["resnet18_bn"] = {"arch": "resnet18", "classes": classes.tolist()}
+    print(f"guided resnet18_bn: classes {classes.tolist()}", flush=True)
     with open(os.path.join(out, "manifest.json"), "w") as f:
         json.dump(summary, f, indent=1)
 

@@ -4,7 +4,7 @@
 #![cfg(feature = "candle")]
 use backend_candle::CandleModel;
 use gradcam_core::{CamModel, ReluBackward, Target};
-use tests::guided::{check_fullgrad, check_guided};
+use tests::guided::{check_fullgrad, check_guided, guided_file};
 use tests::{close, input, manifest, require, TOL};
 
 fn load(key: &str) -> CandleModel {
@@ -31,6 +31,9 @@ fn lite0_guided_matches_grad_cam() {
 #[test]
 fn resnet18_fullgrad_matches_grad_cam() {
     check_fullgrad("candle", &mut load("resnet18"), "resnet18");
+    let path = guided_file("resnet18_bn.safetensors");
+    let mut with_biases = CandleModel::from_safetensors(&path, "resnet18").unwrap_or_else(|e| panic!("{e}"));
+    check_fullgrad("candle", &mut with_biases, "resnet18_bn");
 }
 
 #[test]

@@ -7,7 +7,7 @@ use backend_tch::tch::{CModule, Tensor};
 use backend_tch::{DeviceChoice, TorchScriptModel};
 use gradcam_core::{CamModel, InputGradient, ReluBackward, Target};
 use ndarray::{Array2, Array4};
-use tests::guided::{check_fullgrad, check_guided, guided_dir};
+use tests::guided::{check_fullgrad, check_guided, guided_dir, guided_file};
 use tests::{assert_close, close, manifest, read_json, require, TOL};
 
 /// Fixture model `key`'s export `kind` (`traced`, `scripted`) on the CPU, when the manifest has it.
@@ -39,6 +39,10 @@ fn check_full(key: &str) {
 #[test]
 fn resnet18_fullgrad_matches_grad_cam() {
     check_full("resnet18");
+    // With random BatchNorm statistics: non-zero folded biases.
+    let path = guided_file("resnet18_bn.traced.pt");
+    let mut model = TorchScriptModel::load(&path, DeviceChoice::Cpu).unwrap_or_else(|e| panic!("{e}"));
+    check_fullgrad("tch traced", &mut model, "resnet18_bn");
 }
 
 #[test]

@@ -4,7 +4,7 @@
 
 use super::*;
 use ndarray::{Array4, Axis};
-use tests::guided::{guided_dir, guided_reference};
+use tests::guided::{guided_dir, guided_file, guided_reference};
 use tests::{assert_close, fixtures_dir, npy, TOL, UPSAMPLED_TOL};
 
 /// `gradcam explain` of the fixtures' two-image input with `--top 2` (image 0's fixture class is
@@ -160,27 +160,31 @@ fn guided_misuse() {
     assert_eq!(snapshot(&dir), before, "nothing changed");
 }
 
-/// FullGrad end to end in candle: one map per image and class, named without a layer (it reads
-/// every bias layer, not `--layer`), equal to grad-cam's `FullGrad` in the `.npy`.
+/// FullGrad end to end in candle, on the ResNet with random BatchNorm statistics (non-zero
+/// biases): one map per image and class, named without a layer (it reads every bias layer, not
+/// `--layer`), equal to grad-cam's `FullGrad` in the `.npy`.
 #[cfg(feature = "candle")]
 #[test]
 fn candle_fullgrad_matches_grad_cam() {
     let dir = workdir("fullgrad-candle");
-    let reference = guided_reference("resnet18");
-    let json = explain(&dir, Backend::Candle, "fullgrad");
+    let classes: Vec<usize> =
+        npy::<i64>(guided_dir("resnet18_bn").join("classes.npy")).iter().map(|&c| c as usize).collect();
+    let want = npy::<f32>(guided_dir("resnet18_bn").join("fullgrad.npy"));
+    let input = fixtures_dir().join("input.npy").display().to_string();
+    let model = guided_file("resnet18_bn.safetensors").display().to_string();
+    let args =
+        ["explain", &input, "--model", &model, "--arch", "resnet18", "--method", "fullgrad", "--top", "2"];
+    let out = gradcam(&dir, &[&args[..], &["--json", "--npy-out", "maps.npy", "--out", "out"]].concat());
+    assert_success(&out);
+    let json = json(&out);
     let maps: ndarray::Array3<f32> = ndarray_npy::read_npy(dir.join("maps.npy")).expect("(N, H, W) maps.npy");
-    for (b, record) in records(&json, &reference.classes).iter().enumerate() {
-        let class = reference.classes[b];
+    for (b, record) in records(&json, &classes).iter().enumerate() {
+        let class = classes[b];
         assert_eq!(record["overlay"], format!("out/input.{b}.fullgrad.c{class}.overlay.png"), "{record}");
         assert!(record["layer"].is_null(), "{record}");
         let index = record["npy_index"].as_u64().expect("npy index") as usize;
         let what = format!("fullgrad image {b}");
-        assert_close(
-            &what,
-            maps.index_axis(Axis(0), index),
-            reference.fullgrad.index_axis(Axis(0), b),
-            UPSAMPLED_TOL,
-        );
+        assert_close(&what, maps.index_axis(Axis(0), index), want.index_axis(Axis(0), b), UPSAMPLED_TOL);
     }
 }
 

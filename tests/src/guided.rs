@@ -69,8 +69,6 @@ pub struct GuidedReference {
     pub gradcam: Array3<f32>,
     /// `gradcam × guided`, `(B, 3, H, W)`.
     pub guided_gradcam: Array4<f32>,
-    /// `FullGrad(model, [])`'s maps for the same classes, `(B, H, W)`.
-    pub fullgrad: Array3<f32>,
 }
 
 /// Reads `key`'s guided references.
@@ -85,7 +83,6 @@ pub fn guided_reference(key: &str) -> GuidedReference {
         guided_gradcam: npy(dir.join("guided_gradcam.npy"))
             .into_dimensionality::<Ix4>()
             .expect("guided_gradcam (B, 3, H, W)"),
-        fullgrad: npy(dir.join("fullgrad.npy")).into_dimensionality::<Ix3>().expect("fullgrad (B, H, W)"),
     }
 }
 
@@ -127,21 +124,32 @@ pub fn check_guided(label: &str, model: &mut dyn CamModel, key: &str) {
     );
 }
 
-/// FullGrad of fixture model `key` (opened as `model`) for per-image classes, against grad-cam
-/// 1.5.7's `FullGrad(model, [])`, to [`UPSAMPLED_TOL`] (its maps are at the input's resolution;
-/// [`KINKED`] models as a whole),
-/// with HiResCAM in the same call (answers in order; FullGrad ignores the layer).
+/// The guided fixtures' FullGrad models: the three model fixtures, and `resnet18_bn`, the ResNet
+/// with random BatchNorm statistics (a fresh one folds every BatchNorm to a zero bias, which
+/// leaves FullGrad its input term alone), in `<fixtures>/guided/resnet18_bn.{safetensors,traced.pt}`.
+pub const FULLGRAD_MODELS: [&str; 4] = ["resnet18", "resnet18_bn", "vit_tiny", "lite0"];
+
+/// A model file of the guided fixtures (`resnet18_bn.safetensors`, …).
+pub fn guided_file(name: &str) -> PathBuf {
+    fixtures_dir().join("guided").join(name)
+}
+
+/// FullGrad of fixture model `key` ([`FULLGRAD_MODELS`], opened as `model`) for per-image
+/// classes, against grad-cam 1.5.7's `FullGrad(model, [])`, to [`UPSAMPLED_TOL`] (its maps are at
+/// the input's resolution; [`KINKED`] models as a whole), with HiResCAM at the default layer in
+/// the same call (answers in order; FullGrad ignores the layer).
 pub fn check_fullgrad(label: &str, model: &mut dyn CamModel, key: &str) {
-    let (_, layer) = GUIDED_MODELS.iter().find(|(k, _)| *k == key).expect("a guided fixture model");
-    let reference = guided_reference(key);
+    let dir = guided_dir(key);
+    let classes: Vec<usize> = npy::<i64>(dir.join("classes.npy")).iter().map(|&c| c as usize).collect();
+    let want = npy::<f32>(dir.join("fullgrad.npy")).into_dimensionality::<Ix3>().expect("fullgrad (B, H, W)");
     let what = format!("{label} {key} fullgrad");
     let methods = [Method::FullGrad, Method::HiResCam];
-    let target = Target::per_image(reference.classes.clone());
-    let out = explain(model, input().view(), &[layer], &methods, &target, &reference_options())
+    let target = Target::per_image(classes.clone());
+    let out = explain(model, input().view(), &[], &methods, &target, &reference_options())
         .unwrap_or_else(|e| panic!("{what}: {e}"));
     assert_eq!(out.iter().map(|e| e.method).collect::<Vec<_>>(), methods, "{what}: order");
-    assert_eq!(out[0].classes, reference.classes, "{what}: classes");
+    assert_eq!(out[0].classes, classes, "{what}: classes");
     assert!(out[0].layers.is_empty(), "{what}: FullGrad explains no given layer");
     // Lite0's input gradient crosses ReLU6 kinks ([`KINKED`]): its FullGrad is its input term.
-    assert_pixels_close(&what, key, out[0].maps.view(), reference.fullgrad.view(), UPSAMPLED_TOL);
+    assert_pixels_close(&what, key, out[0].maps.view(), want.view(), UPSAMPLED_TOL);
 }
