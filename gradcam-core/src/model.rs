@@ -160,7 +160,7 @@ pub trait CamModel {
     fn full_gradients(&mut self, input: ArrayView4<f32>, seed: &dyn Seed) -> Result<FullGradients, CamError> {
         let _ = (input, seed);
         Err(CamError::Unsupported(
-            "this backend cannot take the bias gradients fullgrad needs yet; use the candle backend or another method"
+            "this backend cannot take the bias gradients fullgrad needs yet; use the candle or tch backend, or another method"
                 .into(),
         ))
     }
