@@ -254,36 +254,24 @@ fn rank(logits: Vec<f32>) -> Vec<Prediction> {
 fn collect_maps(explanation: &Explanation, b: usize, rank: Option<usize>, maps: &mut Vec<MapResult>) {
     let several = explanation.layers.len() > 1;
     let class = explanation.classes[b];
-    if explanation.layers.is_empty() && explanation.pixels.is_none() {
-        // FullGrad: one map of the whole model, no layer of its own.
-        maps.push(MapResult {
-            class,
-            rank,
-            layer: None,
-            method: explanation.method,
-            map: explanation.maps.index_axis(Axis(0), b).to_owned(),
-            origin: None,
-            is_final: true,
-            pixels: None,
-        });
-        return;
-    }
+    // The explanation's final map, with no layer of its own unless said.
+    let whole = |layer: Option<(String, Layout)>, pixels: Option<Array3<f32>>| MapResult {
+        class,
+        rank,
+        layer,
+        method: explanation.method,
+        map: explanation.maps.index_axis(Axis(0), b).to_owned(),
+        origin: None,
+        is_final: true,
+        pixels,
+    };
     if let Some(pixels) = &explanation.pixels {
         // One picture: guided Grad-CAM's names its Grad-CAM layer when there is one.
         let layer = match explanation.layers.as_slice() {
             [only] => Some((only.layer.clone(), only.layout)),
             _ => None,
         };
-        maps.push(MapResult {
-            class,
-            rank,
-            layer,
-            method: explanation.method,
-            map: explanation.maps.index_axis(Axis(0), b).to_owned(),
-            origin: None,
-            is_final: true,
-            pixels: Some(pixels.index_axis(Axis(0), b).to_owned()),
-        });
+        maps.push(whole(layer, Some(pixels.index_axis(Axis(0), b).to_owned())));
         return;
     }
     for layer in &explanation.layers {
@@ -301,16 +289,8 @@ fn collect_maps(explanation: &Explanation, b: usize, rank: Option<usize>, maps: 
             pixels: None,
         });
     }
-    if several {
-        maps.push(MapResult {
-            class,
-            rank,
-            layer: None,
-            method: explanation.method,
-            map: explanation.maps.index_axis(Axis(0), b).to_owned(),
-            origin: None,
-            is_final: true,
-            pixels: None,
-        });
+    // The combination of several layers, or FullGrad's map of the whole model (no layer).
+    if several || explanation.layers.is_empty() {
+        maps.push(whole(None, None));
     }
 }

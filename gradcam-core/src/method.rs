@@ -75,7 +75,7 @@ pub enum Method {
 impl Method {
     /// Every method that explains the given layers with a `(B, H, W)` heatmap, in a fixed order:
     /// the candidates of `--method auto`. [`Method::FullGrad`] (every bias layer instead) and the
-    /// pixel-space methods ([`Method::PIXEL`]) are not among them ([`Method::EVERY`] lists all).
+    /// pixel-space methods ([`Method::PIXEL`]) are not among them ([`Method::every`] lists all).
     pub const ALL: [Method; 14] = [
         Method::GradCam,
         Method::GradCamPlusPlus,
@@ -94,25 +94,9 @@ impl Method {
     ];
 
     /// Every method: [`Method::ALL`], [`Method::FullGrad`], [`Method::PIXEL`].
-    pub const EVERY: [Method; 17] = [
-        Method::GradCam,
-        Method::GradCamPlusPlus,
-        Method::XGradCam,
-        Method::HiResCam,
-        Method::LayerCam,
-        Method::GradCamElementWise,
-        Method::EigenCam,
-        Method::EigenGradCam,
-        Method::ScoreCam,
-        Method::AblationCam,
-        Method::Fem,
-        Method::KpcaCam,
-        Method::FinerCam,
-        Method::RandomCam,
-        Method::FullGrad,
-        Method::GuidedBackprop,
-        Method::GuidedGradCam,
-    ];
+    pub fn every() -> impl Iterator<Item = Method> {
+        Method::ALL.into_iter().chain([Method::FullGrad]).chain(Method::PIXEL)
+    }
 
     /// The methods whose answer is a `(B, 3, H, W)` map in pixel space ([`Method::is_pixel_space`]).
     pub const PIXEL: [Method; 2] = [Method::GuidedBackprop, Method::GuidedGradCam];
@@ -193,8 +177,8 @@ impl FromStr for Method {
     /// Parses a command-line name, case-insensitively; `_` is accepted for `-`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let wanted = s.trim().to_ascii_lowercase().replace('_', "-");
-        Method::EVERY.into_iter().find(|m| m.name() == wanted).ok_or_else(|| {
-            let names: Vec<&str> = Method::EVERY.iter().map(|m| m.name()).collect();
+        Method::every().find(|m| m.name() == wanted).ok_or_else(|| {
+            let names: Vec<&str> = Method::every().map(|m| m.name()).collect();
             CamError::Unsupported(format!("unknown CAM method `{s}`; known methods: {}", names.join(", ")))
         })
     }
