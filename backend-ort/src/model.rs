@@ -514,7 +514,6 @@ impl OnnxModel {
     }
 }
 
-/// Output `index` of a run.
 /// Where a seeded backward pass ends.
 #[derive(Clone, Copy, Debug)]
 enum Cut<'l> {
@@ -532,6 +531,7 @@ struct BackwardRun {
     gradient: ArrayD<f32>,
 }
 
+/// Output `index` of a run.
 fn output<'a>(outputs: &'a SessionOutputs<'_>, index: usize) -> Result<&'a DynValue, OrtBackendError> {
     if index >= outputs.len() {
         return Err(OrtBackendError::Signature(format!("the model has no output {index}")));
