@@ -50,11 +50,11 @@ pub enum TchError {
         op: String,
     },
     /// The model runs an op libtorch cannot differentiate, and the gradient must reach the input
-    /// (guided backprop, guided Grad-CAM).
+    /// (guided backprop, guided Grad-CAM, FullGrad).
     #[error(
-        "libtorch has no derivative for `{op}`, which the model runs: guided-backprop and guided-gradcam need \
-         the gradient down to the input; use a layer method instead (gradcam, or one without gradients such as \
-         scorecam)"
+        "libtorch has no derivative for `{op}`, which the model runs: guided-backprop, guided-gradcam and fullgrad \
+         need the gradient down to the input; use a layer method instead (gradcam, or one without gradients such \
+         as scorecam)"
     )]
     NoInputDerivative {
         /// The op (`aten::…`).

@@ -254,23 +254,17 @@ fn torch_err(e: impl Into<TchError>) -> CamError {
     CamError::backend(e.into())
 }
 
-/// A capture's error; libtorch's "derivative for aten::op is not implemented" says what to do.
-fn differentiation_err(layer: &str, e: impl Into<TchError>) -> CamError {
+/// A backward pass's error; libtorch's "derivative for aten::op is not implemented" says what to
+/// do: for a capture of `layer`, or (`None`) for a gradient down to the input.
+fn differentiation_err(layer: Option<&str>, e: impl Into<TchError>) -> CamError {
     let e = e.into();
     if let TchError::Torch(message) = &e {
         if let Some(op) = missing_derivative(message) {
-            return torch_err(TchError::NoDerivative { layer: layer.to_owned(), op: op.to_owned() });
-        }
-    }
-    torch_err(e)
-}
-
-/// An input gradient's error, as [`differentiation_err`] says it.
-fn input_differentiation_err(e: impl Into<TchError>) -> CamError {
-    let e = e.into();
-    if let TchError::Torch(message) = &e {
-        if let Some(op) = missing_derivative(message) {
-            return torch_err(TchError::NoInputDerivative { op: op.to_owned() });
+            let op = op.to_owned();
+            return torch_err(match layer {
+                Some(layer) => TchError::NoDerivative { layer: layer.to_owned(), op },
+                None => TchError::NoInputDerivative { op },
+            });
         }
     }
     torch_err(e)
@@ -315,7 +309,7 @@ impl CamModel for TorchScriptModel {
             Some(_) => tch::with_grad(|| function.run(&[&x], 2)),
             None => tch::no_grad(|| function.run(&[&x], 2)),
         }
-        .map_err(|e| differentiation_err(layer, e))?;
+        .map_err(|e| differentiation_err(Some(layer), e))?;
         let [logits_t, act_t]: [Tensor; 2] = outputs
             .try_into()
             .map_err(|_| torch_err(TchError::Torch("expected (logits, activation)".into())))?;
@@ -325,7 +319,7 @@ impl CamModel for TorchScriptModel {
                 let seed = seed.seed(logits.view(), &output_shape)?;
                 let score = score(&logits_t, seed.view(), device);
                 let grads = Tensor::f_run_backward(&[score], &[&act_t], false, false)
-                    .map_err(|e| differentiation_err(layer, TchError::from(e)))?;
+                    .map_err(|e| differentiation_err(Some(layer), TchError::from(e)))?;
                 Some(layer_tensor(&grads[0])?)
             }
             None => None,
@@ -353,14 +347,14 @@ impl CamModel for TorchScriptModel {
             ReluBackward::Guided => Mode::GuidedInput,
         };
         let function = self.function("", mode)?;
-        let outputs = tch::with_grad(|| function.run(&[&x], 2)).map_err(input_differentiation_err)?;
+        let outputs = tch::with_grad(|| function.run(&[&x], 2)).map_err(|e| differentiation_err(None, e))?;
         let [logits_t, leaf]: [Tensor; 2] =
             outputs.try_into().map_err(|_| torch_err(TchError::Torch("expected (logits, input)".into())))?;
         let (logits, output_shape) = logits_array(&logits_t).map_err(CamError::backend)?;
         let seed = seed.seed(logits.view(), &output_shape)?;
         let score = score(&logits_t, seed.view(), device);
         let grads = Tensor::f_run_backward(&[score], &[&leaf], false, false)
-            .map_err(|e| input_differentiation_err(TchError::from(e)))?;
+            .map_err(|e| differentiation_err(None, TchError::from(e)))?;
         let gradient = array4(&grads[0], "input gradient", "(B, 3, H, W)")?;
         Ok(InputGradient { logits, output_shape, gradient })
     }
@@ -377,7 +371,8 @@ impl CamModel for TorchScriptModel {
         let layers = self.bias_layers.clone();
         let function = &self.functions[&(String::new(), Mode::Full)];
         let n = layers.len();
-        let outputs = tch::with_grad(|| function.run(&[&x], 2 + 2 * n)).map_err(input_differentiation_err)?;
+        let outputs =
+            tch::with_grad(|| function.run(&[&x], 2 + 2 * n)).map_err(|e| differentiation_err(None, e))?;
         if outputs.len() != 2 + 2 * n {
             return Err(torch_err(TchError::Torch(format!(
                 "expected logits, the input and {n} bias layers' outputs and biases; got {} tensors",
@@ -389,7 +384,7 @@ impl CamModel for TorchScriptModel {
         let score = score(&outputs[0], seed.view(), device);
         let wrt: Vec<&Tensor> = outputs[1..2 + n].iter().collect();
         let grads = Tensor::f_run_backward(&[score], &wrt, false, false)
-            .map_err(|e| input_differentiation_err(TchError::from(e)))?;
+            .map_err(|e| differentiation_err(None, TchError::from(e)))?;
         let input_gradient = array4(&grads[0], "input gradient", "(B, 3, H, W)")?;
         let mut biases = Vec::with_capacity(n);
         for (i, layer) in layers.into_iter().enumerate() {
