@@ -282,6 +282,22 @@ impl CandleModel {
         }
         Ok(logits)
     }
+
+    /// The whole forward from `input` made a leaf, through `taps`, and the backward of core's
+    /// seed: the leaf, the logits and every gradient.
+    fn backward_from_input(
+        &mut self,
+        input: ArrayView4<f32>,
+        taps: &mut Taps,
+        seed: &dyn Seed,
+    ) -> Result<(Var, Array2<f32>, GradStore), CamError> {
+        let x = Var::from_tensor(&to_tensor(input)?).map_err(CandleError::from)?;
+        let logits_t = self.net.forward(x.as_tensor(), taps).map_err(CandleError::from)?;
+        let logits = to_logits(&logits_t)?;
+        // The zoo's models are classifiers: one row of class logits per image.
+        let grads = backward(&logits_t, &logits, &[logits.ncols()], seed)?;
+        Ok((x, logits, grads))
+    }
 }
 
 /// The gradients of `Σ seed(logits) · logits`, core's seed computed from this very forward's
@@ -393,29 +409,22 @@ impl CamModel for CandleModel {
         seed: &dyn Seed,
         relu: ReluBackward,
     ) -> Result<InputGradient, CamError> {
-        let x = Var::from_tensor(&to_tensor(input)?).map_err(CandleError::from)?;
         let mut taps = match relu {
             ReluBackward::Plain => Taps::default(),
             ReluBackward::Guided => Taps::guided(),
         };
-        let logits_t = self.net.forward(x.as_tensor(), &mut taps).map_err(CandleError::from)?;
-        let logits = to_logits(&logits_t)?;
-        let output_shape = vec![logits.ncols()];
-        let grads = backward(&logits_t, &logits, &output_shape, seed)?;
+        let (x, logits, grads) = self.backward_from_input(input, &mut taps, seed)?;
         let gradient = to_array4(&grad_of(&grads, &x)?)?;
-        Ok(InputGradient { logits, output_shape, gradient })
+        Ok(InputGradient { output_shape: vec![logits.ncols()], logits, gradient })
     }
 
     /// The input's gradient and every `nn.BatchNorm2d` / biased `nn.Conv2d` output's (the zoo
     /// marks them with [`Taps::biased`]: timm's `BatchNormAct2d` of the EfficientNets is neither,
     /// as pytorch-grad-cam's exact type test sees it), from one backward pass.
     fn full_gradients(&mut self, input: ArrayView4<f32>, seed: &dyn Seed) -> Result<FullGradients, CamError> {
-        let x = Var::from_tensor(&to_tensor(input)?).map_err(CandleError::from)?;
         let mut taps = Taps::full_grad();
-        let logits_t = self.net.forward(x.as_tensor(), &mut taps).map_err(CandleError::from)?;
-        let logits = to_logits(&logits_t)?;
+        let (x, logits, grads) = self.backward_from_input(input, &mut taps, seed)?;
         let output_shape = vec![logits.ncols()];
-        let grads = backward(&logits_t, &logits, &output_shape, seed)?;
         let input_gradient = to_array4(&grad_of(&grads, &x)?)?;
         let biases = taps
             .biases()

@@ -82,10 +82,7 @@ impl Block {
         for (i, cb) in self.convs.iter().enumerate() {
             let i = i + 1;
             y = taps.tap(&format!("{n}.conv{i}"), cb.conv.forward(&y)?)?;
-            let bn = format!("{n}.bn{i}");
-            let out = cb.bn.forward(&y, Act::None)?;
-            let out = taps.biased(&bn, out, cb.bn.bias())?;
-            y = taps.tap(&bn, out)?;
+            y = batch_norm(taps, &format!("{n}.bn{i}"), &cb.bn, &y)?;
             if i < last {
                 y = taps.tap(&format!("{n}.act{i}"), taps.relu(&y)?)?;
             }
@@ -94,10 +91,7 @@ impl Block {
             None => x.clone(),
             Some(Downsample::Conv(cb)) => {
                 let s = taps.tap(&format!("{n}.downsample.0"), cb.conv.forward(x)?)?;
-                let name = format!("{n}.downsample.1");
-                let s = cb.bn.forward(&s, Act::None)?;
-                let s = taps.biased(&name, s, cb.bn.bias())?;
-                let s = taps.tap(&name, s)?;
+                let s = batch_norm(taps, &format!("{n}.downsample.1"), &cb.bn, &s)?;
                 taps.tap(&format!("{n}.downsample"), s)?
             }
             Some(Downsample::Avg { pool, conv_bn: cb }) => {
@@ -107,10 +101,7 @@ impl Block {
                     x.clone()
                 };
                 let s = taps.tap(&format!("{n}.downsample.1"), cb.conv.forward(&s)?)?;
-                let name = format!("{n}.downsample.2");
-                let s = cb.bn.forward(&s, Act::None)?;
-                let s = taps.biased(&name, s, cb.bn.bias())?;
-                let s = taps.tap(&name, s)?;
+                let s = batch_norm(taps, &format!("{n}.downsample.2"), &cb.bn, &s)?;
                 taps.tap(&format!("{n}.downsample"), s)?
             }
         };
@@ -185,21 +176,25 @@ impl ResNet {
     }
 }
 
+/// An `nn.BatchNorm2d` named `name` on `x`: its output marked as FullGrad's bias layer
+/// ([`Taps::biased`]) and tapped.
+fn batch_norm(taps: &mut Taps, name: &str, bn: &BatchNorm, x: &Tensor) -> Result<Tensor> {
+    let y = bn.forward(x, Act::None)?;
+    let y = taps.biased(name, y, bn.bias())?;
+    taps.tap(name, y)
+}
+
 impl CandleCamNet for ResNet {
     fn forward(&self, x: &Tensor, taps: &mut Taps) -> Result<Tensor> {
         let x = taps.sequential("conv1", x, |x, taps| match &self.stem {
             Stem::Plain(c) => c.forward(x),
             Stem::Deep(a, b, c) => {
                 let x = taps.tap("conv1.0", a.conv.forward(x)?)?;
-                let x = a.bn.forward(&x, Act::None)?;
-                let x = taps.biased("conv1.1", x, a.bn.bias())?;
-                let x = taps.tap("conv1.1", x)?;
+                let x = batch_norm(taps, "conv1.1", &a.bn, &x)?;
                 let x = taps.relu(&x)?;
                 let x = taps.tap("conv1.2", x)?;
                 let x = taps.tap("conv1.3", b.conv.forward(&x)?)?;
-                let x = b.bn.forward(&x, Act::None)?;
-                let x = taps.biased("conv1.4", x, b.bn.bias())?;
-                let x = taps.tap("conv1.4", x)?;
+                let x = batch_norm(taps, "conv1.4", &b.bn, &x)?;
                 let x = taps.relu(&x)?;
                 let x = taps.tap("conv1.5", x)?;
                 taps.tap("conv1.6", c.forward(&x)?)
