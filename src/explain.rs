@@ -412,13 +412,12 @@ fn refuse_existing_outputs(
         if !top {
             for &layer in &map_layers {
                 for &method in methods {
+                    let layer = if method.reads_layers() { layer } else { None };
                     if method.is_pixel_space() {
                         // One picture, named by the Grad-CAM layer of guided Grad-CAM.
-                        let layer = if method == Method::GuidedBackprop { None } else { layer };
                         candidates.push(renderer.pixels_path(&item.name, layer, method, None));
                         continue;
                     }
-                    let layer = if method == Method::FullGrad { None } else { layer };
                     let [overlay, heatmap] = renderer.map_paths(&item.name, layer, method, None);
                     if renderer.pictures.contains(&PictureKind::Overlay) {
                         candidates.push(overlay);

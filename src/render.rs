@@ -228,7 +228,7 @@ impl Renderer {
     ) -> Result<RgbImage, CliError> {
         // FullGrad reads no given layer: its overlay stands in every row of its class, and makes a
         // row of its own only when no other method does.
-        let whole_model = |m: &MapResult| m.method == Method::FullGrad;
+        let whole_model = |m: &MapResult| !m.method.reads_layers();
         let only_whole_model = maps.iter().filter(|m| m.pixels.is_none()).all(whole_model);
         let mut rows: Vec<(Option<usize>, Option<&str>)> = Vec::new();
         for map in maps.iter().filter(|m| m.pixels.is_none() && (only_whole_model || !whole_model(m))) {
@@ -288,9 +288,7 @@ impl Renderer {
 pub fn map_stem(name: &str, layer: Option<&str>, method: Method, class: Option<usize>) -> String {
     let class = class.map(|c| format!(".c{c}")).unwrap_or_default();
     match layer {
-        None if matches!(method, Method::GuidedBackprop | Method::FullGrad) => {
-            format!("{name}.{method}{class}")
-        }
+        None if !method.reads_layers() => format!("{name}.{method}{class}"),
         layer => format!("{name}.{}.{method}{class}", layer.unwrap_or("combined")),
     }
 }

@@ -287,10 +287,7 @@ fn explain_fullgrad(
     let (bound, classes) = target.bind(grads.logits.view(), &grads.output_shape)?;
     let mut maps = fullgrad_maps(input, &grads)?;
     if options.aug_smooth {
-        let width = match grads.output_shape.as_slice() {
-            [_, _, w] => *w,
-            _ => 0,
-        };
+        let width = output_width(&grads.output_shape);
         // The mean in ttach's order, one pass after the other, then / 6.
         let mut sum = Array3::<f32>::zeros(maps.raw_dim());
         for augmentation in &AUGMENTATIONS {
@@ -349,10 +346,7 @@ fn explain_maps(
     let identity = AUGMENTATIONS.iter().position(|a| *a == Augmentation::IDENTITY).expect("listed");
     let first = explain_pass(model, input, &layers, methods, target, identity, &mut forward)?;
     let fixed = first[0].target.clone();
-    let width = match first[0].output_shape.as_slice() {
-        [_, _, w] => *w,
-        _ => 0,
-    };
+    let width = output_width(&first[0].output_shape);
     let mut per_pass: Vec<Option<Vec<Explanation>>> = vec![None; AUGMENTATIONS.len()];
     for (index, augmentation) in AUGMENTATIONS.iter().enumerate() {
         if index == identity {
@@ -390,6 +384,15 @@ fn explain_maps(
         }
     }
     Ok(merged)
+}
+
+/// The width of a per-image output `(C, H, W)` (a segmentation's), which [`Target::mirrored`]
+/// mirrors its region by; 0 for other outputs.
+fn output_width(shape: &[usize]) -> usize {
+    match shape {
+        [_, _, w] => *w,
+        _ => 0,
+    }
 }
 
 /// One test-time augmentation of `aug_smooth`: an optional horizontal flip, then a factor.

@@ -98,6 +98,12 @@ impl Method {
         Method::ALL.into_iter().chain([Method::FullGrad]).chain(Method::PIXEL)
     }
 
+    /// Whether the answer depends on the given layers: not for guided backprop (the input
+    /// gradient alone) nor FullGrad (every bias layer), whose maps are named without a layer.
+    pub fn reads_layers(self) -> bool {
+        !matches!(self, Method::GuidedBackprop | Method::FullGrad)
+    }
+
     /// The methods whose answer is a `(B, 3, H, W)` map in pixel space ([`Method::is_pixel_space`]).
     pub const PIXEL: [Method; 2] = [Method::GuidedBackprop, Method::GuidedGradCam];
 
