@@ -21,7 +21,7 @@ use crate::layers::choose_layers;
 use crate::plan::{self, Item};
 use crate::progress::Progress;
 use crate::read::{Failed, Reader};
-use crate::report::{path_json, run_summary};
+use crate::report::{failure_json, path_json, run_summary};
 
 /// One method at one layer: the sum of each metric over the images so far.
 struct Row {
@@ -95,12 +95,7 @@ pub fn run(args: EvaluateArgs) -> Result<(), CliError> {
             "road_noise": args.road_noise,
             "seed": args.cam.seed,
             "images": scored,
-            "failed": failed.iter().map(|f| json!({
-                "name": f.item.name,
-                "input": f.item.input(),
-                "npy_index": f.item.npy_index(),
-                "error": crate::error_chain(&f.error),
-            })).collect::<Vec<_>>(),
+            "failed": failed.iter().map(failure_json).collect::<Vec<_>>(),
             "rows": rows.iter().map(|r| json!({
                 "method": r.method.name(),
                 "layer": r.layer,
@@ -205,11 +200,9 @@ fn score_items(
     if !pending.is_empty() {
         scorer.score(pending, progress)?;
     }
-    if failed.len() == items.len() {
-        if let Some(first) = failed.into_iter().next() {
-            return Err(first.error);
-        }
-        failed = Vec::new();
+    if !failed.is_empty() && failed.len() == items.len() {
+        // Nothing to rank: the first error is the answer.
+        return Err(failed.swap_remove(0).error);
     }
 
     let Scorer { mut rows, records, .. } = scorer;

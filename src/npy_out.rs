@@ -1,7 +1,6 @@
 //! `--npy-out FILE`: the final maps stacked `(N, H, W)` f32 (`(N, 3, H, W)` for a pixel-space
-//! method). They are streamed to an unnamed file
-//! next to the target as images are done, and the `.npy` is put in place at the end of a run
-//! that completed, in one step.
+//! method). They are streamed to an unnamed file next to the target as images are done, and the
+//! `.npy` is put in place at the end of a run that completed, in one step.
 
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};

@@ -218,12 +218,7 @@ impl Reporter {
     /// One image failed: said on stderr at once, listed in the JSON.
     pub fn failed(&mut self, f: &Failed) {
         self.progress.eprintln(&format!("error: {}", crate::error_chain(&f.error)));
-        self.failed.push(json!({
-            "name": f.item.name,
-            "input": f.item.input(),
-            "npy_index": f.item.npy_index(),
-            "error": crate::error_chain(&f.error),
-        }));
+        self.failed.push(failure_json(f));
     }
 
     /// The closing lines (text), or the whole JSON document.
@@ -251,4 +246,14 @@ impl Reporter {
             self.out(&text);
         }
     }
+}
+
+/// An image that failed, as the JSON summaries list it under `"failed"`.
+pub fn failure_json(f: &Failed) -> Value {
+    json!({
+        "name": f.item.name,
+        "input": f.item.input(),
+        "npy_index": f.item.npy_index(),
+        "error": crate::error_chain(&f.error),
+    })
 }
