@@ -3,9 +3,8 @@
 
 #![cfg(feature = "candle")]
 use backend_candle::CandleModel;
-use gradcam_core::{CamModel, ReluBackward, Target};
-use tests::guided::{check_fullgrad, check_guided, guided_file};
-use tests::{close, input, manifest, require, TOL};
+use tests::guided::{check_fullgrad, check_guided, check_relus_guided, guided_file, RELU_MODELS};
+use tests::{manifest, require};
 
 fn load(key: &str) -> CandleModel {
     let arch = manifest()["models"][key]["arch"].as_str().expect("arch in manifest").to_string();
@@ -50,14 +49,7 @@ fn lite0_fullgrad_matches_grad_cam() {
 /// here), and change nothing in a ViT, which has none.
 #[test]
 fn only_relus_are_guided() {
-    let input = input();
-    let target = Target::top_one();
-    for (key, has_relu) in [("resnet18", true), ("vit_tiny", false)] {
-        let mut model = load(key);
-        let plain = model.input_gradient(input.view(), &target, ReluBackward::Plain).unwrap();
-        let guided = model.input_gradient(input.view(), &target, ReluBackward::Guided).unwrap();
-        assert_eq!(plain.logits, guided.logits, "{key}: the forward is the same");
-        let same = close(guided.gradient.view(), plain.gradient.view(), TOL);
-        assert_eq!(same.is_err(), has_relu, "{key}: guided vs plain: {same:?}");
+    for (key, _) in RELU_MODELS {
+        check_relus_guided("candle", &mut load(key), key);
     }
 }

@@ -7,8 +7,8 @@ use backend_tch::tch::{CModule, Tensor};
 use backend_tch::{DeviceChoice, TorchScriptModel};
 use gradcam_core::{CamModel, InputGradient, ReluBackward, Target};
 use ndarray::{Array2, Array4};
-use tests::guided::{check_fullgrad, check_guided, guided_dir, guided_file};
-use tests::{assert_close, close, manifest, read_json, require, TOL};
+use tests::guided::{check_fullgrad, check_guided, check_relus_guided, guided_dir, guided_file, RELU_MODELS};
+use tests::{assert_close, manifest, read_json, require, TOL};
 
 /// Fixture model `key`'s export `kind` (`traced`, `scripted`) on the CPU, when the manifest has it.
 fn load(key: &str, kind: &str) -> Option<TorchScriptModel> {
@@ -105,35 +105,13 @@ fn lite0_matches_grad_cam() {
     check("lite0");
 }
 
-/// Both input gradients of the fixture input for each image's top-1 class.
-fn plain_and_guided(key: &str) -> (InputGradient, InputGradient) {
-    let mut model = load(key, "traced").unwrap_or_else(|| panic!("{key}: no traced export"));
-    let input = tests::input();
-    let mut run = |relu| {
-        model.input_gradient(input.view(), &Target::top_one(), relu).unwrap_or_else(|e| panic!("{key}: {e}"))
-    };
-    (run(ReluBackward::Plain), run(ReluBackward::Guided))
-}
-
-/// resnet18 is all nn.ReLU: if the swap silently did not happen, guided would equal plain.
-#[test]
-fn guided_differs_from_plain_on_relu_networks() {
-    let (plain, guided) = plain_and_guided("resnet18");
-    assert_eq!(plain.logits, guided.logits, "the forward is the same");
-    assert_eq!(plain.gradient.dim(), (2, 3, 224, 224));
-    assert!(
-        close(guided.gradient.view(), plain.gradient.view(), 0.1).is_err(),
-        "guided backprop changed the gradient by less than 10 % of its scale"
-    );
-}
-
+/// resnet18 is all nn.ReLU: if the swap silently did not happen, guided would equal plain;
 /// vit_tiny has no ReLU (GELU only): guided is plain.
 #[test]
-fn guided_is_plain_without_relus() {
-    let (plain, guided) = plain_and_guided("vit_tiny");
-    assert!(plain.gradient.iter().any(|&g| g != 0.0), "a zero gradient proves nothing");
-    if let Err(e) = close(guided.gradient.view(), plain.gradient.view(), TOL) {
-        panic!("vit_tiny guided vs plain: {e}");
+fn only_relus_are_guided() {
+    for (key, _) in RELU_MODELS {
+        let mut model = load(key, "traced").unwrap_or_else(|| panic!("{key}: no traced export"));
+        check_relus_guided("tch traced", &mut model, key);
     }
 }
 

@@ -3,10 +3,10 @@
 
 use std::path::PathBuf;
 
-use gradcam_core::{explain, CamModel, Method, Target};
+use gradcam_core::{explain, CamModel, Method, ReluBackward, Target};
 use ndarray::{Array1, Array3, Array4, ArrayView, Dimension, Ix1, Ix3, Ix4};
 
-use crate::{assert_close, fixtures_dir, input, npy, reference_options, TOL, UPSAMPLED_TOL};
+use crate::{assert_close, close, fixtures_dir, input, npy, reference_options, TOL, UPSAMPLED_TOL};
 
 /// The model fixtures with a guided reference, and the layer of their Grad-CAM maps.
 pub const GUIDED_MODELS: [(&str, &str); 3] =
@@ -40,7 +40,7 @@ fn assert_pixels_close<D: Dimension>(
         return assert_close(what, got, want, tol);
     }
     assert_eq!(got.shape(), want.shape(), "{what}: shape");
-    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let scale = crate::scale(&want);
     let within = got.iter().zip(&want).filter(|(a, b)| (*a - *b).abs() <= tol * scale).count();
     let fraction = within as f32 / want.len().max(1) as f32;
     let error: f32 = got.iter().zip(&want).map(|(a, b)| (a - b) * (a - b)).sum::<f32>().sqrt();
@@ -152,4 +152,32 @@ pub fn check_fullgrad(label: &str, model: &mut dyn CamModel, key: &str) {
     assert!(out[0].layers.is_empty(), "{what}: FullGrad explains no given layer");
     // Lite0's input gradient crosses ReLU6 kinks ([`KINKED`]): its FullGrad is its input term.
     assert_pixels_close(&what, key, out[0].maps.view(), want.view(), UPSAMPLED_TOL);
+}
+
+/// The fixtures [`check_relus_guided`] runs on, and whether they have ReLUs: resnet18 is all
+/// `nn.ReLU`, vit_tiny has none (GELU).
+pub const RELU_MODELS: [(&str, bool); 2] = [("resnet18", true), ("vit_tiny", false)];
+
+/// Guided and plain input gradients of fixture model `key` ([`RELU_MODELS`]) for each image's
+/// top-1 class: the same forward; with ReLUs, guided moves the gradient by more than 10 % of its
+/// scale (so a swap that silently did not happen fails); without, they agree within [`TOL`]
+/// (and the gradient is not zero, which would prove nothing).
+pub fn check_relus_guided(label: &str, model: &mut dyn CamModel, key: &str) {
+    let (_, has_relu) = RELU_MODELS.iter().find(|(k, _)| *k == key).expect("a ReLU fixture model");
+    let (input, target) = (input(), Target::top_one());
+    let mut run = |relu| {
+        model.input_gradient(input.view(), &target, relu).unwrap_or_else(|e| panic!("{label} {key}: {e}"))
+    };
+    let (plain, guided) = (run(ReluBackward::Plain), run(ReluBackward::Guided));
+    assert_eq!(plain.logits, guided.logits, "{label} {key}: the forward is the same");
+    assert_eq!(plain.gradient.dim(), input.dim(), "{label} {key}: the input's shape");
+    assert!(plain.gradient.iter().any(|&g| g != 0.0), "{label} {key}: a zero gradient proves nothing");
+    if *has_relu {
+        assert!(
+            close(guided.gradient.view(), plain.gradient.view(), 0.1).is_err(),
+            "{label} {key}: guided backprop changed the gradient by less than 10 % of its scale"
+        );
+    } else if let Err(e) = close(guided.gradient.view(), plain.gradient.view(), TOL) {
+        panic!("{label} {key}: guided vs plain: {e}");
+    }
 }

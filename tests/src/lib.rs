@@ -131,7 +131,7 @@ pub fn layer_view(t: &LayerTensor) -> ArrayViewD<'_, f32> {
 }
 
 /// The reference's scale: its largest magnitude (at least the smallest positive f32).
-fn scale<D: Dimension>(want: &ArrayView<f32, D>) -> f32 {
+pub(crate) fn scale<D: Dimension>(want: &ArrayView<f32, D>) -> f32 {
     want.iter().fold(0f32, |m, v| m.max(v.abs())).max(f32::MIN_POSITIVE)
 }
 
