@@ -677,6 +677,16 @@ at::Tensor bias_of(const torch::jit::Module &module, BiasKind kind, Value *outpu
   return (-(*mean * *weight / std) + *bias).detach().clone();
 }
 
+// The whole inlined forward readied for autograd (modes 4-6). Scripted modules call functions
+// (F.relu, F.batch_norm) through prim::CallFunction: inlined, with their flags (`inplace`) folded,
+// so that every ReLU and BatchNorm is a node of this graph. Autograd runs through all of it, so
+// fused attention, which has no derivative, is unfused.
+void prepare_for_autograd(Inlined &in) {
+  torch::jit::Inline(*in.graph);
+  torch::jit::ConstantPropagation(in.graph);
+  if (gradcam::unfuse_attention(in.graph->block())) torch::jit::EliminateDeadCode(in.graph);
+}
+
 // FullGrad's graph, built from `g` (self, x) -> logits as `input` (mode 4) is, returning
 // (logits, leaf input, out_1, ..., out_n, bias_1, ..., bias_n) for the bias layers in forward
 // order; `paths` receives their paths. Each out_i is the layer's output as autograd sees it: the
@@ -702,9 +712,7 @@ void build_full(Inlined &in, const torch::jit::Module &module, std::string &path
   std::vector<Value *> outs{g.outputs()[0]};
   for (const Record &r : taps) outs.push_back(r.value);
   set_output(g, outs);
-  torch::jit::Inline(g);
-  torch::jit::ConstantPropagation(in.graph);
-  if (gradcam::unfuse_attention(g.block())) torch::jit::EliminateDeadCode(in.graph);
+  prepare_for_autograd(in);
   Node *tuple = g.outputs()[0]->node();
   std::vector<Value *> values(tuple->inputs().begin() + 1, tuple->inputs().end());
   g.return_node()->replaceInput(0, tuple->input(0));
@@ -849,12 +857,7 @@ char *gc_build(gc_module *m, const char *layer, int mode, int height, int width,
     } else if (mode == 3) {
       optimize_for_inference(in.graph, m->module, cpu);
     } else if (mode == 4 || mode == 5) {
-      // Scripted modules call functions (F.relu, F.batch_norm) through prim::CallFunction: inlined,
-      // with their flags (`inplace`) folded, so that every ReLU is a node of this graph.
-      torch::jit::Inline(g);
-      torch::jit::ConstantPropagation(in.graph);
-      // Autograd runs through the whole graph: no op may lack a derivative.
-      if (gradcam::unfuse_attention(g.block())) torch::jit::EliminateDeadCode(in.graph);
+      prepare_for_autograd(in);
       // x is cloned first: the graph's in-place ops then never touch the leaf, and mutation removal
       // sees a fresh tensor.
       make_leaf(g, g.inputs()[1]);
