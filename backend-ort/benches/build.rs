@@ -185,8 +185,8 @@ fn main() {
             _ => {} // `cargo bench` passes --bench
         }
     }
-    let dir = std::env::temp_dir().join(format!("gradcam-ort-build-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let guard = tempfile::Builder::new().prefix("gradcam-ort-build-bench-").tempdir().expect("temp dir");
+    let dir = guard.path();
     for nodes in sizes {
         let path = dir.join(format!("chain{nodes}.onnx"));
         let graph = chain_model(nodes);
@@ -217,5 +217,4 @@ fn main() {
         );
         let _ = std::fs::remove_file(&path);
     }
-    let _ = std::fs::remove_dir(&dir);
 }

@@ -12,12 +12,12 @@ use onnx_protobuf::{
     OperatorSetIdProto, TensorProto, TypeProto, ValueInfoProto,
 };
 
-fn temp(name: &str, bytes: &[u8]) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("gradcam-ort-errors-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
+/// `bytes` written to `name` in a fresh folder, removed when the returned guard drops.
+fn temp(name: &str, bytes: &[u8]) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::Builder::new().prefix("gradcam-ort-errors-").tempdir().unwrap();
+    let path = dir.path().join(name);
     std::fs::write(&path, bytes).unwrap();
-    path
+    (dir, path)
 }
 
 fn node(op: &str, name: &str, inputs: &[&str], output: &str) -> NodeProto {
@@ -85,7 +85,7 @@ fn input() -> ndarray::Array4<f32> {
 
 #[test]
 fn a_model_that_works_is_the_baseline() {
-    let path = temp("identity_head.onnx", &tiny_model("Identity"));
+    let (_dir, path) = temp("identity_head.onnx", &tiny_model("Identity"));
     let mut model = OnnxModel::load(&path).expect("load");
     assert_eq!(model.default_layer().unwrap(), "layer1");
     let capture = model.capture(input().view(), "layer1", Some(&Target::class(2))).expect("capture");
@@ -102,7 +102,7 @@ fn a_model_that_works_is_the_baseline() {
 /// its shape); explaining a class of it is refused with that shape and the target that fits.
 #[test]
 fn a_four_d_output_is_captured_and_a_class_of_it_refused() {
-    let path = temp("map_head.onnx", &tiny_model_on("Identity", "r"));
+    let (_dir, path) = temp("map_head.onnx", &tiny_model_on("Identity", "r"));
     let mut model = OnnxModel::load(&path).expect("a map head loads");
     let plain = model.capture(input().view(), "layer1", None).expect("no target, no class to resolve");
     assert_eq!((plain.logits.dim(), plain.output_shape.as_slice()), ((2, 80), &[4usize, 5, 4][..]));
@@ -119,7 +119,7 @@ fn truncated_and_non_onnx_files_are_typed_errors() {
         ("empty.onnx", b"".as_slice()),
         ("png.onnx", b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR".as_slice()),
     ] {
-        let path = temp(name, content);
+        let (_dir, path) = temp(name, content);
         let err = OnnxModel::load(&path).expect_err(name);
         assert!(matches!(err, OrtBackendError::Graph(GraphError::NotOnnx { .. })), "{name}: {err}");
         assert!(err.to_string().contains("not a valid ONNX model"), "{name}: {err}");
@@ -130,7 +130,7 @@ fn truncated_and_non_onnx_files_are_typed_errors() {
 
 #[test]
 fn unknown_layer_suggests_near_names() {
-    let path = temp("unknown_layer.onnx", &tiny_model("Identity"));
+    let (_dir, path) = temp("unknown_layer.onnx", &tiny_model("Identity"));
     let mut model = OnnxModel::load(&path).expect("load");
     let err = model.capture(input().view(), "layr1", Some(&Target::top_one())).expect_err("unknown");
     match err {
@@ -144,7 +144,7 @@ fn unknown_layer_suggests_near_names() {
 
 #[test]
 fn op_without_a_rule_names_op_and_node() {
-    let path = temp("asinh_head.onnx", &tiny_model("Asinh"));
+    let (_dir, path) = temp("asinh_head.onnx", &tiny_model("Asinh"));
     let mut model = OnnxModel::load(&path).expect("load");
     // The forward pass is fine; only the gradient needs the missing rule.
     assert_eq!(model.forward(input().view()).unwrap().dim(), (2, 4));
@@ -160,7 +160,7 @@ fn op_without_a_rule_names_op_and_node() {
 
 #[test]
 fn class_out_of_range_is_an_error() {
-    let path = temp("range.onnx", &tiny_model("Identity"));
+    let (_dir, path) = temp("range.onnx", &tiny_model("Identity"));
     let mut model = OnnxModel::load(&path).expect("load");
     let err = model.capture(input().view(), "layer1", Some(&Target::class(4))).expect_err("out of range");
     assert!(err.to_string().contains("out of range"), "{err}");
@@ -171,7 +171,7 @@ fn class_out_of_range_is_an_error() {
 #[test]
 fn gradient_free_methods_build_no_backward_graph() {
     use gradcam_core::{explain, CamOptions, Method};
-    let path = temp("asinh_head_free.onnx", &tiny_model("Asinh"));
+    let (_dir, path) = temp("asinh_head_free.onnx", &tiny_model("Asinh"));
     let mut model = OnnxModel::load(&path).expect("load");
     let methods = [Method::EigenCam, Method::ScoreCam, Method::AblationCam];
     let e =

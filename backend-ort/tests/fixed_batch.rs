@@ -11,11 +11,12 @@ use onnx_protobuf::{tensor_shape_proto::dimension::Value as Dim, type_proto, Mes
 use tests::{assert_close, fixtures_dir, input, reference_options, require};
 
 /// A copy of fixture `file` whose input and output declare batch size `batch` (next to its
-/// external data, if any), as a fixed-batch export declares them.
-fn with_fixed_batch(file: &str, batch: i64) -> PathBuf {
+/// external data, if any), as a fixed-batch export declares them; in a folder removed when the
+/// returned guard drops.
+fn with_fixed_batch(file: &str, batch: i64) -> (tempfile::TempDir, PathBuf) {
     let source = require(file);
-    let dir = std::env::temp_dir().join(format!("gradcam-ort-fixed-{}-{batch}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let guard = tempfile::Builder::new().prefix("gradcam-ort-fixed-").tempdir().expect("temp dir");
+    let dir = guard.path();
     let mut model = ModelProto::parse_from_bytes(&std::fs::read(&source).expect("read")).expect("parse");
     let graph = model.graph.as_mut().expect("graph");
     for vi in graph.input.iter_mut().chain(graph.output.iter_mut()) {
@@ -33,7 +34,7 @@ fn with_fixed_batch(file: &str, batch: i64) -> PathBuf {
     if data.exists() && !link.exists() && std::fs::hard_link(&data, &link).is_err() {
         std::fs::copy(&data, &link).expect("copy the external data");
     }
-    path
+    (guard, path)
 }
 
 /// The fixtures' two images and a third (the first, mirrored): a batch no fixed size divides.
@@ -61,7 +62,7 @@ fn check(key: &str, exporter: &str, layer: &str, methods: &[Method]) {
         .collect();
     let want_logits = dynamic.forward(images.view()).expect("forward");
     for batch in [1, 2] {
-        let path = with_fixed_batch(&file, batch);
+        let (_dir, path) = with_fixed_batch(&file, batch);
         assert_eq!(OnnxGraph::load(&path).expect("load").input_dims("input").unwrap()[0], Some(batch));
         let mut fixed = OnnxModel::load(&path).expect("load");
         assert_eq!(fixed.fixed_batch(), Some(batch as usize));
