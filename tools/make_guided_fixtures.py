@@ -17,9 +17,11 @@ image 1: its top-1), it writes OUT_DIR/guided/<model>/:
   fullgrad.npy         (B, H, W) FullGrad(model, [])(x, targets) for the same classes: the input gradient and every
                        module that is exactly nn.Conv2d or nn.BatchNorm2d with a bias (resnet18: its 20 BatchNorms;
                        vit_tiny: patch_embed.proj; lite0: none, timm's BatchNormAct2d is not exactly BatchNorm2d)
+  fullgrad_eigen.npy   (B, H, W) the same with eigen_smooth=True (FullGrad's own variant; the eigen sign rule of
+                       gradcam_ref.py)
 and, because a freshly initialised ResNet's BatchNorms fold to zero biases (FullGrad would see only its input term),
 OUT_DIR/guided/resnet18_bn.safetensors and .traced.pt: the resnet18 fixture with random BatchNorm statistics and
-affine parameters (torch.manual_seed(1)), with its classes.npy and fullgrad.npy in OUT_DIR/guided/resnet18_bn/;
+affine parameters (torch.manual_seed(1)), with its classes.npy, fullgrad.npy and fullgrad_eigen.npy in OUT_DIR/guided/resnet18_bn/;
 and OUT_DIR/guided/manifest.json (written last) with each model's layer and FullGrad's bias layers.
 """
 import json
@@ -36,7 +38,11 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gradcam_ref import token_reshape  # noqa: E402
+from gradcam_ref import signed_2d_projection, token_reshape  # noqa: E402
+import pytorch_grad_cam.fullgrad_cam  # noqa: E402
+
+# FullGrad's eigen_smooth projects with grad-cam's get_2d_projection: the documented sign rule too.
+pytorch_grad_cam.fullgrad_cam.get_2d_projection = signed_2d_projection
 
 LAYERS = {"resnet18": "layer4", "vit_tiny": "blocks.11.norm1", "lite0": "blocks.6"}
 
@@ -69,6 +75,8 @@ def main():
             gradcam = cam(x, [ClassifierOutputTarget(int(c)) for c in classes]).astype(np.float32)
         with FullGrad(model, []) as cam:
             fullgrad = cam(x, [ClassifierOutputTarget(int(c)) for c in classes]).astype(np.float32)
+            fullgrad_eigen = cam(x, [ClassifierOutputTarget(int(c)) for c in classes],
+                                 eigen_smooth=True).astype(np.float32)
             bias_layers = [n for n, m in model.named_modules() if any(m is t for t in cam.target_layers)]
         guided, pictures, gradcam_pictures = [], [], []
         for b, c in enumerate(classes):
@@ -85,6 +93,7 @@ def main():
         np.save(os.path.join(d, "gradcam.npy"), gradcam)
         np.save(os.path.join(d, "guided_gradcam.npy"), (gradcam[:, None] * guided).astype(np.float32))
         np.save(os.path.join(d, "fullgrad.npy"), fullgrad)
+        np.save(os.path.join(d, "fullgrad_eigen.npy"), fullgrad_eigen)
         np.save(os.path.join(d, "deprocessed.npy"), np.stack(pictures))
         np.save(os.path.join(d, "deprocessed_gradcam.npy"), np.stack(gradcam_pictures))
         summary["models"][key] = {"layer": layer, "classes": classes.tolist(), "fullgrad_bias_layers": bias_layers,
@@ -109,10 +118,12 @@ def main():
     classes = np.array([order[0, 1], order[1, 0]], dtype=np.int64)
     with FullGrad(model, []) as cam:
         fullgrad = cam(x, [ClassifierOutputTarget(int(c)) for c in classes]).astype(np.float32)
+        fullgrad_eigen = cam(x, [ClassifierOutputTarget(int(c)) for c in classes], eigen_smooth=True).astype(np.float32)
     d = os.path.join(out, "resnet18_bn")
     os.makedirs(d, exist_ok=True)
     np.save(os.path.join(d, "classes.npy"), classes)
     np.save(os.path.join(d, "fullgrad.npy"), fullgrad)
+    np.save(os.path.join(d, "fullgrad_eigen.npy"), fullgrad_eigen)
     summary["models"]["resnet18_bn"] = {"arch": "resnet18", "classes": classes.tolist()}
     print(f"guided resnet18_bn: classes {classes.tolist()}", flush=True)
     with open(os.path.join(out, "manifest.json"), "w") as f:

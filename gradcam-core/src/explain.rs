@@ -269,23 +269,17 @@ pub fn explain(
 }
 
 /// FullGrad's explanation: one backward pass to the input and every bias
-/// ([`CamModel::full_gradients`]) per augmentation, maps by [`fullgrad_maps`] (averaged after
-/// un-flipping under `aug_smooth`, as every other method).
+/// ([`CamModel::full_gradients`]) per augmentation, maps by [`fullgrad_maps`] (its own
+/// `eigen_smooth`; averaged after un-flipping under `aug_smooth`, as every other method).
 fn explain_fullgrad(
     model: &mut dyn CamModel,
     input: ArrayView4<f32>,
     target: &Target,
     options: &CamOptions,
 ) -> Result<Explanation, CamError> {
-    if options.eigen_smooth {
-        return Err(CamError::Unsupported(
-            "fullgrad has its own eigen-smooth in pytorch-grad-cam, which is not implemented here: explain fullgrad without it"
-                .into(),
-        ));
-    }
     let grads = model.full_gradients(input, target)?;
     let (bound, classes) = target.bind(grads.logits.view(), &grads.output_shape)?;
-    let mut maps = fullgrad_maps(input, &grads)?;
+    let mut maps = fullgrad_maps(input, &grads, options.eigen_smooth)?;
     if options.aug_smooth {
         let width = output_width(&grads.output_shape);
         // The mean in ttach's order, one pass after the other, then / 6.
@@ -298,7 +292,7 @@ fn explain_fullgrad(
             let augmented = augmentation.apply(input);
             let target = if augmentation.flip { bound.mirrored(width) } else { bound.clone() };
             let g = model.full_gradients(augmented.view(), &target)?;
-            sum += &augmentation.undo(fullgrad_maps(augmented.view(), &g)?.view());
+            sum += &augmentation.undo(fullgrad_maps(augmented.view(), &g, options.eigen_smooth)?.view());
         }
         maps = sum.mapv(|v| v / AUGMENTATIONS.len() as f32);
     }

@@ -151,17 +151,12 @@ impl Method {
 
     /// Whether pytorch-grad-cam's `eigen_smooth` changes the method: every method whose map is a
     /// channel reduction of weighted activations. EigenCAM and EigenGradCAM already are a first
-    /// principal component; FEM and KPCA-CAM ignore the flag there. FullGrad's own version of it
-    /// is not implemented: [`crate::explain`] refuses the combination.
+    /// principal component; FEM and KPCA-CAM ignore the flag there. FullGrad has its own version
+    /// ([`crate::fullgrad_maps`]).
     pub fn supports_eigen_smooth(self) -> bool {
         !matches!(
             self,
-            Method::EigenCam
-                | Method::EigenGradCam
-                | Method::Fem
-                | Method::KpcaCam
-                | Method::FullGrad
-                | Method::GuidedBackprop
+            Method::EigenCam | Method::EigenGradCam | Method::Fem | Method::KpcaCam | Method::GuidedBackprop
         )
     }
 

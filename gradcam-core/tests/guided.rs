@@ -2,11 +2,12 @@
 //! maps, their order among other methods, the Grad-CAM maps guided Grad-CAM borrows), FullGrad
 //! (its smoothing), and a backend without them.
 
+use gradcam_core::resize_bilinear;
 use gradcam_core::{
     explain, fullgrad_maps, BiasGradient, CamError, CamModel, CamOptions, Capture, FullGradients,
     InputGradient, LayerInfo, LayerTensor, LayerView, Method, ReluBackward, Seed, Target, AUGMENTATIONS,
 };
-use ndarray::{array, Array2, Array4, ArrayView4, Axis};
+use ndarray::{array, s, Array2, Array4, ArrayView4, Axis};
 
 /// The layer `features` is the input itself; the head averages each channel and mixes them into
 /// two logits, so `d logit_k / d x[b, c, y, x] = head[k, c] / (h w)`.
@@ -174,8 +175,7 @@ fn a_backend_without_input_gradients_says_so() {
 }
 
 /// FullGrad's map is `fullgrad_maps` of the backend's gradients; under `aug_smooth`, the mean of
-/// the six augmented inputs' maps, un-flipped, for the class of the plain input; with
-/// `eigen_smooth` (its own variant in pytorch-grad-cam, not done) a typed refusal.
+/// the six augmented inputs' maps, un-flipped, for the class of the plain input.
 #[test]
 fn fullgrad_plain_augmented_and_refused() {
     let (x, target) = (input(), Target::per_image(vec![1, 0]));
@@ -183,7 +183,7 @@ fn fullgrad_plain_augmented_and_refused() {
     let out =
         explain(&mut model(), x.view(), &["features"], &methods, &target, &CamOptions::default()).unwrap();
     assert_eq!(out.iter().map(|e| e.method).collect::<Vec<_>>(), methods);
-    let want = fullgrad_maps(x.view(), &model().full(x.view(), &target).unwrap()).unwrap();
+    let want = fullgrad_maps(x.view(), &model().full(x.view(), &target).unwrap(), false).unwrap();
     assert_eq!(out[1].maps, want);
     assert!(out[1].layers.is_empty() && out[1].pixels.is_none());
     assert_eq!(out[1].classes, [1, 0]);
@@ -193,8 +193,8 @@ fn fullgrad_plain_augmented_and_refused() {
     let mut mean = ndarray::Array3::<f32>::zeros(want.raw_dim());
     for a in &AUGMENTATIONS {
         let augmented = a.apply(x.view());
-        let maps =
-            fullgrad_maps(augmented.view(), &model().full(augmented.view(), &target).unwrap()).unwrap();
+        let maps = fullgrad_maps(augmented.view(), &model().full(augmented.view(), &target).unwrap(), false)
+            .unwrap();
         mean += &a.undo(maps.view());
     }
     mean.mapv_inplace(|v| v / AUGMENTATIONS.len() as f32);
@@ -202,11 +202,46 @@ fn fullgrad_plain_augmented_and_refused() {
     assert!(diff <= 1e-6, "aug-smooth: {diff}");
     assert!(diff < 1.0 && smoothed[0].maps != want, "aug-smooth changed nothing");
 
-    let eigen = CamOptions { eigen_smooth: true, ..CamOptions::default() };
-    let err = explain(&mut model(), x.view(), &[], &[Method::FullGrad], &target, &eigen).unwrap_err();
-    assert!(matches!(&err, CamError::Unsupported(m) if m.contains("eigen-smooth")), "{err}");
     let err =
         explain(&mut LinearWithoutInputGradients(model()), x.view(), &[], &[Method::FullGrad], &target, &aug)
             .unwrap_err();
     assert!(matches!(&err, CamError::Unsupported(m) if m.contains("fullgrad")), "{err}");
+}
+
+/// FullGrad's own eigen-smooth. The toy's input gradient is constant per channel, so its bias
+/// layer's term is all zero and each input channel's is `min-max |x_c|`; with the three channels
+/// equal, the first principal component is that plane itself, centred, with the sign rule's
+/// orientation: the map is min-max of it at an eighth of the size, resized back, min-max again.
+/// An input without an eighth is refused.
+#[test]
+fn fullgrad_eigen_smooth_is_its_own_principal_component() {
+    let x = Array4::from_shape_fn((2, 3, 16, 24), |(b, _, y, x)| {
+        ((b * 5 + y * 3 + x * 7) % 13) as f32 / 6.0 - 1.0 + (y as f32 * 0.37).sin()
+    });
+    let target = Target::per_image(vec![1, 0]);
+    let eigen = CamOptions { eigen_smooth: true, ..CamOptions::default() };
+    let out = explain(&mut model(), x.view(), &[], &[Method::FullGrad], &target, &eigen).unwrap();
+    let min_max = |mut m: Array2<f32>| {
+        let min = m.fold(f32::INFINITY, |a, &v| a.min(v));
+        m.mapv_inplace(|v| v - min);
+        let max = m.fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+        m.mapv(|v| v / (max + 1e-7))
+    };
+    for b in 0..2 {
+        let term = min_max(x.slice(s![b, 0, .., ..]).mapv(f32::abs));
+        let small = min_max(resize_bilinear(min_max(term).view(), 2, 3));
+        let want = min_max(resize_bilinear(small.view(), 16, 24));
+        let got = out[0].maps.index_axis(Axis(0), b);
+        let diff = got.iter().zip(&want).fold(0f32, |m, (a, w)| m.max((a - w).abs()));
+        assert!(diff <= 1e-5, "image {b}: {diff}\n{got:?}\n{want:?}");
+    }
+    let plain =
+        explain(&mut model(), x.view(), &[], &[Method::FullGrad], &target, &CamOptions::default()).unwrap();
+    assert_ne!(plain[0].maps, out[0].maps);
+    let both = CamOptions { aug_smooth: true, ..eigen.clone() };
+    let smoothed = explain(&mut model(), x.view(), &[], &[Method::FullGrad], &target, &both).unwrap();
+    assert!(smoothed[0].maps.iter().all(|v| (0.0..=1.0).contains(v)) && smoothed[0].maps != out[0].maps);
+
+    let err = explain(&mut model(), input().view(), &[], &[Method::FullGrad], &target, &eigen).unwrap_err();
+    assert!(matches!(&err, CamError::Shape(m) if m.contains("eighth") && m.contains("4x6")), "{err}");
 }

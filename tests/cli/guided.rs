@@ -162,29 +162,38 @@ fn guided_misuse() {
 
 /// FullGrad end to end in candle, on the ResNet with random BatchNorm statistics (non-zero
 /// biases): one map per image and class, named without a layer (it reads every bias layer, not
-/// `--layer`), equal to grad-cam's `FullGrad` in the `.npy`.
+/// `--layer`), equal to grad-cam's `FullGrad` in the `.npy`; with `--eigen-smooth`, to its
+/// `eigen_smooth=True`.
 #[cfg(feature = "candle")]
 #[test]
 fn candle_fullgrad_matches_grad_cam() {
-    let dir = workdir("fullgrad-candle");
     let classes: Vec<usize> =
         npy::<i64>(guided_dir("resnet18_bn").join("classes.npy")).iter().map(|&c| c as usize).collect();
-    let want = npy::<f32>(guided_dir("resnet18_bn").join("fullgrad.npy"));
     let input = fixtures_dir().join("input.npy").display().to_string();
     let model = guided_file("resnet18_bn.safetensors").display().to_string();
     let args =
         ["explain", &input, "--model", &model, "--arch", "resnet18", "--method", "fullgrad", "--top", "2"];
-    let out = gradcam(&dir, &[&args[..], &["--json", "--npy-out", "maps.npy", "--out", "out"]].concat());
-    assert_success(&out);
-    let json = json(&out);
-    let maps: ndarray::Array3<f32> = ndarray_npy::read_npy(dir.join("maps.npy")).expect("(N, H, W) maps.npy");
-    for (b, record) in records(&json, &classes).iter().enumerate() {
-        let class = classes[b];
-        assert_eq!(record["overlay"], format!("out/input.{b}.fullgrad.c{class}.overlay.png"), "{record}");
-        assert!(record["layer"].is_null(), "{record}");
-        let index = record["npy_index"].as_u64().expect("npy index") as usize;
-        let what = format!("fullgrad image {b}");
-        assert_close(&what, maps.index_axis(Axis(0), index), want.index_axis(Axis(0), b), UPSAMPLED_TOL);
+    for (flags, reference, smoothed) in [
+        (&[][..], "fullgrad.npy", &[][..]),
+        (&["--eigen-smooth"][..], "fullgrad_eigen.npy", &["fullgrad"][..]),
+    ] {
+        let dir = workdir(&format!("fullgrad-candle{}", flags.concat()));
+        let want = npy::<f32>(guided_dir("resnet18_bn").join(reference));
+        let out =
+            gradcam(&dir, &[&args[..], flags, &["--json", "--npy-out", "maps.npy", "--out", "out"]].concat());
+        assert_success(&out);
+        let json = json(&out);
+        assert_eq!(json["eigen_smooth"], serde_json::json!(smoothed), "{flags:?}");
+        let maps: ndarray::Array3<f32> =
+            ndarray_npy::read_npy(dir.join("maps.npy")).expect("(N, H, W) maps.npy");
+        for (b, record) in records(&json, &classes).iter().enumerate() {
+            let class = classes[b];
+            assert_eq!(record["overlay"], format!("out/input.{b}.fullgrad.c{class}.overlay.png"), "{record}");
+            assert!(record["layer"].is_null(), "{record}");
+            let index = record["npy_index"].as_u64().expect("npy index") as usize;
+            let what = format!("fullgrad {flags:?} image {b}");
+            assert_close(&what, maps.index_axis(Axis(0), index), want.index_axis(Axis(0), b), UPSAMPLED_TOL);
+        }
     }
 }
 

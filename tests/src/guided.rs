@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use gradcam_core::{explain, CamModel, Method, ReluBackward, Target};
+use gradcam_core::{explain, CamModel, CamOptions, Method, ReluBackward, Target};
 use ndarray::{Array1, Array3, Array4, ArrayView, Dimension, Ix1, Ix3, Ix4};
 
 use crate::{assert_close, close, fixtures_dir, input, npy, reference_options, TOL, UPSAMPLED_TOL};
@@ -152,6 +152,13 @@ pub fn check_fullgrad(label: &str, model: &mut dyn CamModel, key: &str) {
     assert!(out[0].layers.is_empty(), "{what}: FullGrad explains no given layer");
     // Lite0's input gradient crosses ReLU6 kinks ([`KINKED`]): its FullGrad is its input term.
     assert_pixels_close(&what, key, out[0].maps.view(), want.view(), UPSAMPLED_TOL);
+
+    // FullGrad's own eigen-smooth: the terms' first principal component at an eighth of the size.
+    let want = npy::<f32>(dir.join("fullgrad_eigen.npy")).into_dimensionality::<Ix3>().expect("(B, H, W)");
+    let eigen = CamOptions { eigen_smooth: true, ..reference_options() };
+    let out = explain(model, input().view(), &[], &[Method::FullGrad], &target, &eigen)
+        .unwrap_or_else(|e| panic!("{what} eigen-smooth: {e}"));
+    assert_pixels_close(&format!("{what} eigen-smooth"), key, out[0].maps.view(), want.view(), UPSAMPLED_TOL);
 }
 
 /// The fixtures [`check_relus_guided`] runs on, and whether they have ReLUs: resnet18 is all
