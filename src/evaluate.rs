@@ -26,7 +26,8 @@ use crate::report::{failure_json, path_json, run_summary};
 /// One method at one layer: the sum of each metric over the images so far.
 struct Row {
     method: Method,
-    layer: String,
+    /// None for a method that reads no layer (FullGrad): one row, whatever `--layer` says.
+    layer: Option<String>,
     sums: Vec<f64>,
     count: usize,
 }
@@ -43,7 +44,7 @@ struct Record {
     class: usize,
     rank: Option<usize>,
     method: Method,
-    layer: String,
+    layer: Option<String>,
     values: Vec<f32>,
 }
 
@@ -167,9 +168,13 @@ fn score_items(
         rows: methods
             .iter()
             .flat_map(|&method| {
-                layers.iter().map(move |layer| Row {
+                let layers: Vec<Option<String>> = match method.reads_layers() {
+                    true => layers.iter().cloned().map(Some).collect(),
+                    false => vec![None],
+                };
+                layers.into_iter().map(move |layer| Row {
                     method,
-                    layer: layer.clone(),
+                    layer,
                     sums: vec![0.0; metrics.len()],
                     count: 0,
                 })
@@ -270,22 +275,29 @@ struct Scorer<'m> {
 
 impl Scorer<'_> {
     /// Explains one batch of images of one size with every method at every layer (one layer per
-    /// `explain` call: each row is that layer's own map) and scores every map.
+    /// `explain` call: each row is that layer's own map; a method that reads no layer, with the
+    /// first) and scores every map.
     fn score(&mut self, batch: Vec<(Item, Array3<f32>)>, progress: &Progress) -> Result<(), CliError> {
         let views: Vec<_> = batch.iter().map(|(_, t)| t.view()).collect();
         let input =
             ndarray::stack(Axis(0), &views).map_err(|e| CliError::Usage(format!("internal error: {e}")))?;
         for (target, rank) in &self.targets {
-            for layer in &self.layers {
+            for (index, layer) in self.layers.iter().enumerate() {
+                let methods: Vec<Method> =
+                    self.methods.iter().copied().filter(|m| index == 0 || m.reads_layers()).collect();
+                if methods.is_empty() {
+                    continue;
+                }
                 let explanations = gradcam_core::explain(
                     self.model,
                     input.view(),
                     &[layer.as_str()],
-                    &self.methods,
+                    &methods,
                     target,
                     &self.options,
                 )?;
                 for e in explanations {
+                    let layer = e.method.reads_layers().then(|| layer.clone());
                     let values = gradcam_core::evaluate(
                         self.model,
                         input.view(),
@@ -298,7 +310,7 @@ impl Scorer<'_> {
                     let row = self
                         .rows
                         .iter_mut()
-                        .find(|r| r.method == e.method && &r.layer == layer)
+                        .find(|r| r.method == e.method && r.layer == layer)
                         .ok_or_else(|| CliError::Usage("internal error: no row for a map".into()))?;
                     for (i, ((item, _), &class)) in batch.iter().zip(&e.classes).enumerate() {
                         for (sum, v) in row.sums.iter_mut().zip(&values) {
@@ -339,7 +351,7 @@ fn table(rows: &[Row], metrics: &[Metric], ranked_by: usize, images: usize, args
     ];
     for r in rows {
         cells.push(
-            [r.method.name().to_string(), r.layer.clone()]
+            [r.method.name().to_string(), r.layer.clone().unwrap_or_else(|| "-".into())]
                 .into_iter()
                 .chain(r.means().iter().map(|v| format!("{v:.4}")))
                 .collect(),

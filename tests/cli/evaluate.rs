@@ -71,6 +71,34 @@ fn two_methods_every_metric_json_per_image() {
     }
 }
 
+/// FullGrad reads every bias layer, not `--layer`: one row and one record per image, without a
+/// layer, however many layers the other methods are scored at.
+#[cfg(feature = "candle")]
+#[test]
+fn fullgrad_is_scored_once_whatever_the_layers() {
+    let dir = workdir("evaluate-fullgrad");
+    let layers = ["--layer", "blocks.5", "--layer", "blocks.6"];
+    let out = evaluate(
+        &dir,
+        &[&layers[..], &["--method", "gradcam,fullgrad", "--metric", "drop", "--json"]].concat(),
+    );
+    assert_success(&out);
+    let summary = json(&out);
+    let rows: Vec<(String, serde_json::Value)> = summary["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["method"].as_str().unwrap().to_string(), r["layer"].clone()))
+        .collect();
+    assert_eq!(rows.len(), 3, "gradcam at two layers, fullgrad once: {rows:?}");
+    assert!(rows.contains(&("fullgrad".into(), serde_json::Value::Null)), "{rows:?}");
+    let per_image = summary["per_image"].as_array().unwrap();
+    let fullgrad: Vec<_> = per_image.iter().filter(|r| r["method"] == "fullgrad").collect();
+    assert_eq!(fullgrad.len(), 2, "one record per image");
+    assert!(fullgrad.iter().all(|r| r["layer"].is_null()), "{fullgrad:?}");
+    assert_eq!(per_image.len(), 2 * 2 + 2);
+}
+
 #[test]
 fn table_names_directions_and_ranks_by_the_first_metric_without_road_combined() {
     let dir = workdir("evaluate-table");
