@@ -66,13 +66,14 @@ RANK1_METHODS = ["gradcam", "finercam"]
 # grad-cam's smoothing flags, per variant: cam_<m>_<variant>.npy for each method listed, for the class of
 # `rank` (0: top-1) of the unaugmented input, at one layer per model (VARIANT_LAYERS; CI time: aug_smooth is 6
 # passes).
-# eigen_smooth: every method it changes but ScoreCAM/AblationCAM, whose weights go through the same
-# weighted-activation reduction as RandomCAM's. aug_smooth's loop is the same for every method: one of each
-# kind of rule (channel weights, element-wise, eigen, activation weights, kernel projection) plus the two
-# with their own pass logic (RandomCAM's random stream, FinerCAM's comparison classes).
+# eigen_smooth: every method it changes (ScoreCAM and AblationCAM where the layer has them: GRADIENT_FREE_LAYERS,
+# so vit_tiny's and lite0's). aug_smooth's loop is the same for every method: one of each kind of rule (channel
+# weights, element-wise, eigen, activation weights, kernel projection) plus the two with their own pass logic
+# (RandomCAM's random stream, FinerCAM's comparison classes).
 VARIANTS = {
     "eigensmooth": {"eigen_smooth": True, "methods": ["gradcam", "gradcampp", "xgradcam", "hirescam", "layercam",
-                                                      "gradcam_elementwise", "finercam", "randomcam"]},
+                                                      "gradcam_elementwise", "finercam", "randomcam", "scorecam",
+                                                      "ablationcam"]},
     "augsmooth": {"aug_smooth": True, "methods": ["gradcam", "hirescam", "eigencam", "fem", "kpcacam", "finercam",
                                                   "randomcam"]},
     "augsmooth_eigensmooth": {"aug_smooth": True, "eigen_smooth": True, "methods": ["gradcam"]},
@@ -243,11 +244,13 @@ def main():
                 np.save(os.path.join(d, f"cam_{m}_rank1.npy"), rank1_results[m]["cam"])
             variants = {}
             for variant, vspec in (VARIANTS.items() if name == VARIANT_LAYERS[key] else []):
+                vspec = {**vspec, "methods": [m for m in vspec["methods"] if m in methods]}
                 rank = vspec.get("rank", 0)
                 vclasses = ranked_classes(logits, rank)
                 flags = {"eigen_smooth": vspec.get("eigen_smooth", False), "aug_smooth": vspec.get("aug_smooth", False)}
                 _, vresults = run_methods(model, x, [layer], methods=vspec["methods"], reshape_transform=reshape,
-                                          vit="grid" in spec, classes=vclasses,
+                                          vit="grid" in spec, classes=vclasses, scorecam_batch=SCORECAM_BATCH,
+                                          ablation_batch=ABLATION_BATCH,
                                           log=lambda s: log(f"[{key}/{name} {variant}]{s}"), **flags)
                 for m in vspec["methods"]:
                     np.save(os.path.join(d, f"cam_{m}_{variant}.npy"), vresults[m]["cam"])
