@@ -5,7 +5,9 @@ scripts/make-fixtures runs it into OUT_DIR/targets):
   python tools/make_target_fixtures.py OUT_DIR
 
 Models (timm, random init after torch.manual_seed(0); each exported traced TorchScript, legacy ONNX (opset 17)
-and dynamo ONNX, dynamic batch, and dynamic height/width for the CNNs):
+and dynamo ONNX, dynamic batch, and dynamic height/width for the CNNs; the four plain timm models also as their
+timm state dict, <model>.safetensors (float32, no num_batches_tracked, as make_model_fixtures.py), for candle's zoo,
+with the manifest naming their timm `arch`):
   resnet18_binary  timm resnet18 with one logit            BinaryClassifierOutputTarget
   vit_binary       timm vit_tiny_patch16_224, one logit     BinaryClassifierOutputTarget
   fcn              timm resnet18 trunk + 1x1 conv to 5 classes, bilinear upsampling to the input's size
@@ -35,6 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import ASSETS, preprocess  # noqa: E402
 from gradcam_ref import _base, _make, token_reshape  # noqa: E402
 from make_metric_fixtures import METRICS, run_metric  # noqa: E402
+from make_model_fixtures import save_file, state_dict_f32  # noqa: E402
 
 # Every method whose map depends on the target (FinerCAM compares classes: classifiers only; EigenCAM, FEM,
 # KPCA-CAM and RandomCAM read no target). ScoreCAM and AblationCAM (a forward pass per channel) only for the first
@@ -78,15 +81,28 @@ class FCN(torch.nn.Module):
         return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
+def timm_arch(key):
+    """The timm architecture of a plain timm model (a state dict candle's zoo can read); None for the FCN."""
+    if key == "fcn":
+        return None
+    return "resnet18" if key.startswith("resnet18") else "vit_tiny_patch16_224"
+
+
 def build(key):
     torch.manual_seed(0)
     if key == "fcn":
         return FCN().eval()
-    arch = "resnet18" if key.startswith("resnet18") else "vit_tiny_patch16_224"
-    return timm.create_model(arch, pretrained=False, num_classes=1 if key.endswith("binary") else 0).eval()
+    return timm.create_model(timm_arch(key), pretrained=False, num_classes=1 if key.endswith("binary") else 0).eval()
 
 
 def export(key, model, x, out, cnn):
+    """Writes the model's files; returns the manifest's `files`."""
+    files = {"traced": f"{key}.traced.pt", "legacy_onnx": f"{key}.legacy.onnx", "dynamo_onnx": f"{key}.dynamo.onnx"}
+    arch = timm_arch(key)
+    if arch is not None:
+        files["safetensors"] = f"{key}.safetensors"
+        save_file(state_dict_f32(model), os.path.join(out, files["safetensors"]),
+                  metadata={"format": "pt", "arch": arch})
     with torch.no_grad():
         expected = model(x).numpy()
         traced = torch.jit.trace(model, x[:1], check_trace=False)
@@ -110,6 +126,7 @@ def export(key, model, x, out, cnn):
     program = torch.onnx.export(model, (x,), dynamo=True, dynamic_shapes=shapes, input_names=["input"],
                                 output_names=["output"])
     program.save(path, external_data=True)
+    return files
 
 
 def run(method, model, x, layer, targets, vit):
@@ -163,7 +180,7 @@ def main(out):
         model = build(key)
         x = inputs[kind]
         vit = kind == "vit"
-        export(key, model, x, out, cnn=not vit)
+        files = export(key, model, x, out, cnn=not vit)
         print(f"  {key} exports: {time.time() - t0:.1f}s", flush=True)
         with torch.no_grad():
             output = model(x).numpy()
@@ -211,9 +228,9 @@ def main(out):
                                        for name in METRICS}
                     print(f"  {key} {case} metrics: {time.time() - t1:.1f}s", flush=True)
         manifest["models"][key] = {"input": f"input_{kind}.npy", "layer": layer, "output_shape": list(output.shape[1:]),
-                                   "files": {"traced": f"{key}.traced.pt", "legacy_onnx": f"{key}.legacy.onnx",
-                                             "dynamo_onnx": f"{key}.dynamo.onnx"},
-                                   "cases": cases}
+                                   "files": files, "cases": cases}
+        if timm_arch(key) is not None:
+            manifest["models"][key]["arch"] = timm_arch(key)
         print(f"{key}: {time.time() - t0:.1f}s", flush=True)
     with open(manifest_path, "w") as f:
         json.dump(manifest, f, indent=1)

@@ -53,16 +53,36 @@ pub enum CandleError {
         /// How many unused tensors there are.
         count: usize,
     },
+    /// Some tensors of the classifier head but not all: a timm model has its whole head
+    /// (`num_classes` > 0) or none of it (`num_classes=0`, an embedding model).
+    #[error(
+        "the checkpoint has {} of `{arch}`'s classifier head but not {}: a timm model has its whole head, \
+         or none of it when made with num_classes=0 (an embedding model)",
+        quoted(found),
+        quoted(missing)
+    )]
+    PartialHead {
+        /// The architecture being built.
+        arch: String,
+        /// The head's tensors the checkpoint holds.
+        found: Vec<String>,
+        /// The head's tensors it lacks.
+        missing: Vec<String>,
+    },
     /// An input the model cannot take (e.g. a ViT input whose patch grid does not match its
     /// position embedding).
     #[error("{0}")]
     Input(String),
-    /// The model's forward did not produce `(batch, classes)` logits.
-    #[error("the model returned logits of shape {0:?}; expected (batch, classes)")]
+    /// The model's forward did not produce `(batch, outputs)`: class logits or features.
+    #[error("the model returned an output of shape {0:?}; expected (batch, outputs)")]
     Logits(Vec<usize>),
     /// An error raised by candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+}
+
+fn quoted(names: &[String]) -> String {
+    names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
 }
 
 fn did_you_mean(near: &[String]) -> String {

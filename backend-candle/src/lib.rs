@@ -7,7 +7,9 @@
 //!
 //! - [`CandleModel::from_safetensors`] loads timm checkpoints (state-dict names) of the
 //!   [`ARCHITECTURES`]: ResNet (basic/bottleneck, plain/deep/tiered stems, ResNet-D
-//!   downsample), EfficientNet-Lite (TF "SAME" and PyTorch padding), ViT and DeiT (distilled).
+//!   downsample), EfficientNet-Lite (TF "SAME" and PyTorch padding), ViT and DeiT (distilled);
+//!   classifiers of any class count, one-logit models, and headless (`num_classes=0`) embedding
+//!   models, whose output is timm's pooled features.
 //! - [`CandleModel::from_net`] wraps your own network: implement [`CandleCamNet`], passing each
 //!   named module output through [`Taps`].
 //!

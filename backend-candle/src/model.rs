@@ -56,8 +56,8 @@ use crate::{CandleError, Taps};
 /// # Ok::<(), candle_core::Error>(())
 /// ```
 pub trait CandleCamNet: Send + Sync {
-    /// Images `(B, 3, H, W)` to logits `(B, classes)`, every named module output passed through
-    /// `taps`.
+    /// Images `(B, 3, H, W)` to outputs `(B, K)` (class logits, one logit, or features), every
+    /// named module output passed through `taps`.
     fn forward(&self, x: &Tensor, taps: &mut Taps) -> candle_core::Result<Tensor>;
 
     /// The input size `(H, W)` used to list layers and their shapes. 224x224 unless overridden.
@@ -106,7 +106,9 @@ impl std::fmt::Debug for CandleModel {
 
 impl CandleModel {
     /// Loads a timm state dict saved with safetensors, for the timm architecture `arch` (one of
-    /// [`crate::ARCHITECTURES`]). The number of classes is read from the head's weight.
+    /// [`crate::ARCHITECTURES`]). The number of classes is read from the head's weight; a
+    /// checkpoint without a head (timm's `num_classes=0`) gives timm's pooled features, `(B, D)`,
+    /// as `timm.create_model(arch, num_classes=0)` does (an embedding model).
     ///
     /// ```no_run
     /// use backend_candle::CandleModel;
@@ -294,7 +296,7 @@ impl CandleModel {
         let x = Var::from_tensor(&to_tensor(input)?).map_err(CandleError::from)?;
         let logits_t = self.net.forward(x.as_tensor(), taps).map_err(CandleError::from)?;
         let logits = to_logits(&logits_t)?;
-        // The zoo's models are classifiers: one row of class logits per image.
+        // One row per image: class logits, one logit or features (the zoo's outputs are 1-D).
         let grads = backward(&logits_t, &logits, &[logits.ncols()], seed)?;
         Ok((x, logits, grads))
     }
@@ -390,7 +392,7 @@ impl CamModel for CandleModel {
             return Err(self.unknown_layer(layer));
         };
         let logits = to_logits(&logits_t)?;
-        // The zoo's models are classifiers: one row of class logits per image.
+        // One row per image: class logits, one logit or features (the zoo's outputs are 1-D).
         let output_shape = vec![logits.ncols()];
         let activation = to_layer(leaf.as_tensor())?;
         let gradient = match seed {

@@ -132,6 +132,35 @@ impl Weights {
         Ok(BatchNorm::new(&v("weight")?, &v("bias")?, &v("running_mean")?, &v("running_var")?, eps))
     }
 
+    /// The classifier head: the `Linear`s `prefixes` (`fc`; DeiT's `head` and `head_dist`), all
+    /// with one class count read from the file, or `None` when the checkpoint holds none of their
+    /// tensors (timm's `num_classes=0`: the head is `Identity`). Some but not all is an error.
+    pub(crate) fn head(
+        &self,
+        prefixes: &[&str],
+        in_dim: usize,
+    ) -> Result<Option<Vec<candle_nn::Linear>>, CandleError> {
+        let names = prefixes.iter().flat_map(|p| [format!("{p}.weight"), format!("{p}.bias")]);
+        let (found, missing): (Vec<String>, Vec<String>) = names.partition(|n| self.has(n));
+        if found.is_empty() {
+            return Ok(None);
+        }
+        if !missing.is_empty() {
+            return Err(CandleError::PartialHead { arch: self.arch.clone(), found, missing });
+        }
+        let mut classes = None;
+        let mut head = Vec::new();
+        for prefix in prefixes {
+            let (linear, k) = self.linear(prefix, in_dim)?;
+            let c = *classes.get_or_insert(k);
+            if k != c {
+                return Err(self.shape_error(&format!("{prefix}.weight"), &[c, in_dim], &[k, in_dim]));
+            }
+            head.push(linear);
+        }
+        Ok(Some(head))
+    }
+
     /// A `Linear` `(out, in)` with bias; `out` read from the file.
     pub(crate) fn linear(
         &self,

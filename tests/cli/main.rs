@@ -28,7 +28,7 @@ mod native;
 mod safety;
 #[cfg(feature = "candle")]
 mod stream;
-#[cfg(any(feature = "tch", feature = "ort"))]
+#[cfg(any(feature = "candle", feature = "tch", feature = "ort"))]
 mod targets;
 
 /// A fresh, empty working folder for one test.

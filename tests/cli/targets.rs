@@ -1,10 +1,12 @@
 //! `--target binary|segmentation|similarity` end to end on the target fixtures' models (exported
-//! to ONNX and TorchScript): the maps equal pytorch-grad-cam's, the report says the score instead
+//! to ONNX and TorchScript, and as timm state dicts for candle): the maps equal pytorch-grad-cam's, the report says the score instead
 //! of a top-5 table, and every misuse is a message that says what to do.
 
 use super::*;
 use ndarray::{Array2, Axis};
-use tests::targets::{concept_file, mask_png, target_model, targets_dir, TargetModel};
+use tests::targets::{concept_file, target_model, TargetModel};
+#[cfg(feature = "ort")]
+use tests::targets::{mask_png, targets_dir};
 use tests::{assert_close, npy, UPSAMPLED_TOL};
 
 /// `gradcam explain` on fixture model `m`'s own input batch (`.npy`, used as is) and its
@@ -107,6 +109,25 @@ fn similarity_to_a_concept_vector_in_torchscript() {
     let (summary, maps) =
         explain(&dir, "tch", &m, "traced", &["--target", "similarity", "--concept", &concept]);
     check("embed", &summary, &maps, &m, "concept", "similarity");
+}
+
+/// What a candle user runs: a one-logit ViT and a headless (`num_classes=0`) ResNet-18 saved as
+/// timm state dicts, `--arch` naming them.
+#[cfg(feature = "candle")]
+#[test]
+fn candle_explains_one_logit_and_embedding_state_dicts() {
+    let dir = workdir("target-candle");
+    let m = target_model("vit_binary");
+    let arch = m.arch.clone().expect("a timm arch");
+    let (summary, maps) =
+        explain(&dir, "candle", &m, "safetensors", &["--arch", &arch, "--target", "binary"]);
+    check("candle vit_binary", &summary, &maps, &m, "predicted", "binary");
+    let m = target_model("resnet18_embed");
+    let arch = m.arch.clone().expect("a timm arch");
+    let concept = concept_file("resnet18_embed").display().to_string();
+    let similarity = ["--arch", &arch, "--target", "similarity", "--concept", &concept];
+    let (summary, maps) = explain(&dir, "candle", &m, "safetensors", &similarity);
+    check("candle resnet18_embed", &summary, &maps, &m, "concept", "similarity");
 }
 
 #[cfg(feature = "ort")]

@@ -51,10 +51,12 @@ pub struct TargetCase {
 }
 
 /// A model file of the target fixtures: its key, the layer explained, its input, its per-image
-/// output shape, and its cases.
+/// output shape, its timm architecture (plain timm models, which also come as a state dict), and
+/// its cases.
 #[derive(Clone, Debug)]
 pub struct TargetModel {
     pub key: String,
+    pub arch: Option<String>,
     pub layer: String,
     pub input: PathBuf,
     pub output_shape: Vec<usize>,
@@ -63,7 +65,8 @@ pub struct TargetModel {
 }
 
 impl TargetModel {
-    /// The path of the model's file of kind `kind` (`traced`, `legacy_onnx`, `dynamo_onnx`).
+    /// The path of the model's file of kind `kind` (`traced`, `legacy_onnx`, `dynamo_onnx`,
+    /// `safetensors`).
     pub fn file(&self, kind: &str) -> PathBuf {
         targets_dir()
             .join(self.files[kind].as_str().unwrap_or_else(|| panic!("{}: no {kind} file", self.key)))
@@ -132,6 +135,7 @@ pub fn target_models() -> Vec<TargetModel> {
             });
             TargetModel {
                 key: key.clone(),
+                arch: spec["arch"].as_str().map(String::from),
                 layer: spec["layer"].as_str().expect("a layer").to_string(),
                 input: dir.join(spec["input"].as_str().expect("an input file")),
                 output_shape: spec["output_shape"]

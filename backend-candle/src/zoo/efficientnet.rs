@@ -35,7 +35,8 @@ pub(crate) struct EfficientNet {
     stages: Vec<Vec<Block>>,
     head: Conv2d,
     bn2: BatchNorm,
-    classifier: candle_nn::Linear,
+    /// `None` for a headless (`num_classes=0`) model: the output is the pooled features.
+    classifier: Option<candle_nn::Linear>,
     input: usize,
 }
 
@@ -89,7 +90,7 @@ impl EfficientNet {
         }
         let (head, ch) = w.conv("conv_head", ch, 1, 1, Padding::Symmetric(0), false, false)?;
         let bn2 = w.batch_norm("bn2", ch, eps)?;
-        let (classifier, _) = w.linear("classifier", ch)?;
+        let classifier = w.head(&["classifier"], ch)?.and_then(|mut h| h.pop());
         Ok(EfficientNet { stem, bn1, stages, head, bn2, classifier, input })
     }
 }
@@ -128,7 +129,12 @@ impl CandleCamNet for EfficientNet {
         })?;
         let x = taps.sequential("conv_head", &x, |x, _| self.head.forward(x))?;
         let x = taps.sequential("bn2", &x, |x, _| self.bn2.forward(x, Act::Relu6))?;
-        self.classifier.forward(&x.mean((2, 3))?)
+        // timm's global average pool, then `classifier` (`Identity` without a head).
+        let pooled = x.mean((2, 3))?;
+        match &self.classifier {
+            Some(classifier) => classifier.forward(&pooled),
+            None => Ok(pooled),
+        }
     }
 
     fn input_size(&self) -> (usize, usize) {

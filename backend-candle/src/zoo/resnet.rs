@@ -137,7 +137,8 @@ pub(crate) struct ResNet {
     stem: Stem,
     bn1: BatchNorm,
     stages: Vec<Vec<Block>>,
-    fc: candle_nn::Linear,
+    /// `None` for a headless (`num_classes=0`) model: the output is the pooled features.
+    fc: Option<candle_nn::Linear>,
 }
 
 impl ResNet {
@@ -171,7 +172,7 @@ impl ResNet {
             }
             stages.push(blocks);
         }
-        let (fc, _) = w.linear("fc", ch)?;
+        let fc = w.head(&["fc"], ch)?.and_then(|mut h| h.pop());
         Ok(ResNet { stem, bn1, stages, fc })
     }
 }
@@ -214,6 +215,11 @@ impl CandleCamNet for ResNet {
                 Ok(x)
             })?;
         }
-        self.fc.forward(&x.mean((2, 3))?)
+        // timm's global average pool, then `fc` (`Identity` without a head).
+        let pooled = x.mean((2, 3))?;
+        match &self.fc {
+            Some(fc) => fc.forward(&pooled),
+            None => Ok(pooled),
+        }
     }
 }

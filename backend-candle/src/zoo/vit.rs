@@ -1,6 +1,8 @@
 //! timm `VisionTransformer` (class token, learned position embedding over the class token too)
 //! and DeiT's distilled variant (class + distillation tokens, `head` and `head_dist` averaged at
-//! inference). LayerNorm eps 1e-6, exact (erf) GELU, as timm.
+//! inference). LayerNorm eps 1e-6, exact (erf) GELU, as timm. A checkpoint without `head` (timm's
+//! `num_classes=0`) gives timm's pooled features: the class token after the final norm, for DeiT
+//! distilled the mean of the class and distillation tokens (`forward_head(pre_logits=True)`).
 
 use candle_core::{IndexOp, Module, Result, Tensor};
 
@@ -122,8 +124,9 @@ pub(crate) struct Vit {
     pos: Tensor,
     blocks: Vec<Block>,
     norm: Norm,
-    head: candle_nn::Linear,
-    head_dist: Option<candle_nn::Linear>,
+    /// `head` (and DeiT's `head_dist`); `None` for a headless (`num_classes=0`) model.
+    head: Option<Vec<candle_nn::Linear>>,
+    distilled: bool,
 }
 
 impl Vit {
@@ -157,17 +160,8 @@ impl Vit {
             .map(|i| Block::load(w, &format!("blocks.{i}"), dim, heads))
             .collect::<std::result::Result<Vec<_>, _>>()?;
         let norm = Norm::load(w, "norm", dim)?;
-        let (head, classes) = w.linear("head", dim)?;
-        let head_dist = if distilled {
-            let (h, k) = w.linear("head_dist", dim)?;
-            if k != classes {
-                return Err(w.shape_error("head_dist.weight", &[classes, dim], &[k, dim]));
-            }
-            Some(h)
-        } else {
-            None
-        };
-        Ok(Vit { patch, patch_size, grid: (gh, patches / gh), prefix, pos, blocks, norm, head, head_dist })
+        let head = w.head(if distilled { &["head", "head_dist"] } else { &["head"] }, dim)?;
+        Ok(Vit { patch, patch_size, grid: (gh, patches / gh), prefix, pos, blocks, norm, head, distilled })
     }
 }
 
@@ -206,10 +200,19 @@ impl CandleCamNet for Vit {
             Ok(x)
         })?;
         let x = taps.sequential("norm", &x, |x, _| self.norm.forward(x))?;
-        let logits = self.head.forward(&x.i((.., 0))?)?;
-        match &self.head_dist {
-            Some(head_dist) => (logits + head_dist.forward(&x.i((.., 1))?)?)? / 2.0,
-            None => Ok(logits),
+        // timm's token pooling: the class token (and DeiT's distillation token), each through its
+        // head (`Identity` without one); DeiT averages the two.
+        let pooled = |t: usize| -> Result<Tensor> {
+            let y = x.i((.., t))?;
+            match &self.head {
+                Some(head) => head[t].forward(&y),
+                None => Ok(y),
+            }
+        };
+        if self.distilled {
+            (pooled(0)? + pooled(1)?)? / 2.0
+        } else {
+            pooled(0)
         }
     }
 
@@ -218,7 +221,7 @@ impl CandleCamNet for Vit {
     }
 
     fn prefix_tokens(&self) -> usize {
-        if self.head_dist.is_some() {
+        if self.distilled {
             2
         } else {
             1
