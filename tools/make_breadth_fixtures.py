@@ -3,13 +3,14 @@
 TorchScript and by both ONNX exporters, with PyTorch's and pytorch-grad-cam 1.5.7's answers at one standard layer
 (tests/breadth/ compares every compiled-in backend against them; scripts/make-fixtures runs this).
 
-  python tools/make_breadth_fixtures.py OUT_DIR [--resume] [--only KEY,KEY...]
+  python tools/make_breadth_fixtures.py OUT_DIR [--ci] [--resume] [--only KEY,KEY...]
 
 Writes into OUT_DIR.partial and swaps it in for OUT_DIR when every model is done (OUT_DIR/manifest.json exists
 only in a complete folder). Each model's manifest entry is written to OUT_DIR.partial/<key>/entry.json when the
 model is done; --resume keeps OUT_DIR.partial and skips the models that have one (an interrupted run goes on
 where it stopped). With --only, the named models are (re)generated into OUT_DIR itself and merged into its
-manifest (for development; scripts/make-fixtures never passes it).
+manifest (for development; scripts/make-fixtures never passes it). With --ci, only the models of CI_MODELS: the
+subset scripts/test-all generates and tests on every run (scripts/make-fixtures, into OUT_DIR/breadth-ci).
 
 Models: random weights (`torch.manual_seed(0)` before each is built), then two adjustments that the manifest
 records per model (`init`): an all-zero weight (zero-initialised classifier heads of torchvision's ViT and timm's
@@ -158,6 +159,15 @@ MODELS = [
     spec("mobilevit_xxs", "timm", "mobilevit_xxs", "stages.4", hw=(256, 256), batch="fixed",
          notes=["its own input size 256x256 (unfold/fold reshapes depend on it)"]),
 ]
+
+
+# The subset every CI run generates and tests (`--ci`): the architectures behind the failures the breadth issue
+# reported that no other fixture covers: channels-last layers (timm's and torchvision's Swin, inside a ConvNeXt
+# block), torchvision's fused attention, MobileViT at its own size, fixed-batch files; and every method for a
+# non-top-1 class on a ViT in every backend and export. TF-"same" pads, legacy module names and non-square inputs
+# are in the model and target fixtures already; the full CNNs' ScoreCAM and AblationCAM for two classes take
+# minutes (the model fixtures check both on ResNet-18 and Lite0). 0.4 GB: CI's disk is small.
+CI_MODELS = ["convnext_atto_mlp", "swin_tiny", "swin_t", "vit_tv_16", "deit_tiny_distilled", "mobilevit_xxs"]
 
 
 def log(msg):
@@ -644,6 +654,7 @@ def main():
                              "--stamp is this run's)")
     parser.add_argument("--stamp", help="a digest of the generator's inputs, written to OUT/.stamp; --resume "
                                         "reuses OUT.partial only when it was made with the same stamp")
+    parser.add_argument("--ci", action="store_true", help="only the models of CI_MODELS (scripts/test-all's subset)")
     parser.add_argument("--check", action="store_true",
                         help="re-derive the references in OUT independently instead of generating")
     args = parser.parse_args()
@@ -651,16 +662,18 @@ def main():
     out = os.path.abspath(args.out)
     if args.check:
         sys.exit(0 if check(out, args.only.split(",") if args.only else None) else 1)
-    keys = [m["key"] for m in MODELS]
+    suite = [m for m in MODELS if m["key"] in CI_MODELS] if args.ci else MODELS
+    assert not args.ci or len(suite) == len(CI_MODELS), "a CI_MODELS key is not in MODELS"
+    keys = [m["key"] for m in suite]
     assert len(set(keys)) == len(keys)
     if args.only:
         wanted = args.only.split(",")
         unknown = [k for k in wanted if k not in keys]
         if unknown:
             raise SystemExit(f"unknown model keys {unknown}; known: {keys}")
-        models, work = [m for m in MODELS if m["key"] in wanted], out
+        models, work = [m for m in suite if m["key"] in wanted], out
     else:
-        models, work = MODELS, out + ".partial"
+        models, work = suite, out + ".partial"
         stamp_path = os.path.join(work, ".stamp")
         same = os.path.exists(stamp_path) and open(stamp_path).read().strip() == (args.stamp or "")
         if not (args.resume and (same or not args.stamp)):

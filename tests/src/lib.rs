@@ -75,6 +75,18 @@ pub fn breadth_dir() -> PathBuf {
     dir
 }
 
+/// The breadth suite's CI subset (`make_breadth_fixtures.py --ci`): `<fixtures>/breadth-ci`,
+/// which `scripts/make-fixtures` always makes. Panics (never skips) when it is incomplete.
+pub fn breadth_ci_dir() -> PathBuf {
+    let dir = fixtures_dir().join("breadth-ci");
+    assert!(
+        dir.join("manifest.json").is_file(),
+        "the breadth suite's CI subset is missing in {}: {MISSING_FIXTURES}",
+        dir.display()
+    );
+    dir
+}
+
 /// A `.npy` file of any element type at `path`, or an error naming it: for suites that collect
 /// failures instead of stopping at the first.
 pub fn read_npy<T: ndarray_npy::ReadableElement>(path: &Path) -> Result<ArrayD<T>, String> {
