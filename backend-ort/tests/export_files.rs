@@ -3,7 +3,7 @@
 //! referenced, movable together), and every refusal as a typed error that leaves no file behind.
 #![cfg(feature = "ort")]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use backend_ort::export::{
     export_explainer, ExplainerSession, ExportError, ExportOptions, Exported, Weights, EXPORTABLE_METHODS,
@@ -21,7 +21,7 @@ use tests::{assert_close, require};
 
 const TOL: f32 = tests::EXPORT_TOL;
 
-fn out_dir(name: &str) -> PathBuf {
+fn out_dir(name: &str) -> tests::Scratch {
     tests::scratch_dir(env!("CARGO_TARGET_TMPDIR"), "export-files", name)
 }
 

@@ -3,8 +3,6 @@
 //! exportable method, batches of 1 and 3, per-image classes with −1 (top-1) among them, to 1e-5.
 #![cfg(feature = "ort")]
 
-use std::path::PathBuf;
-
 use backend_ort::export::{
     cam_output, check_explainer, export_explainer, ExplainerSession, ExportOptions, Exported,
     EXPORTABLE_METHODS,
@@ -16,7 +14,7 @@ use tests::{assert_close, input, require};
 
 const TOL: f32 = tests::EXPORT_TOL;
 
-fn out_dir(name: &str) -> PathBuf {
+fn out_dir(name: &str) -> tests::Scratch {
     tests::scratch_dir(env!("CARGO_TARGET_TMPDIR"), "export-models", name)
 }
 
@@ -74,8 +72,8 @@ fn compare(what: &str, exported: &Exported, model: &mut OnnxModel, input: ArrayV
 }
 
 /// Exports `key.exporter.onnx` at `layers` with every exportable method and compares batches of
-/// 1 and 3 with `explain`.
-fn check(key: &str, exporter: &str, layers: &[&str]) -> Exported {
+/// 1 and 3 with `explain`; returns the export and its folder (removed when dropped).
+fn check(key: &str, exporter: &str, layers: &[&str]) -> (Exported, tests::Scratch) {
     let source = require(format!("{key}.{exporter}.onnx"));
     let dir = out_dir(&format!("{key}-{exporter}-{}", layers.join("+")));
     let options = ExportOptions {
@@ -109,12 +107,12 @@ fn check(key: &str, exporter: &str, layers: &[&str]) -> Exported {
     compare(&format!("{what} batch 1"), &exported, &mut model, x.slice(s![0..1, .., .., ..]), &[-1]);
     let asked = asked_classes(&mut model, x.view());
     compare(&format!("{what} batch 3"), &exported, &mut model, x.view(), &asked);
-    exported
+    (exported, dir)
 }
 
 #[test]
 fn resnet18_legacy() {
-    let exported = check("resnet18", "legacy", &["layer4"]);
+    let (exported, _dir) = check("resnet18", "legacy", &["layer4"]);
     assert_eq!(exported.layers[0].layout, Layout::Nchw);
     assert_eq!(exported.layers[0].shape, [512, 7, 7]);
     // Class 1000 of 1000 reads the zero row appended to the head's weights: zero maps, no error.
@@ -131,7 +129,7 @@ fn resnet18_dynamo() {
 
 #[test]
 fn vit_tiny_legacy() {
-    let exported = check("vit_tiny", "legacy", &["blocks.11.norm1"]);
+    let (exported, _dir) = check("vit_tiny", "legacy", &["blocks.11.norm1"]);
     let layer = &exported.layers[0];
     assert_eq!(layer.layout, Layout::Tokens);
     let grid = layer.token_grid.expect("a token grid");

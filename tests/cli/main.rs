@@ -31,12 +31,9 @@ mod stream;
 #[cfg(any(feature = "candle", feature = "tch", feature = "ort"))]
 mod targets;
 
-/// A fresh, empty working folder for one test.
-fn workdir(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-e2e").join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh, empty working folder for one test, removed when the test passes.
+fn workdir(name: &str) -> tests::Scratch {
+    tests::scratch_dir(env!("CARGO_TARGET_TMPDIR"), "cli-e2e", name)
 }
 
 fn gradcam(dir: &Path, args: &[&str]) -> Output {

@@ -35,12 +35,39 @@ pub const TIE_TOL: f32 = 5e-3;
 pub const EXPORT_TOL: f32 = 1e-5;
 
 /// A fresh, empty folder `<tmp>/<group>/<name>` for one test's files (`tmp`: the test's
-/// `CARGO_TARGET_TMPDIR`).
-pub fn scratch_dir(tmp: &str, group: &str, name: &str) -> PathBuf {
+/// `CARGO_TARGET_TMPDIR`), removed when dropped unless the test is failing (then its files stay
+/// to be looked at). The export tests alone wrote 0.4 GB of models; left behind, they filled a
+/// good part of CI's small disk.
+pub fn scratch_dir(tmp: &str, group: &str, name: &str) -> Scratch {
     let dir = PathBuf::from(tmp).join(group).join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create the test folder");
-    dir
+    Scratch(dir)
+}
+
+/// A test's folder from [`scratch_dir`]: a [`Path`], removed on drop unless panicking.
+#[derive(Debug)]
+pub struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for Scratch {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
 }
 
 /// The model fixtures folder: `$GRADCAM_FIXTURES`, else `<workspace>/target/fixtures`. Panics
