@@ -8,23 +8,11 @@ use candle_core::{DType, Device, Tensor};
 use gradcam_core::{CamError, CamModel};
 use tests::fixtures_dir as fixtures;
 
+mod common;
+use common::load_modified;
+
 fn resnet18_tensors() -> HashMap<String, Tensor> {
     candle_core::safetensors::load(fixtures().join("resnet18.safetensors"), &Device::Cpu).unwrap()
-}
-
-/// Saves `tensors` to a fresh file and loads it as `arch`.
-fn load_modified(
-    tensors: &HashMap<String, Tensor>,
-    arch: &str,
-    tag: &str,
-) -> Result<CandleModel, CandleError> {
-    let dir = std::env::temp_dir().join(format!("gradcam-candle-test-{}-{tag}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("model.safetensors");
-    candle_core::safetensors::save(tensors, &path).unwrap();
-    let result = CandleModel::from_safetensors(&path, arch);
-    std::fs::remove_dir_all(&dir).unwrap();
-    result
 }
 
 #[test]

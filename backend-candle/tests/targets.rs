@@ -12,6 +12,9 @@ use gradcam_core::CamModel;
 use ndarray::Ix4;
 use tests::targets::{check_targets, target_model};
 
+mod common;
+use common::load_modified as load;
+
 /// Every target model with a timm state dict, ScoreCAM and AblationCAM included (one file per
 /// model). The FCN segmenter is no timm architecture: the zoo must refuse it by name, not skip it.
 fn check(key: &str) {
@@ -32,17 +35,6 @@ tests::target_tests!(check);
 
 fn tensors(key: &str) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(target_model(key).file("safetensors"), &Device::Cpu).unwrap()
-}
-
-/// Saves `tensors` to a fresh file and loads it as `arch`.
-fn load(tensors: &HashMap<String, Tensor>, arch: &str, tag: &str) -> Result<CandleModel, CandleError> {
-    let dir = std::env::temp_dir().join(format!("gradcam-candle-targets-{}-{tag}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("model.safetensors");
-    candle_core::safetensors::save(tensors, &path).unwrap();
-    let result = CandleModel::from_safetensors(&path, arch);
-    std::fs::remove_dir_all(&dir).unwrap();
-    result
 }
 
 /// The ViT embedding's weights as a headless distilled DeiT-Tiny: a distillation token, and a
