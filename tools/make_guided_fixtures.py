@@ -19,9 +19,14 @@ image 1: its top-1), it writes OUT_DIR/guided/<model>/:
                        vit_tiny: patch_embed.proj; lite0: none, timm's BatchNormAct2d is not exactly BatchNorm2d)
   fullgrad_eigen.npy   (B, H, W) the same with eigen_smooth=True (FullGrad's own variant; the eigen sign rule of
                        gradcam_ref.py)
+  fullgrad_every_bias.npy, fullgrad_every_bias_eigen.npy  (lite0 only) FullGrad of the same network with each
+                       timm BatchNormAct2d split into a plain BatchNorm2d, its dropout and its activation: every bias
+                       layer, its gradient taken at the BatchNorm's own output (FullGrad's definition; what a legacy ONNX
+                       export, which folds the BatchNorms into the convolutions and keeps no module types, can be held to)
 and, because a freshly initialised ResNet's BatchNorms fold to zero biases (FullGrad would see only its input term),
-OUT_DIR/guided/resnet18_bn.safetensors and .traced.pt: the resnet18 fixture with random BatchNorm statistics and
-affine parameters (torch.manual_seed(1)), with its classes.npy, fullgrad.npy and fullgrad_eigen.npy in OUT_DIR/guided/resnet18_bn/;
+OUT_DIR/guided/resnet18_bn.safetensors, .traced.pt, .legacy.onnx and .dynamo.onnx(.data) (exported as the model
+fixtures are), and .unfolded.onnx (legacy, do_constant_folding=False: BatchNormalization nodes): the resnet18 fixture with random BatchNorm statistics and affine parameters (torch.manual_seed(1)),
+with its classes.npy, fullgrad.npy and fullgrad_eigen.npy in OUT_DIR/guided/resnet18_bn/;
 and OUT_DIR/guided/manifest.json (written last) with each model's layer and FullGrad's bias layers.
 """
 import json
@@ -40,6 +45,7 @@ from safetensors.torch import load_file, save_file
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gradcam_ref import signed_2d_projection, token_reshape  # noqa: E402
 import pytorch_grad_cam.fullgrad_cam  # noqa: E402
+from make_model_fixtures import export_onnx  # noqa: E402
 
 # FullGrad's eigen_smooth projects with grad-cam's get_2d_projection: the documented sign rule too.
 pytorch_grad_cam.fullgrad_cam.get_2d_projection = signed_2d_projection
@@ -55,6 +61,24 @@ def build(fixtures, key):
     missing, unexpected = model.load_state_dict(state, strict=False)
     assert not unexpected and all(k.endswith("num_batches_tracked") for k in missing), (missing, unexpected)
     return model.eval()
+
+
+def split_batchnorm_act(model):
+    """A copy of `model` with each timm BatchNormAct2d replaced by Sequential(BatchNorm2d, drop, act): the same
+    function, with the BatchNorm a module of its own that grad-cam's exact-type rule takes."""
+    import copy
+    from timm.layers.norm_act import BatchNormAct2d
+    model = copy.deepcopy(model)
+    count = 0
+    for name, module in list(model.named_modules()):
+        if isinstance(module, BatchNormAct2d):
+            bn = torch.nn.BatchNorm2d(module.num_features, eps=module.eps, momentum=module.momentum)
+            bn.load_state_dict({k: v for k, v in module.state_dict().items()})
+            parent_name, _, attr = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, attr, torch.nn.Sequential(bn, module.drop, module.act).eval())
+            count += 1
+    return model, count
 
 
 def main():
@@ -94,6 +118,17 @@ def main():
         np.save(os.path.join(d, "guided_gradcam.npy"), (gradcam[:, None] * guided).astype(np.float32))
         np.save(os.path.join(d, "fullgrad.npy"), fullgrad)
         np.save(os.path.join(d, "fullgrad_eigen.npy"), fullgrad_eigen)
+        if key == "lite0":
+            split, count = split_batchnorm_act(model)
+            with torch.no_grad():
+                assert count > 0 and np.abs(split(x).numpy() - logits).max() < 1e-5, "the split is the same network"
+            with FullGrad(split, []) as cam:
+                targets = [ClassifierOutputTarget(int(c)) for c in classes]
+                every = cam(x, targets).astype(np.float32)
+                every_eigen = cam(x, targets, eigen_smooth=True).astype(np.float32)
+                assert len(cam.target_layers) == count, (len(cam.target_layers), count)
+            np.save(os.path.join(d, "fullgrad_every_bias.npy"), every)
+            np.save(os.path.join(d, "fullgrad_every_bias_eigen.npy"), every_eigen)
         np.save(os.path.join(d, "deprocessed.npy"), np.stack(pictures))
         np.save(os.path.join(d, "deprocessed_gradcam.npy"), np.stack(gradcam_pictures))
         summary["models"][key] = {"layer": layer, "classes": classes.tolist(), "fullgrad_bias_layers": bias_layers,
@@ -114,6 +149,10 @@ def main():
              if not k.endswith("num_batches_tracked")}
     save_file(state, os.path.join(out, "resnet18_bn.safetensors"))
     torch.jit.trace(model, x[:1]).save(os.path.join(out, "resnet18_bn.traced.pt"))
+    export_onnx(model, x, os.path.join(out, "resnet18_bn"))
+    torch.onnx.export(model, (x,), os.path.join(out, "resnet18_bn.unfolded.onnx"), dynamo=False, opset_version=17,
+                      do_constant_folding=False, input_names=["input"], output_names=["logits"],
+                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
     order = np.argsort(-logits, axis=1, kind="stable")
     classes = np.array([order[0, 1], order[1, 0]], dtype=np.int64)
     with FullGrad(model, []) as cam:

@@ -129,12 +129,20 @@ def export_all(key, model, x, out):
         files["scripted"] = None
         notes["scripted"] = f"torch.jit.script failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}"
 
-    path = os.path.join(out, f"{key}.legacy.onnx")
+    files.update(export_onnx(model, x, os.path.join(out, key)))
+    notes["onnx_check"] = check_onnx(out, files, x, expected)
+    return files, notes
+
+
+def export_onnx(model, x, stem):
+    """STEM.legacy.onnx and STEM.dynamo.onnx(.data), both with a dynamic batch; returns the manifest's file names."""
+    files = {}
+    path = stem + ".legacy.onnx"
     torch.onnx.export(model, (x,), path, dynamo=False, opset_version=17, input_names=["input"],
                       output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
     files["legacy_onnx"] = os.path.basename(path)
 
-    path = os.path.join(out, f"{key}.dynamo.onnx")
+    path = stem + ".dynamo.onnx"
     for stale in (path, path + ".data"):
         if os.path.exists(stale):
             os.remove(stale)
@@ -145,9 +153,7 @@ def export_all(key, model, x, out):
     files["dynamo_onnx"] = os.path.basename(path)
     files["dynamo_onnx_data"] = os.path.basename(path) + ".data"
     assert os.path.exists(path + ".data"), "dynamo export did not write external data"
-
-    notes["onnx_check"] = check_onnx(out, files, x, expected)
-    return files, notes
+    return files
 
 
 def check_onnx(out, files, x, expected):
