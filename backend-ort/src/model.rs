@@ -3,13 +3,16 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use gradcam_core::{CamError, CamModel, Capture, InputGradient, LayerInfo, LayerView, ReluBackward};
+use gradcam_core::{
+    BiasGradient, CamError, CamModel, Capture, FullGradients, InputGradient, LayerInfo, LayerView,
+    ReluBackward,
+};
 use ndarray::{Array2, Array4, ArrayD, ArrayView4, Ix4};
 use ort::session::{Session, SessionInputValue, SessionOutputs};
 use ort::value::{DynValue, Tensor};
 
 use crate::batch::{self, Part};
-use crate::onnx_graph::{self, Dims, Layer, OnnxGraph, Seed, Shapes, SplitModel, TensorInfo};
+use crate::onnx_graph::{self, BiasLayer, Dims, Layer, OnnxGraph, Seed, Shapes, SplitModel, TensorInfo};
 use crate::runtime::{self, builder, commit, tensor, tensor_info};
 use crate::OrtBackendError;
 
@@ -96,6 +99,9 @@ struct CaptureSessions {
     /// Backward sessions by batch size: each with static input shapes, which ONNX Runtime plans
     /// in time linear in the graph's depth ([`SplitModel::backward_for`]).
     backward: HashMap<usize, Session>,
+    /// FullGrad's bias layers, each with the forward output holding its bias (`None`: zeros),
+    /// in the order of [`SplitModel::extra_gradients`].
+    biases: Vec<(BiasLayer, Option<String>)>,
 }
 
 impl std::fmt::Debug for OnnxModel {
@@ -185,7 +191,8 @@ impl OnnxModel {
         width: usize,
     ) -> Result<OnnxGraph, OrtBackendError> {
         let layer = self.graph.find_layer(layer)?;
-        let (graph, shapes, _) = self.prepared(&layer, Some((height as i64, width as i64)))?;
+        let (graph, shapes, _) =
+            self.prepared(&layer, Some((height as i64, width as i64)), self.token_pruning)?;
         Ok(graph.backward_model(&layer.tensor, Seed::Tensor, &shapes)?)
     }
 
@@ -198,17 +205,19 @@ impl OnnxModel {
         width: usize,
     ) -> Result<SplitModel, OrtBackendError> {
         let layer = self.graph.find_layer(layer)?;
-        let (graph, shapes, _) = self.prepared(&layer, Some((height as i64, width as i64)))?;
+        let (graph, shapes, _) =
+            self.prepared(&layer, Some((height as i64, width as i64)), self.token_pruning)?;
         Ok(graph.backward_split(&layer.tensor, &shapes)?)
     }
 
     /// The graph to differentiate for `layer`, the shapes of the tensors the backward rules
     /// read and which of their dimensions follow the batch, for inputs of `hw`: shape arithmetic
-    /// folded for that size ([`OnnxGraph::fold_shapes`]), class-token pruned when on.
+    /// folded for that size ([`OnnxGraph::fold_shapes`]), class-token pruned with `prune`.
     fn prepared(
         &self,
         layer: &Layer,
         hw: Option<(i64, i64)>,
+        prune: bool,
     ) -> Result<(OnnxGraph, Shapes, Dims), OrtBackendError> {
         let names = |graph: &OnnxGraph| -> Result<Vec<String>, OrtBackendError> {
             let mut names = graph.backward_tensors(&layer.tensor)?;
@@ -221,7 +230,7 @@ impl OnnxModel {
         // constants the rules can read.
         let (graph, _) = self.graph.fold_shapes(&probe.dims);
         // A ViT's layers after the cut run on the class token only where the head reads just it.
-        let (graph, pruned) = match self.token_pruning {
+        let (graph, pruned) = match prune {
             true => graph.prune_tokens(&layer.tensor, &probe.shapes),
             false => (graph, 0),
         };
@@ -384,21 +393,32 @@ impl OnnxModel {
             Cut::Layer(layer) => (format!("{layer}@{h}x{w}"), format!("`{layer}`")),
             // Not a layer name: module paths hold no spaces.
             Cut::Input { guided } => (format!("input guided={guided}@{h}x{w}"), "the input".to_string()),
+            Cut::Biases => (format!("input biases@{h}x{w}"), "the input and the bias layers".to_string()),
         };
         if !self.captures.contains_key(&key) {
+            let input_layer = Layer { name: String::new(), tensor: self.input.clone(), node: 0 };
             let (found, guided) = match cut {
                 Cut::Layer(layer) => (self.graph.find_layer(layer).map_err(OrtBackendError::from)?, false),
-                Cut::Input { guided } => {
-                    (Layer { name: String::new(), tensor: self.input.clone(), node: 0 }, guided)
-                }
+                Cut::Input { guided } => (input_layer, guided),
+                Cut::Biases => (input_layer, false),
             };
-            let (graph, shapes, dims) = self.prepared(&found, Some((h, w)))?;
-            let mut split =
-                graph.backward_split_with(&found.tensor, &shapes, guided).map_err(OrtBackendError::from)?;
-            let forward = commit(&split.forward, self.threads)?;
+            // FullGrad reads every bias layer's gradient: nothing may run on fewer tokens.
+            let prune = self.token_pruning && !matches!(cut, Cut::Biases);
+            let (graph, shapes, dims) = self.prepared(&found, Some((h, w)), prune)?;
+            let biases = match cut {
+                Cut::Biases => graph.bias_layers(&shapes),
+                _ => Vec::new(),
+            };
+            let extra: Vec<String> = biases.iter().map(|l| l.tensor.clone()).collect();
+            let mut split = graph
+                .backward_split_with(&found.tensor, &shapes, guided, &extra)
+                .map_err(OrtBackendError::from)?;
+            let (forward, bias_outputs) = split.forward.with_bias_outputs(&biases);
+            let forward = commit(&forward, self.threads)?;
             // Only the backward model is committed again (per batch size).
             split.forward = OnnxGraph::from_model(Default::default());
-            let sessions = CaptureSessions { forward, split, shapes, dims, backward: HashMap::new() };
+            let biases = biases.into_iter().zip(bias_outputs).collect();
+            let sessions = CaptureSessions { forward, split, shapes, dims, backward: HashMap::new(), biases };
             self.captures.insert(key.clone(), sessions);
         }
         let input_name = self.input.clone();
@@ -412,6 +432,7 @@ impl OnnxModel {
             }
         }
         let (mut logits, mut activations, mut carried) = (Vec::new(), Vec::new(), Vec::new());
+        let mut bias_values: Option<Vec<Vec<f32>>> = None;
         for &part in &parts {
             let feed = tensor(batch::rows(input, part, None).view(), "input")?;
             let outputs = s
@@ -422,12 +443,24 @@ impl OnnxModel {
             if let Cut::Layer(_) = cut {
                 activations.push((runtime::array(named(&outputs, &s.split.activation)?, &what)?, part));
             }
+            if bias_values.is_none() {
+                let mut values = Vec::with_capacity(s.biases.len());
+                for (layer, output) in &s.biases {
+                    values.push(match output {
+                        Some(name) => {
+                            runtime::array(named(&outputs, name)?, &layer.name)?.iter().copied().collect()
+                        }
+                        None => vec![0.0; layer.channels],
+                    });
+                }
+                bias_values = Some(values);
+            }
             carried.push(take_outputs(outputs, &s.split.carried)?);
         }
         let (logits, output_shape) = runtime::logits(joined(&logits)?)?;
         let activation = match cut {
             Cut::Layer(_) => joined(&activations)?,
-            Cut::Input { .. } => input.to_owned().into_dyn(),
+            Cut::Input { .. } | Cut::Biases => input.to_owned().into_dyn(),
         };
         // Core's seed from this very run's outputs, then the backward pass on the forward's tensors.
         let seed = seed.seed(logits.view(), &output_shape)?;
@@ -445,6 +478,7 @@ impl OnnxModel {
             .into_shape_with_order(ndarray::IxDyn(&seed_shape))
             .map_err(|e| CamError::Shape(e.to_string()))?;
         let mut gradients = Vec::new();
+        let mut extra: Vec<Vec<(ArrayD<f32>, Part)>> = vec![Vec::new(); s.split.extra_gradients.len()];
         for (&part, values) in parts.iter().zip(carried) {
             let mut feeds: Vec<(std::borrow::Cow<'_, str>, SessionInputValue<'_>)> = vec![(
                 onnx_graph::SEED.into(),
@@ -461,8 +495,23 @@ impl OnnxModel {
                 .run(feeds)
                 .map_err(OrtBackendError::ort(format!("run the backward model of {what}")))?;
             gradients.push((runtime::array(named(&outputs, onnx_graph::GRADIENT)?, "the gradient")?, part));
+            for (name, parts) in s.split.extra_gradients.iter().zip(extra.iter_mut()) {
+                if let Some(name) = name {
+                    parts.push((runtime::array(named(&outputs, name)?, "a bias layer's gradient")?, part));
+                }
+            }
         }
-        Ok(BackwardRun { logits, output_shape, activation, gradient: joined(&gradients)? })
+        let mut biases = Vec::new();
+        for (((layer, _), bias), parts) in s.biases.iter().zip(bias_values.unwrap_or_default()).zip(&extra) {
+            // A layer the logits do not depend on has a zero gradient: no FullGrad term.
+            if !parts.is_empty() {
+                let gradient = joined(parts)?.into_dimensionality::<Ix4>().map_err(|_| {
+                    CamError::Shape(format!("bias layer `{}`: its gradient is not a 4-D map", layer.name))
+                })?;
+                biases.push(BiasGradient { layer: layer.name.clone(), bias, gradient });
+            }
+        }
+        Ok(BackwardRun { logits, output_shape, activation, gradient: joined(&gradients)?, biases })
     }
 
     fn forward_inner(&mut self, input: ArrayView4<f32>) -> Result<Array2<f32>, OrtBackendError> {
@@ -521,6 +570,8 @@ enum Cut<'l> {
     Layer(&'l str),
     /// The model's input (guided backprop; `guided`: ReLUs pass positive gradients only).
     Input { guided: bool },
+    /// The model's input and the output of every bias layer (FullGrad).
+    Biases,
 }
 
 /// What [`OnnxModel::backward_run`] gives back, the batch parts joined.
@@ -529,6 +580,8 @@ struct BackwardRun {
     output_shape: Vec<usize>,
     activation: ArrayD<f32>,
     gradient: ArrayD<f32>,
+    /// [`Cut::Biases`]: the bias layers the logits depend on, with their gradients.
+    biases: Vec<BiasGradient>,
 }
 
 /// Output `index` of a run.
@@ -621,5 +674,25 @@ impl CamModel for OnnxModel {
             CamError::Shape(format!("the input gradient is not shaped like the input {:?}", input.shape()))
         })?;
         Ok(InputGradient { logits: run.logits, output_shape: run.output_shape, gradient })
+    }
+
+    /// FullGrad's one backward pass: the generated backward graph extended down to the input,
+    /// with the gradients of the bias layers ([`OnnxGraph::bias_layers`]) on the way as extra
+    /// outputs and their biases computed inside the forward model.
+    fn full_gradients(
+        &mut self,
+        input: ArrayView4<f32>,
+        seed: &dyn gradcam_core::Seed,
+    ) -> Result<FullGradients, CamError> {
+        let run = self.backward_run(input, Cut::Biases, seed)?;
+        let input_gradient: Array4<f32> = run.gradient.into_dimensionality::<Ix4>().map_err(|_| {
+            CamError::Shape(format!("the input gradient is not shaped like the input {:?}", input.shape()))
+        })?;
+        Ok(FullGradients {
+            logits: run.logits,
+            output_shape: run.output_shape,
+            input_gradient,
+            biases: run.biases,
+        })
     }
 }

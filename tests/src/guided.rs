@@ -139,9 +139,17 @@ pub fn guided_file(name: &str) -> PathBuf {
 /// the input's resolution; [`KINKED`] models as a whole), with HiResCAM at the default layer in
 /// the same call (answers in order; FullGrad ignores the layer).
 pub fn check_fullgrad(label: &str, model: &mut dyn CamModel, key: &str) {
+    check_fullgrad_against(label, model, key, "fullgrad");
+}
+
+/// [`check_fullgrad`] against the guided fixtures' `<reference>.npy` and `<reference>_eigen.npy`
+/// (`fullgrad`, or lite0's `fullgrad_every_bias`: FullGrad's definition, every bias layer).
+pub fn check_fullgrad_against(label: &str, model: &mut dyn CamModel, key: &str, reference: &str) {
     let dir = guided_dir(key);
     let classes: Vec<usize> = npy::<i64>(dir.join("classes.npy")).iter().map(|&c| c as usize).collect();
-    let want = npy::<f32>(dir.join("fullgrad.npy")).into_dimensionality::<Ix3>().expect("fullgrad (B, H, W)");
+    let want = npy::<f32>(dir.join(format!("{reference}.npy")))
+        .into_dimensionality::<Ix3>()
+        .expect("fullgrad (B, H, W)");
     let what = format!("{label} {key} fullgrad");
     let methods = [Method::FullGrad, Method::HiResCam];
     let target = Target::per_image(classes.clone());
@@ -154,7 +162,9 @@ pub fn check_fullgrad(label: &str, model: &mut dyn CamModel, key: &str) {
     assert_pixels_close(&what, key, out[0].maps.view(), want.view(), UPSAMPLED_TOL);
 
     // FullGrad's own eigen-smooth: the terms' first principal component at an eighth of the size.
-    let want = npy::<f32>(dir.join("fullgrad_eigen.npy")).into_dimensionality::<Ix3>().expect("(B, H, W)");
+    let want = npy::<f32>(dir.join(format!("{reference}_eigen.npy")))
+        .into_dimensionality::<Ix3>()
+        .expect("(B, H, W)");
     let eigen = CamOptions { eigen_smooth: true, ..reference_options() };
     let out = explain(model, input().view(), &[], &[Method::FullGrad], &target, &eigen)
         .unwrap_or_else(|e| panic!("{what} eigen-smooth: {e}"));

@@ -133,7 +133,7 @@ impl OnnxGraph {
                 s
             }
         };
-        let g = self.emit_backward(activation, seed_name, shapes, false, &mut b)?;
+        let (g, _) = self.emit_backward(activation, seed_name, shapes, false, &[], &mut b)?;
         b.nodes.push(super::identity(&logits, LOGITS));
         b.nodes.push(super::identity(activation, ACTIVATION));
         b.nodes.push(super::identity(&g, GRADIENT));
@@ -163,25 +163,35 @@ impl OnnxGraph {
 
     /// Emits the vector-Jacobian products from the logits (whose gradient is tensor `seed`) back
     /// to `activation` into `b`, in an order where every node follows its inputs; returns the
-    /// name of the activation's gradient. `guided`: every `Relu` back-propagates as guided
-    /// backprop's.
+    /// name of the activation's gradient, and for each tensor of `keep` the name of its whole
+    /// gradient (`None` where the logits do not depend on it through `activation`). `guided`:
+    /// every `Relu` back-propagates as guided backprop's.
     pub(crate) fn emit_backward(
         &self,
         activation: &str,
         seed: String,
         shapes: &Shapes,
         guided: bool,
+        keep: &[String],
         b: &mut Builder,
-    ) -> Result<String, GraphError> {
+    ) -> Result<(String, Vec<Option<String>>), GraphError> {
         let plan = self.plan(activation)?;
         let logits = self.logits_name()?;
         let dtype = shapes.get(&logits).ok_or_else(|| GraphError::MissingShape(logits.clone()))?.dtype;
         let constants = self.constants();
         let mut grads: HashMap<String, Vec<String>> = HashMap::from([(logits, vec![seed])]);
+        let mut kept: HashMap<&str, String> = HashMap::new();
+        let keep_set: HashSet<&str> = keep.iter().map(String::as_str).collect();
         for &i in plan.path.iter().rev() {
             let node = &self.nodes()[i];
             let out_grads: Vec<Option<String>> =
                 node.output.iter().map(|o| grads.remove(o).map(|g| sum(b, g))).collect();
+            // A tensor's gradient is whole once its producer is reached: every consumer comes later.
+            for (o, g) in node.output.iter().zip(&out_grads) {
+                if let (Some(&k), Some(g)) = (keep_set.get(o.as_str()), g) {
+                    kept.insert(k, g.clone());
+                }
+            }
             if out_grads.iter().all(Option::is_none) {
                 continue;
             }
@@ -213,7 +223,8 @@ impl OnnxGraph {
             }
         }
         let g = grads.remove(activation).ok_or_else(|| GraphError::NoPath(activation.into()))?;
-        Ok(sum(b, g))
+        let kept = keep.iter().map(|k| kept.get(k.as_str()).cloned()).collect();
+        Ok((sum(b, g), kept))
     }
 }
 

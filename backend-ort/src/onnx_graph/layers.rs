@@ -34,15 +34,7 @@ pub struct Layer {
 /// segment; `repeated` (see [`OnnxGraph::layers`]) says which scopes those are and where their
 /// base name ends.
 fn module_paths_in(node: &NodeProto, repeated: &dyn Fn(&str) -> Option<usize>) -> Vec<String> {
-    if let Some(scopes) = node.metadata_props.iter().find(|p| p.key == NAME_SCOPES) {
-        let items: Vec<&str> = scopes
-            .value
-            .trim()
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .split(',')
-            .map(|s| s.trim().trim_matches(|c| c == '\'' || c == '"'))
-            .collect();
+    if let Some(items) = metadata_list(node, NAME_SCOPES) {
         let n = items.len().saturating_sub(1);
         // torch.export's stand-in for nodes outside any module is no module.
         let module = |s: &&&str| !s.is_empty() && !s.starts_with(NO_MODULE);
@@ -60,6 +52,14 @@ fn module_paths_in(node: &NodeProto, repeated: &dyn Fn(&str) -> Option<usize>) -
         paths.push(path);
     }
     paths
+}
+
+/// A node's metadata entry `key` that holds a Python list of strings (the dynamo exporter's
+/// `['', 'layer4', 'relu_16']`), as its items.
+pub(crate) fn metadata_list<'n>(node: &'n NodeProto, key: &str) -> Option<Vec<&'n str>> {
+    let entry = node.metadata_props.iter().find(|p| p.key == key)?;
+    let list = entry.value.trim().trim_start_matches('[').trim_end_matches(']');
+    Some(list.split(',').map(|s| s.trim().trim_matches(|c| c == '\'' || c == '"')).collect())
 }
 
 /// The scope part of a legacy node name (`/layer4/layer4.1/act2` of `/layer4/layer4.1/act2/Relu`).
@@ -152,6 +152,13 @@ impl OnnxGraph {
             (a.node, std::cmp::Reverse(a.name.len())).cmp(&(b.node, std::cmp::Reverse(b.name.len())))
         });
         layers
+    }
+
+    /// The innermost module of each node, in graph order (`None` outside any module).
+    pub(crate) fn node_modules(&self) -> Vec<Option<String>> {
+        let scopes: HashSet<&str> = self.nodes().iter().filter_map(legacy_scope).collect();
+        let repeated = |scope: &str| repeated_call(scope, &scopes);
+        self.nodes().iter().map(|node| module_paths_in(node, &repeated).pop()).collect()
     }
 
     /// Legacy-exported convolutions whose weight and bias the exporter made up (`onnx::Conv_193`,

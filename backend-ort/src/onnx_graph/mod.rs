@@ -8,6 +8,7 @@
 //! ([`OnnxGraph::prune_tokens`]).
 
 mod backward;
+mod biases;
 pub(crate) mod builder;
 mod fold;
 mod layers;
@@ -24,6 +25,7 @@ use onnx_protobuf::{
 };
 
 pub use backward::{Seed, ACTIVATION, CLASS, CLASSES, GRADIENT, LOGITS, SEED, SOFTMAX};
+pub use biases::BiasLayer;
 pub use fold::Dims;
 pub use layers::Layer;
 pub use split::SplitModel;

@@ -29,6 +29,9 @@ pub struct SplitModel {
     pub carried: Vec<String>,
     /// Inputs of the original model that `backward` reads too (fed the same values).
     pub reads_inputs: Vec<String>,
+    /// For each extra tensor asked of [`OnnxGraph::backward_split_with`], the `backward` output
+    /// holding its gradient (`None` where the logits do not depend on it).
+    pub extra_gradients: Vec<Option<String>>,
 }
 
 impl SplitModel {
@@ -65,21 +68,36 @@ impl OnnxGraph {
     /// The backward model holds none of the original nodes except `Constant`s it reads, and only
     /// the weights its rules read (convolution kernels, normalisation scales).
     pub fn backward_split(&self, activation: &str, shapes: &Shapes) -> Result<SplitModel, GraphError> {
-        self.backward_split_with(activation, shapes, false)
+        self.backward_split_with(activation, shapes, false, &[])
     }
 
     /// [`OnnxGraph::backward_split`]; with `guided`, every `Relu` back-propagates only positive
-    /// gradients (guided backprop; `activation` is then usually the graph's input).
+    /// gradients (guided backprop; `activation` is then usually the graph's input). The
+    /// gradients of the `extra` tensors on the way (FullGrad's bias layers) are outputs too:
+    /// [`SplitModel::extra_gradients`].
     pub fn backward_split_with(
         &self,
         activation: &str,
         shapes: &Shapes,
         guided: bool,
+        extra: &[String],
     ) -> Result<SplitModel, GraphError> {
         let logits = self.logits_name()?;
         let mut b = Builder::new(self.opset(), "gradcam");
-        let gradient = self.emit_backward(activation, SEED.to_string(), shapes, guided, &mut b)?;
+        let (gradient, kept) =
+            self.emit_backward(activation, SEED.to_string(), shapes, guided, extra, &mut b)?;
         b.nodes.push(super::identity(&gradient, GRADIENT));
+        let extra_gradients: Vec<Option<String>> = kept
+            .iter()
+            .enumerate()
+            .map(|(k, g)| {
+                let name = format!("{GRADIENT}_{k}");
+                g.as_ref().map(|g| {
+                    b.nodes.push(super::identity(g, &name));
+                    name
+                })
+            })
+            .collect();
 
         let produced: HashSet<&str> =
             b.nodes.iter().flat_map(|n| n.output.iter().map(String::as_str)).collect();
@@ -129,6 +147,12 @@ impl OnnxGraph {
         }
         let act = info(activation)?;
         graph.output.push(value_info(GRADIENT, act.dtype, Some(act.shape.len())));
+        for (tensor, name) in extra.iter().zip(&extra_gradients) {
+            if let Some(name) = name {
+                let t = info(tensor)?;
+                graph.output.push(value_info(name, t.dtype, Some(t.shape.len())));
+            }
+        }
         graph.node = copied_constants;
         graph.node.extend(b.nodes);
         used_inits.sort_unstable();
@@ -149,7 +173,15 @@ impl OnnxGraph {
         }
         outputs.extend(carried.iter().cloned());
         let forward = self.with_outputs(&outputs);
-        Ok(SplitModel { forward, backward, logits, activation: activation.into(), carried, reads_inputs })
+        Ok(SplitModel {
+            forward,
+            backward,
+            logits,
+            activation: activation.into(),
+            carried,
+            reads_inputs,
+            extra_gradients,
+        })
     }
 }
 
@@ -182,6 +214,7 @@ mod tests {
             activation: "act".into(),
             carried: vec!["carried".into()],
             reads_inputs: vec![],
+            extra_gradients: vec![],
         };
         let g = split.backward_for(|name, k| match (name, k) {
             ("logits", 0) => Some(5),
