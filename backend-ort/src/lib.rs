@@ -15,6 +15,8 @@ pub mod onnx_graph;
 #[cfg(feature = "ort")]
 mod batch;
 #[cfg(feature = "ort")]
+mod chain;
+#[cfg(feature = "ort")]
 pub mod export;
 
 #[cfg(feature = "ort")]

@@ -8,10 +8,11 @@ use gradcam_core::{
     ReluBackward,
 };
 use ndarray::{Array2, Array4, ArrayD, ArrayView4, Ix4};
-use ort::session::{Session, SessionInputValue, SessionOutputs};
+use ort::session::{Session, SessionOutputs};
 use ort::value::{DynValue, Tensor};
 
 use crate::batch::{self, Part};
+use crate::chain::{self, Chain};
 use crate::onnx_graph::{self, BiasLayer, Dims, Layer, OnnxGraph, Seed, Shapes, SplitModel, TensorInfo};
 use crate::runtime::{self, builder, commit, tensor, tensor_info};
 use crate::OrtBackendError;
@@ -63,6 +64,8 @@ pub struct OnnxModel {
     cuts: HashMap<String, Session>,
     /// Whether generated models run a ViT's last layers on the class token only.
     token_pruning: bool,
+    /// The most nodes one session of a generated model holds ([`OnnxModel::set_session_nodes`]).
+    session_nodes: usize,
     /// Intra-op threads of every session (0: ONNX Runtime's default).
     threads: usize,
     /// The batch size the model's input fixes, if it does.
@@ -89,7 +92,7 @@ fn static_dim(shapes: &Shapes, dims: &Dims, name: &str, k: usize, batch: usize) 
 
 /// The sessions of a capture with a seed, and the names that tie them together.
 struct CaptureSessions {
-    forward: Session,
+    forward: Chain,
     /// The generated models (the backward one is committed per batch size).
     split: SplitModel,
     /// Shapes of the backward model's inputs at the probe's batch size, and which of their
@@ -98,7 +101,7 @@ struct CaptureSessions {
     dims: Dims,
     /// Backward sessions by batch size: each with static input shapes, which ONNX Runtime plans
     /// in time linear in the graph's depth ([`SplitModel::backward_for`]).
-    backward: HashMap<usize, Session>,
+    backward: HashMap<usize, Chain>,
     /// FullGrad's bias layers, each with the forward output holding its bias (`None`: zeros),
     /// in the order of [`SplitModel::extra_gradients`].
     biases: Vec<(BiasLayer, Option<String>)>,
@@ -145,6 +148,7 @@ impl OnnxModel {
             activations: HashMap::new(),
             cuts: HashMap::new(),
             token_pruning: true,
+            session_nodes: chain::MAX_NODES,
             threads: intra_op_threads,
             fixed_batch,
         })
@@ -172,6 +176,17 @@ impl OnnxModel {
     pub fn set_token_pruning(&mut self, on: bool) {
         if self.token_pruning != on {
             self.token_pruning = on;
+            self.captures.clear();
+        }
+    }
+
+    /// The most nodes one ONNX Runtime session of a generated model holds (default 2,000): a
+    /// deeper one runs as a chain of sessions, since ONNX Runtime's session setup grows faster
+    /// than linearly with the node count. The numbers are the same either way.
+    pub fn set_session_nodes(&mut self, nodes: usize) {
+        let nodes = nodes.max(1);
+        if self.session_nodes != nodes {
+            self.session_nodes = nodes;
             self.captures.clear();
         }
     }
@@ -259,19 +274,18 @@ impl OnnxModel {
                 self.input
             )));
         }
-        let mut session = commit(&graph.with_outputs(names), self.threads)?;
+        let mut chain = Chain::commit(&graph.with_outputs(names), self.threads, self.session_nodes, true)?;
         let wanted: HashSet<&str> = names.iter().map(String::as_str).collect();
         let mut run = |shape: &[i64]| -> Result<Shapes, OrtBackendError> {
             let input =
                 Tensor::from_array((shape.to_vec(), vec![0f32; shape.iter().product::<i64>() as usize]))
                     .map_err(OrtBackendError::ort("make the probe input"))?;
-            let outputs = session
-                .run(ort::inputs![self.input.as_str() => input])
-                .map_err(OrtBackendError::ort("run the shape probe"))?;
+            let outputs =
+                chain.run(HashMap::from([(self.input.clone(), input.into_dyn())]), "the shape probe")?;
             let mut shapes = Shapes::new();
-            for (name, value) in outputs {
-                if wanted.contains(name) {
-                    if let Some(info) = tensor_info(&value) {
+            for (name, value) in &outputs {
+                if wanted.contains(name.as_str()) {
+                    if let Some(info) = tensor_info(value) {
                         shapes.insert(name.to_string(), info);
                     }
                 }
@@ -414,7 +428,7 @@ impl OnnxModel {
                 .backward_split_with(&found.tensor, &shapes, guided, &extra)
                 .map_err(OrtBackendError::from)?;
             let (forward, bias_outputs) = split.forward.with_bias_outputs(&biases);
-            let forward = commit(&forward, self.threads)?;
+            let forward = Chain::commit(&forward, self.threads, self.session_nodes, false)?;
             // Only the backward model is committed again (per batch size).
             split.forward = OnnxGraph::from_model(Default::default());
             let biases = biases.into_iter().zip(bias_outputs).collect();
@@ -422,40 +436,41 @@ impl OnnxModel {
             self.captures.insert(key.clone(), sessions);
         }
         let input_name = self.input.clone();
-        let threads = self.threads;
+        let (threads, session_nodes) = (self.threads, self.session_nodes);
         let s = self.captures.get_mut(&key).expect("inserted above");
         for part in &parts {
             if !s.backward.contains_key(&part.size) {
                 let graph =
                     s.split.backward_for(|name, k| static_dim(&s.shapes, &s.dims, name, k, part.size));
-                s.backward.insert(part.size, commit(&graph, threads)?);
+                s.backward.insert(part.size, Chain::commit(&graph, threads, session_nodes, false)?);
             }
         }
         let (mut logits, mut activations, mut carried) = (Vec::new(), Vec::new(), Vec::new());
         let mut bias_values: Option<Vec<Vec<f32>>> = None;
         for &part in &parts {
-            let feed = tensor(batch::rows(input, part, None).view(), "input")?;
-            let outputs = s
+            let feed = runtime::value(batch::rows(input, part, None).view(), "input")?;
+            let mut outputs = s
                 .forward
-                .run(ort::inputs![input_name.as_str() => feed])
-                .map_err(OrtBackendError::ort(format!("run the model to {what}")))?;
-            logits.push((runtime::array(named(&outputs, &s.split.logits)?, "the logits")?, part));
+                .run(HashMap::from([(input_name.clone(), feed)]), &format!("the model to {what}"))?;
+            logits.push((runtime::array(value_of(&outputs, &s.split.logits)?, "the logits")?, part));
             if let Cut::Layer(_) = cut {
-                activations.push((runtime::array(named(&outputs, &s.split.activation)?, &what)?, part));
+                activations.push((runtime::array(value_of(&outputs, &s.split.activation)?, &what)?, part));
             }
             if bias_values.is_none() {
                 let mut values = Vec::with_capacity(s.biases.len());
                 for (layer, output) in &s.biases {
                     values.push(match output {
                         Some(name) => {
-                            runtime::array(named(&outputs, name)?, &layer.name)?.iter().copied().collect()
+                            runtime::array(value_of(&outputs, name)?, &layer.name)?.iter().copied().collect()
                         }
                         None => vec![0.0; layer.channels],
                     });
                 }
                 bias_values = Some(values);
             }
-            carried.push(take_outputs(outputs, &s.split.carried)?);
+            let values: Result<Vec<DynValue>, OrtBackendError> =
+                s.split.carried.iter().map(|n| outputs.remove(n).ok_or_else(|| missing(n))).collect();
+            carried.push(values?);
         }
         let (logits, output_shape) = runtime::logits(joined(&logits)?)?;
         let activation = match cut {
@@ -480,24 +495,21 @@ impl OnnxModel {
         let mut gradients = Vec::new();
         let mut extra: Vec<Vec<(ArrayD<f32>, Part)>> = vec![Vec::new(); s.split.extra_gradients.len()];
         for (&part, values) in parts.iter().zip(carried) {
-            let mut feeds: Vec<(std::borrow::Cow<'_, str>, SessionInputValue<'_>)> = vec![(
-                onnx_graph::SEED.into(),
-                tensor(batch::rows(seed.view(), part, Some(0.0)).view(), "seed")?,
-            )];
-            for (name, value) in s.split.carried.iter().zip(values) {
-                feeds.push((name.as_str().into(), value.into()));
-            }
+            let mut feeds: HashMap<String, DynValue> = HashMap::from([(
+                onnx_graph::SEED.to_string(),
+                runtime::value(batch::rows(seed.view(), part, Some(0.0)).view(), "seed")?,
+            )]);
+            feeds.extend(s.split.carried.iter().cloned().zip(values));
             for name in &s.split.reads_inputs {
-                feeds.push((name.as_str().into(), tensor(batch::rows(input, part, None).view(), "input")?));
+                feeds.insert(name.clone(), runtime::value(batch::rows(input, part, None).view(), "input")?);
             }
             let backward = s.backward.get_mut(&part.size).expect("committed above");
-            let outputs = backward
-                .run(feeds)
-                .map_err(OrtBackendError::ort(format!("run the backward model of {what}")))?;
-            gradients.push((runtime::array(named(&outputs, onnx_graph::GRADIENT)?, "the gradient")?, part));
+            let outputs = backward.run(feeds, &format!("the backward model of {what}"))?;
+            gradients
+                .push((runtime::array(value_of(&outputs, onnx_graph::GRADIENT)?, "the gradient")?, part));
             for (name, parts) in s.split.extra_gradients.iter().zip(extra.iter_mut()) {
                 if let Some(name) = name {
-                    parts.push((runtime::array(named(&outputs, name)?, "a bias layer's gradient")?, part));
+                    parts.push((runtime::array(value_of(&outputs, name)?, "a bias layer's gradient")?, part));
                 }
             }
         }
@@ -599,23 +611,13 @@ fn named<'a>(outputs: &'a SessionOutputs<'_>, name: &str) -> Result<&'a DynValue
         .ok_or_else(|| OrtBackendError::Signature(format!("the generated model has no output `{name}`")))
 }
 
-/// The values of outputs `names`, in that order, moved out of the run's outputs.
-fn take_outputs(outputs: SessionOutputs<'_>, names: &[String]) -> Result<Vec<DynValue>, OrtBackendError> {
-    let mut by_name: HashMap<&str, DynValue> = HashMap::with_capacity(names.len());
-    let wanted: HashSet<&str> = names.iter().map(String::as_str).collect();
-    for (name, value) in outputs {
-        if let Some(&n) = wanted.get(name) {
-            by_name.insert(n, value);
-        }
-    }
-    names
-        .iter()
-        .map(|n| {
-            by_name
-                .remove(n.as_str())
-                .ok_or_else(|| OrtBackendError::Signature(format!("the forward model did not output `{n}`")))
-        })
-        .collect()
+/// The value called `name` among a [`Chain`]'s outputs.
+fn value_of<'a>(outputs: &'a HashMap<String, DynValue>, name: &str) -> Result<&'a DynValue, OrtBackendError> {
+    outputs.get(name).ok_or_else(|| missing(name))
+}
+
+fn missing(name: &str) -> OrtBackendError {
+    OrtBackendError::Signature(format!("the generated model did not output `{name}`"))
 }
 
 /// The parts' results joined along the batch axis (padding rows dropped).

@@ -52,21 +52,41 @@ pub(crate) fn commit(graph: &OnnxGraph, threads: usize) -> Result<Session, OrtBa
         .map_err(OrtBackendError::ort("load a generated model"))
 }
 
+/// A session for a model that runs once or twice (a shape probe): without ONNX Runtime's graph
+/// optimizations, which cost more than such a run and grow faster than the graph's depth.
+pub(crate) fn commit_once(graph: &OnnxGraph, threads: usize) -> Result<Session, OrtBackendError> {
+    builder(graph, threads)?
+        .with_optimization_level(ort::session::builder::GraphOptimizationLevel::Disable)
+        .map_err(OrtBackendError::ort("turn off graph optimizations"))?
+        .commit_from_memory(&graph.to_bytes())
+        .map_err(OrtBackendError::ort("load a generated model"))
+}
+
 /// An f32 tensor holding `array`.
 pub(crate) fn tensor<D: Dimension>(
     array: ArrayView<f32, D>,
     what: &str,
 ) -> Result<SessionInputValue<'static>, OrtBackendError> {
+    Ok(value(array, what)?.into())
+}
+
+/// An f32 value holding `array`.
+pub(crate) fn value<D: Dimension>(array: ArrayView<f32, D>, what: &str) -> Result<DynValue, OrtBackendError> {
     let shape: Vec<i64> = array.shape().iter().map(|&d| d as i64).collect();
     let value = Tensor::from_array((shape, array.iter().copied().collect::<Vec<f32>>()))
         .map_err(OrtBackendError::ort(format!("make the {what}")))?;
-    Ok(value.into())
+    Ok(value.into_dyn())
 }
 
 /// Element type and shape of a value.
 pub(crate) fn tensor_info(value: &DynValue) -> Option<TensorInfo> {
     let ty = value.dtype();
-    let dtype = match ty.tensor_type()? {
+    Some(TensorInfo { dtype: element_type(ty.tensor_type()?), shape: ty.tensor_shape()?.to_vec() })
+}
+
+/// The ONNX `TensorProto` data type of an element type (0: one the rules do not handle).
+pub(crate) fn element_type(ty: TensorElementType) -> i32 {
+    match ty {
         TensorElementType::Float32 => 1,
         TensorElementType::Float64 => 11,
         TensorElementType::Float16 => 10,
@@ -74,8 +94,7 @@ pub(crate) fn tensor_info(value: &DynValue) -> Option<TensorInfo> {
         TensorElementType::Int32 => 6,
         TensorElementType::Bool => 9,
         _ => 0,
-    };
-    Some(TensorInfo { dtype, shape: ty.tensor_shape()?.to_vec() })
+    }
 }
 
 /// The f32 contents of a value.

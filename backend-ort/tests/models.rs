@@ -71,6 +71,47 @@ fn token_pruning_changes_no_number() {
     assert!(!g.nodes().iter().any(|n| n.name.contains("gradcam_token_")), "resnet18 pruned");
 }
 
+/// A generated model run as a chain of small sessions ([`OnnxModel::set_session_nodes`]: 40
+/// nodes each, so dozens of links in vit_tiny's backward pass from its first block) gives the
+/// numbers one session gives: logits, activation and gradient, and FullGrad's bias gradients.
+#[test]
+fn chained_sessions_change_no_number() {
+    let input = input();
+    let target = Target::top_one();
+    for exporter in ["legacy", "dynamo"] {
+        let path = fixtures_dir().join(format!("vit_tiny.{exporter}.onnx"));
+        let mut whole = OnnxModel::load(&path).expect("load");
+        let mut chained = OnnxModel::load(&path).expect("load");
+        chained.set_session_nodes(40);
+        let what = format!("vit_tiny.{exporter} blocks.0");
+        let a = chained.capture(input.view(), "blocks.0", Some(&target)).expect("chained capture");
+        let b = whole.capture(input.view(), "blocks.0", Some(&target)).expect("capture");
+        assert_close(&format!("{what} logits"), a.logits.view(), b.logits.view(), 1e-5);
+        assert_close(
+            &format!("{what} activations"),
+            layer_view(&a.activation),
+            layer_view(&b.activation),
+            1e-5,
+        );
+        let (ga, gb) = (a.gradient.expect("gradient"), b.gradient.expect("gradient"));
+        assert!(layer_view(&gb).iter().any(|&v| v != 0.0), "{what}: zero gradient");
+        assert_close(&format!("{what} gradients"), layer_view(&ga), layer_view(&gb), 1e-5);
+        let fa = chained.full_gradients(input.view(), &target).expect("chained fullgrad");
+        let fb = whole.full_gradients(input.view(), &target).expect("fullgrad");
+        assert_close(
+            &format!("{what} input gradient"),
+            fa.input_gradient.view(),
+            fb.input_gradient.view(),
+            1e-5,
+        );
+        assert_eq!(fa.biases.len(), fb.biases.len(), "{what}: bias layers");
+        for (x, y) in fa.biases.iter().zip(&fb.biases) {
+            assert_eq!((&x.layer, &x.bias), (&y.layer, &y.bias), "{what}: bias");
+            assert_close(&format!("{what} {} gradient", x.layer), x.gradient.view(), y.gradient.view(), 1e-5);
+        }
+    }
+}
+
 /// A capture with a seed runs the model forward once: the forward model it runs is the model with
 /// extra outputs (no gradient node), and the backward model that runs after core's seed holds no
 /// node of the original model but the constants it reads, and only the weights its rules read.

@@ -9,7 +9,7 @@ use ort::value::Tensor;
 
 use crate::onnx_graph::{OnnxGraph, Shapes, TensorInfo};
 pub(crate) use crate::runtime::environment;
-use crate::runtime::{commit, tensor_info};
+use crate::runtime::{commit_once, tensor_info};
 use crate::OrtBackendError;
 
 /// Runs `graph` once on zeros of `shape` (fed to `input`) with `names` as extra outputs and
@@ -23,7 +23,7 @@ pub(crate) fn probe(
 ) -> Result<Shapes, OrtBackendError> {
     let zeros = Tensor::from_array((shape.to_vec(), vec![0f32; shape.iter().product::<i64>() as usize]))
         .map_err(OrtBackendError::ort("make the probe input"))?;
-    let mut session = commit(&graph.with_outputs(names), threads)?;
+    let mut session = commit_once(&graph.with_outputs(names), threads)?;
     let outputs =
         session.run(ort::inputs![input => zeros]).map_err(OrtBackendError::ort("run the shape probe"))?;
     let mut shapes = Shapes::new();

@@ -271,7 +271,7 @@ impl OnnxGraph {
 }
 
 /// An `Identity` node `from -> to`.
-fn identity(from: &str, to: &str) -> NodeProto {
+pub(crate) fn identity(from: &str, to: &str) -> NodeProto {
     let mut node = NodeProto::new();
     node.op_type = "Identity".into();
     node.name = format!("gradcam/identity/{to}");
