@@ -24,7 +24,81 @@ pub(crate) fn environment() -> Result<&'static Environment, OrtBackendError> {
     }
     let env =
         ort::init().with_name("gradcam-rs").build().map_err(OrtBackendError::ort("start ONNX Runtime"))?;
+    if let Some(limit) = memory_limit() {
+        limit_memory(&env, limit)?;
+    }
     Ok(ENV.get_or_init(|| env))
+}
+
+/// The most memory ONNX Runtime's tensors may take: `GRADCAM_ORT_MEMORY` (bytes) when set, else
+/// three quarters of the memory this process may use (the smaller of Linux' `MemTotal` and the
+/// cgroup's `memory.max`, as in a container; no limit where neither can be read). A damaged or
+/// hostile model can make a kernel ask for gigabytes (the fuzz harness found one case peaking at
+/// 15.7 GB, and a run that the OOM killer ended): past the limit that is a typed error instead.
+pub(crate) fn memory_limit() -> Option<usize> {
+    if let Some(bytes) = std::env::var("GRADCAM_ORT_MEMORY").ok().and_then(|v| v.trim().parse().ok()) {
+        return Some(bytes);
+    }
+    let read = |path: &str| std::fs::read_to_string(path).ok();
+    let total = read("/proc/meminfo").and_then(|info| {
+        let kib: usize = info
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))?
+            .trim()
+            .strip_suffix("kB")?
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kib.saturating_mul(1024))
+    });
+    // cgroup v2; "max" (no limit) does not parse.
+    let cgroup = read("/sys/fs/cgroup/memory.max").and_then(|v| v.trim().parse::<usize>().ok());
+    let bytes = match (total, cgroup) {
+        (Some(a), Some(b)) => a.min(b),
+        (a, b) => a.or(b)?,
+    };
+    Some(bytes / 4 * 3)
+}
+
+/// Registers a CPU arena of at most `bytes` with the environment, for every session to share
+/// ([`builder`] sets `session.use_env_allocators`); requests past it fail as errors.
+fn limit_memory(env: &Environment, bytes: usize) -> Result<(), OrtBackendError> {
+    use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
+    use ort::AsPointer;
+    let info = MemoryInfo::new(AllocationDevice::CPU, 0, AllocatorType::Arena, MemoryType::Default)
+        .map_err(OrtBackendError::ort("describe the CPU arena"))?;
+    let api = ort::api();
+    let keys = [c"max_mem".as_ptr(), c"arena_extend_strategy".as_ptr()];
+    // 1: kSameAsRequested, so that the arena does not round a request up past the limit.
+    let values: [usize; 2] = [bytes, 1];
+    let mut cfg: *mut ort::sys::OrtArenaCfg = std::ptr::null_mut();
+    // SAFETY: `keys` and `values` are arrays of the length passed, the keys NUL-terminated
+    // static strings; `cfg` is written by ONNX Runtime before it is read, and released below.
+    let status = unsafe { (api.CreateArenaCfgV2)(keys.as_ptr(), values.as_ptr(), keys.len(), &mut cfg) };
+    check(status, "configure the CPU arena")?;
+    // SAFETY: `env` and `info` are live objects of this ONNX Runtime (their pointers are
+    // non-null while they live, and both outlive the call); `cfg` is the valid config created
+    // above. ONNX Runtime copies what it needs, so the config is released right after.
+    let status = unsafe { (api.CreateAndRegisterAllocator)(env.ptr().cast_mut(), info.ptr(), cfg) };
+    // SAFETY: `cfg` came from CreateArenaCfgV2 and is released once.
+    unsafe { (api.ReleaseArenaCfg)(cfg) };
+    check(status, "register the CPU arena")
+}
+
+/// An ONNX Runtime status as a result (the status released).
+fn check(status: ort::sys::OrtStatusPtr, what: &str) -> Result<(), OrtBackendError> {
+    if status.0.is_null() {
+        return Ok(());
+    }
+    let api = ort::api();
+    // SAFETY: a non-null status from ONNX Runtime: its message is a NUL-terminated string that
+    // lives until the status is released, which happens once, after the message is copied.
+    let message = unsafe {
+        let text = std::ffi::CStr::from_ptr((api.GetErrorMessage)(status.0)).to_string_lossy().into_owned();
+        (api.ReleaseStatus)(status.0);
+        text
+    };
+    Err(OrtBackendError::Signature(format!("ONNX Runtime could not {what}: {message}")))
 }
 
 /// A session builder with the model's external-data directory set.
@@ -33,6 +107,9 @@ pub(crate) fn builder(
     threads: usize,
 ) -> Result<ort::session::builder::SessionBuilder, OrtBackendError> {
     let mut b = Session::builder(environment()?).map_err(OrtBackendError::ort("create a session"))?;
+    if memory_limit().is_some() {
+        b = b.with_env_allocators().map_err(OrtBackendError::ort("share the CPU arena"))?;
+    }
     if threads > 0 {
         b = b.with_intra_threads(threads).map_err(OrtBackendError::ort("set the number of threads"))?;
     }

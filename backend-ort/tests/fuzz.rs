@@ -290,6 +290,10 @@ fn fuzz(first: u64, cases: u64, batch: usize, verbose: bool) {
     let mut panics = Vec::new();
     let start = std::time::Instant::now();
     for seed in first..first + cases {
+        if verbose {
+            // An abort (or the OOM killer) ends the run without a report: the last seed says where.
+            eprintln!("case {seed}");
+        }
         let result = catch_unwind(AssertUnwindSafe(|| run_case(&sources, seed, batch, &dir)));
         let key = match result {
             Ok(Ok(k)) | Ok(Err(k)) => k,
