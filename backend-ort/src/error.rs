@@ -18,6 +18,17 @@ pub enum OrtBackendError {
         /// ONNX Runtime's error.
         source: ort::Error,
     },
+    /// The ONNX Runtime library could not be loaded.
+    #[error(
+        "cannot load ONNX Runtime from {path}: {reason}; point ORT_DYLIB_PATH at libonnxruntime.so 1.31 \
+         (`eval \"$(scripts/setup-native)\"` installs one)"
+    )]
+    Library {
+        /// Where it was looked for.
+        path: String,
+        /// Why it failed.
+        reason: String,
+    },
     /// A model whose inputs or outputs are not those of an image classifier.
     #[error("unexpected model signature: {0}")]
     Signature(String),

@@ -22,8 +22,18 @@ pub(crate) fn environment() -> Result<&'static Environment, OrtBackendError> {
     if let Some(env) = ENV.get() {
         return Ok(env);
     }
-    let env =
-        ort::init().with_name("gradcam-rs").build().map_err(OrtBackendError::ort("start ONNX Runtime"))?;
+    // ort panics when the library is missing; loading it first makes that an error.
+    let path = std::env::var_os("ORT_DYLIB_PATH")
+        .filter(|p| !p.is_empty())
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            format!("{}onnxruntime{}", std::env::consts::DLL_PREFIX, std::env::consts::DLL_SUFFIX).into()
+        });
+    let env = ort::init_from(&path)
+        .map_err(|e| OrtBackendError::Library { path: path.display().to_string(), reason: e.to_string() })?
+        .with_name("gradcam-rs")
+        .build()
+        .map_err(OrtBackendError::ort("start ONNX Runtime"))?;
     if let Some(limit) = memory_limit() {
         limit_memory(&env, limit)?;
     }
