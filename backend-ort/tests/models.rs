@@ -3,7 +3,7 @@
 #![cfg(feature = "ort")]
 
 use backend_ort::OnnxModel;
-use gradcam_core::{CamModel, Target};
+use gradcam_core::{CamModel, Capture, Target};
 use tests::{assert_close, check_model, fixtures_dir, input, layer_view, require};
 
 /// One export of fixture model `key` against PyTorch and pytorch-grad-cam
@@ -30,6 +30,15 @@ fn default_layers_match_the_other_backends() {
     }
 }
 
+/// Two captures of one layer agree within 1e-5: logits, activation and a gradient that is not zero.
+fn assert_same_capture(what: &str, a: Capture, b: Capture) {
+    assert_close(&format!("{what} logits"), a.logits.view(), b.logits.view(), 1e-5);
+    assert_close(&format!("{what} activations"), layer_view(&a.activation), layer_view(&b.activation), 1e-5);
+    let (ga, gb) = (a.gradient.expect("gradient"), b.gradient.expect("gradient"));
+    assert!(layer_view(&gb).iter().any(|&v| v != 0.0), "{what}: zero gradient");
+    assert_close(&format!("{what} gradients"), layer_view(&ga), layer_view(&gb), 1e-5);
+}
+
 /// Class-token pruning changes no number: for layers before, at and inside the pruned part of
 /// vit_tiny (`blocks.11.norm2` is read by the pruned MLP), captures with and without it agree,
 /// and it does fire (the generated model gathers token 0 before the last MLP); a CNN is left alone.
@@ -54,16 +63,7 @@ fn token_pruning_changes_no_number() {
             let target = Target::top_one();
             let a = pruned.capture(input.view(), layer, Some(&target)).expect("capture");
             let b = full.capture(input.view(), layer, Some(&target)).expect("capture");
-            assert_close(&format!("{what} logits"), a.logits.view(), b.logits.view(), 1e-5);
-            assert_close(
-                &format!("{what} activations"),
-                layer_view(&a.activation),
-                layer_view(&b.activation),
-                1e-5,
-            );
-            let (ga, gb) = (a.gradient.expect("gradient"), b.gradient.expect("gradient"));
-            assert!(layer_view(&gb).iter().any(|&v| v != 0.0), "{what}: zero gradient");
-            assert_close(&format!("{what} gradients"), layer_view(&ga), layer_view(&gb), 1e-5);
+            assert_same_capture(&what, a, b);
         }
     }
     let resnet = OnnxModel::load(&dir.join("resnet18.dynamo.onnx")).expect("load");
@@ -86,16 +86,7 @@ fn chained_sessions_change_no_number() {
         let what = format!("vit_tiny.{exporter} blocks.0");
         let a = chained.capture(input.view(), "blocks.0", Some(&target)).expect("chained capture");
         let b = whole.capture(input.view(), "blocks.0", Some(&target)).expect("capture");
-        assert_close(&format!("{what} logits"), a.logits.view(), b.logits.view(), 1e-5);
-        assert_close(
-            &format!("{what} activations"),
-            layer_view(&a.activation),
-            layer_view(&b.activation),
-            1e-5,
-        );
-        let (ga, gb) = (a.gradient.expect("gradient"), b.gradient.expect("gradient"));
-        assert!(layer_view(&gb).iter().any(|&v| v != 0.0), "{what}: zero gradient");
-        assert_close(&format!("{what} gradients"), layer_view(&ga), layer_view(&gb), 1e-5);
+        assert_same_capture(&what, a, b);
         let fa = chained.full_gradients(input.view(), &target).expect("chained fullgrad");
         let fb = whole.full_gradients(input.view(), &target).expect("fullgrad");
         assert_close(
