@@ -140,7 +140,7 @@ pub struct CamArgs {
     pub layers: Vec<String>,
     /// CAM method(s): gradcam, gradcam++, xgradcam, hirescam, layercam, gradcam-elementwise,
     /// eigencam, eigengradcam, scorecam, ablationcam, fem, kpcacam, finercam, randomcam, fullgrad
-    /// (every bias layer, not --layer; candle and tch so far), and the pixel-space guided-backprop
+    /// (every bias layer, not --layer), and the pixel-space guided-backprop
     /// and guided-gradcam (one NAME.[LAYER.]METHOD.pixels.png each,
     /// pytorch-grad-cam's deprocess_image; `--npy-out` holds their (N, 3, H, W) maps); repeat
     /// or comma-separate for several. `auto`: the candidates `gradcam evaluate` ranks best by
