@@ -117,9 +117,8 @@ impl Chain {
             part.node = nodes.to_vec();
             used_inits.sort_unstable();
             part.initializer = used_inits.into_iter().map(|t| g.initializer[t].clone()).collect();
-            let mut sliced = graph.clone();
-            sliced.model_mut().graph = Some(part).into();
-            let session = commit(&sliced)?;
+            // Not `graph.clone()`: that would copy every weight of the model once per link.
+            let session = commit(&graph.with_graph(part))?;
             for outlet in session.outputs() {
                 known.insert(outlet.name().to_string(), typed(outlet.name(), outlet.dtype()));
             }

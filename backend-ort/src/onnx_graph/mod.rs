@@ -150,6 +150,18 @@ impl OnnxGraph {
         OnnxGraph { model, dir: None }
     }
 
+    /// A model with this one's header (IR version, opsets, external-data directory) around
+    /// `graph`, without copying this model's graph.
+    pub(crate) fn with_graph(&self, graph: onnx_protobuf::GraphProto) -> OnnxGraph {
+        let mut model = ModelProto::new();
+        model.ir_version = self.model.ir_version;
+        model.opset_import = self.model.opset_import.clone();
+        model.producer_name = self.model.producer_name.clone();
+        model.functions = self.model.functions.clone();
+        model.graph = Some(graph).into();
+        OnnxGraph { model, dir: self.dir.clone() }
+    }
+
     /// The model.
     pub fn model(&self) -> &ModelProto {
         &self.model
