@@ -3,6 +3,9 @@
 
   python tools/test_exported.py --gradcam target/debug/gradcam [--fixtures DIR] [--out DIR]
 
+Without --out, each explainer goes to a temporary folder and is deleted once checked (CI's disk is small;
+together they take 158 MB); with --out DIR they are kept there for inspection.
+
 Proof that an exported explainer needs no code of gradcam-rs: for ResNet-18 (`layer4`), ViT-Tiny
 (`blocks.11.norm1`) and Lite0 (`blocks.6`), each from both torch exporters (the model fixtures of
 tools/make_model_fixtures.py), the given `gradcam` binary exports one explainer with the six exportable
@@ -14,10 +17,13 @@ on an image whose gradient depends on a unit within float noise of a ReLU/ReLU6 
 the Rust tests. Exits non-zero on any failure.
 """
 import argparse
+import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -122,12 +128,16 @@ def main():
     parser.add_argument("--gradcam", required=True, help="the gradcam binary (built with --features ort)")
     parser.add_argument("--fixtures", default=os.environ.get("GRADCAM_FIXTURES") or os.path.join(ROOT, "target",
                                                                                                  "fixtures"))
-    parser.add_argument("--out", default=os.path.join(ROOT, "target", "exported"), help="where explainers go")
+    parser.add_argument("--out", help="keep the explainers in this folder (default: deleted once checked)")
     parser.add_argument("--only", help="comma-separated model keys (resnet18, vit_tiny, lite0)")
     parser.add_argument("--verbose", action="store_true", help="print every comparison")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("GRADCAM_FIXTURES_THREADS", "2")))
-    os.makedirs(args.out, exist_ok=True)
+    keep = args.out is not None
+    if keep:
+        os.makedirs(args.out, exist_ok=True)
+    else:
+        args.out = tempfile.mkdtemp(prefix="gradcam-exported-")
     with open(os.path.join(args.fixtures, "manifest.json")) as f:
         manifest = json.load(f)
     failures, count = [], 0
@@ -136,11 +146,18 @@ def main():
             continue
         for exporter in EXPORTERS:
             t0 = time.time()
-            found = check_case(args, manifest, key, exporter, layer)
+            try:
+                found = check_case(args, manifest, key, exporter, layer)
+            finally:
+                if not keep:  # the explainer and its external data, if any
+                    for f in glob.glob(os.path.join(args.out, f"{key}.{exporter}.explainer.onnx*")):
+                        os.remove(f)
             count += 1
             status = "ok" if not found else f"{len(found)} FAILED"
             print(f"test_exported: {key}.{exporter} {layer}: {status} ({time.time() - t0:.1f}s)", flush=True)
             failures.extend(found)
+    if not keep:
+        shutil.rmtree(args.out, ignore_errors=True)
     for f in failures:
         print(f"FAIL {f}", file=sys.stderr)
     print(f"{count - len({f.split()[0] for f in failures})} passed, {len({f.split()[0] for f in failures})} failed")
