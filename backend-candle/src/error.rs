@@ -73,8 +73,8 @@ pub enum CandleError {
     /// position embedding).
     #[error("{0}")]
     Input(String),
-    /// The model's forward did not produce `(batch, outputs)`: class logits or features.
-    #[error("the model returned an output of shape {0:?}; expected (batch, outputs)")]
+    /// The model's forward did not produce `(batch, ...)`: class logits, features or a map.
+    #[error("the model returned an output of shape {0:?}; expected (batch, outputs...)")]
     Logits(Vec<usize>),
     /// An error raised by candle.
     #[error(transparent)]

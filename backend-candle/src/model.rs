@@ -56,8 +56,8 @@ use crate::{CandleError, Taps};
 /// # Ok::<(), candle_core::Error>(())
 /// ```
 pub trait CandleCamNet: Send + Sync {
-    /// Images `(B, 3, H, W)` to outputs `(B, K)` (class logits, one logit, or features), every
-    /// named module output passed through `taps`.
+    /// Images `(B, 3, H, W)` to outputs `(B, ...)`: class logits, one logit or features `(B, K)`,
+    /// a segmentation's `(B, C, H, W)`; every named module output passed through `taps`.
     fn forward(&self, x: &Tensor, taps: &mut Taps) -> candle_core::Result<Tensor>;
 
     /// The input size `(H, W)` used to list layers and their shapes. 224x224 unless overridden.
@@ -286,19 +286,18 @@ impl CandleModel {
     }
 
     /// The whole forward from `input` made a leaf, through `taps`, and the backward of core's
-    /// seed: the leaf, the logits and every gradient.
+    /// seed: the leaf, the outputs (one row per image), their per-image shape and every gradient.
     fn backward_from_input(
         &mut self,
         input: ArrayView4<f32>,
         taps: &mut Taps,
         seed: &dyn Seed,
-    ) -> Result<(Var, Array2<f32>, GradStore), CamError> {
+    ) -> Result<(Var, Array2<f32>, Vec<usize>, GradStore), CamError> {
         let x = Var::from_tensor(&to_tensor(input)?).map_err(CandleError::from)?;
         let logits_t = self.net.forward(x.as_tensor(), taps).map_err(CandleError::from)?;
-        let logits = to_logits(&logits_t)?;
-        // One row per image: class logits, one logit or features (the zoo's outputs are 1-D).
-        let grads = backward(&logits_t, &logits, &[logits.ncols()], seed)?;
-        Ok((x, logits, grads))
+        let (logits, output_shape) = to_logits(&logits_t)?;
+        let grads = backward(&logits_t, &logits, &output_shape, seed)?;
+        Ok((x, logits, output_shape, grads))
     }
 }
 
@@ -311,7 +310,8 @@ fn backward(
     seed: &dyn Seed,
 ) -> Result<GradStore, CamError> {
     let seed = seed.seed(logits.view(), output_shape)?;
-    let seed = Tensor::from_slice(seed.as_slice().unwrap_or_default(), seed.dim(), &Device::Cpu)
+    // Core's seed has one row per image; the output tensor keeps its own shape.
+    let seed = Tensor::from_slice(seed.as_slice().unwrap_or_default(), logits_t.dims(), &Device::Cpu)
         .map_err(CandleError::from)?;
     let grads = logits_t.mul(&seed).and_then(|t| t.sum_all()).and_then(|t| t.backward());
     Ok(grads.map_err(CandleError::from)?)
@@ -356,11 +356,17 @@ fn to_layer(t: &Tensor) -> Result<LayerTensor, CamError> {
     LayerTensor::from_shape_vec(t.dims(), data)
 }
 
-fn to_logits(t: &Tensor) -> Result<Array2<f32>, CandleError> {
+/// A `(B, ...)` output as one row per image, and the per-image shape (`[K]` for logits,
+/// `[C, H, W]` for a segmentation), as core's targets read it.
+fn to_logits(t: &Tensor) -> Result<(Array2<f32>, Vec<usize>), CandleError> {
     let dims = t.dims().to_vec();
-    let [b, k] = dims[..] else { return Err(CandleError::Logits(dims)) };
+    let Some((&b, shape)) = dims.split_first().filter(|(_, rest)| !rest.is_empty()) else {
+        return Err(CandleError::Logits(dims));
+    };
     let data = t.flatten_all()?.to_vec1::<f32>()?;
-    Array2::from_shape_vec((b, k), data).map_err(|_| CandleError::Logits(dims))
+    let rows = Array2::from_shape_vec((b, shape.iter().product()), data)
+        .map_err(|_| CandleError::Logits(dims.clone()))?;
+    Ok((rows, shape.to_vec()))
 }
 
 impl CamModel for CandleModel {
@@ -391,9 +397,7 @@ impl CamModel for CandleModel {
         let Some(leaf) = taps.leaf().cloned() else {
             return Err(self.unknown_layer(layer));
         };
-        let logits = to_logits(&logits_t)?;
-        // One row per image: class logits, one logit or features (the zoo's outputs are 1-D).
-        let output_shape = vec![logits.ncols()];
+        let (logits, output_shape) = to_logits(&logits_t)?;
         let activation = to_layer(leaf.as_tensor())?;
         let gradient = match seed {
             None => None,
@@ -415,9 +419,9 @@ impl CamModel for CandleModel {
             ReluBackward::Plain => Taps::default(),
             ReluBackward::Guided => Taps::guided(),
         };
-        let (x, logits, grads) = self.backward_from_input(input, &mut taps, seed)?;
+        let (x, logits, output_shape, grads) = self.backward_from_input(input, &mut taps, seed)?;
         let gradient = to_array4(&grad_of(&grads, &x)?)?;
-        Ok(InputGradient { output_shape: vec![logits.ncols()], logits, gradient })
+        Ok(InputGradient { output_shape, logits, gradient })
     }
 
     /// The input's gradient and every `nn.BatchNorm2d` / biased `nn.Conv2d` output's (the zoo
@@ -425,8 +429,7 @@ impl CamModel for CandleModel {
     /// as pytorch-grad-cam's exact type test sees it), from one backward pass.
     fn full_gradients(&mut self, input: ArrayView4<f32>, seed: &dyn Seed) -> Result<FullGradients, CamError> {
         let mut taps = Taps::full_grad();
-        let (x, logits, grads) = self.backward_from_input(input, &mut taps, seed)?;
-        let output_shape = vec![logits.ncols()];
+        let (x, logits, output_shape, grads) = self.backward_from_input(input, &mut taps, seed)?;
         let input_gradient = to_array4(&grad_of(&grads, &x)?)?;
         let biases = taps
             .biases()
@@ -442,7 +445,7 @@ impl CamModel for CandleModel {
     fn forward(&mut self, input: ArrayView4<f32>) -> Result<Array2<f32>, CamError> {
         let x = to_tensor(input)?;
         let logits = self.forward_tensor(&x).map_err(CandleError::from)?;
-        Ok(to_logits(&logits)?)
+        Ok(to_logits(&logits)?.0)
     }
 
     fn forward_with_activation(
@@ -454,6 +457,6 @@ impl CamModel for CandleModel {
         let x = to_tensor(input)?;
         let activation = view_to_tensor(activation)?;
         let logits = self.run_replaced(&x, layer, activation)?;
-        Ok(to_logits(&logits)?)
+        Ok(to_logits(&logits)?.0)
     }
 }

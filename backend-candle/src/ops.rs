@@ -236,8 +236,8 @@ fn pad_1d(size: usize, k: usize, stride: usize, padding: Padding) -> Result<(usi
     Ok((before, after, (size + before + after - k) / stride + 1))
 }
 
-/// A 2-D convolution (PyTorch `Conv2d`, dilation 1): dense, or depthwise when `groups` equals
-/// the channel count.
+/// A 2-D convolution (PyTorch `Conv2d`): dense, or depthwise when `groups` equals the channel
+/// count; dense ones may be dilated.
 #[derive(Clone, Debug)]
 pub(crate) struct Conv2d {
     weight: Tensor,
@@ -245,6 +245,7 @@ pub(crate) struct Conv2d {
     stride: usize,
     padding: Padding,
     depthwise: Option<Arc<Vec<f32>>>,
+    dilation: usize,
 }
 
 impl Conv2d {
@@ -258,7 +259,13 @@ impl Conv2d {
     ) -> Result<Self> {
         let depthwise =
             if depthwise { Some(Arc::new(weight.flatten_all()?.to_vec1::<f32>()?)) } else { None };
-        Ok(Conv2d { weight, bias, stride, padding, depthwise })
+        Ok(Conv2d { weight, bias, stride, padding, depthwise, dilation: 1 })
+    }
+
+    /// The same convolution with its taps `dilation` apart (dense only; padding as given).
+    pub(crate) fn dilated(mut self, dilation: usize) -> Self {
+        self.dilation = dilation;
+        self
     }
 
     /// The bias per output channel, when the convolution has one.
@@ -269,8 +276,10 @@ impl Conv2d {
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
         let (_, _, kh, kw) = self.weight.dims4()?;
-        let (top, bottom, _) = pad_1d(h, kh, self.stride, self.padding)?;
-        let (left, right, _) = pad_1d(w, kw, self.stride, self.padding)?;
+        // The window a dilated kernel spans.
+        let span = |k: usize| self.dilation * (k - 1) + 1;
+        let (top, bottom, _) = pad_1d(h, span(kh), self.stride, self.padding)?;
+        let (left, right, _) = pad_1d(w, span(kw), self.stride, self.padding)?;
         let y = match &self.depthwise {
             Some(weights) => {
                 let op = DepthwiseConv {
@@ -295,19 +304,20 @@ impl Conv2d {
     }
 
     fn dense(&self, x: &Tensor, pad: usize) -> Result<Tensor> {
+        let dilation = self.dilation;
         if !x.track_op() {
-            return x.conv2d(&self.weight, pad, self.stride, 1, 1);
+            return x.conv2d(&self.weight, pad, self.stride, dilation, 1);
         }
-        let y = x.detach().conv2d(&self.weight, pad, self.stride, 1, 1)?;
+        let y = x.detach().conv2d(&self.weight, pad, self.stride, dilation, 1)?;
         let (weight, stride) = (self.weight.clone(), self.stride);
         let (_, _, ih, iw) = x.dims4()?;
         let (_, _, kh, _) = weight.dims4()?;
         attach(x, y, move |g| {
             // conv_transpose2d takes one output padding for both axes: use the larger and crop.
             let (_, _, gh, gw) = g.dims4()?;
-            let base = |gs: usize| ((gs - 1) * stride + kh).saturating_sub(2 * pad);
+            let base = |gs: usize| ((gs - 1) * stride + dilation * (kh - 1) + 1).saturating_sub(2 * pad);
             let extra = ih.saturating_sub(base(gh)).max(iw.saturating_sub(base(gw)));
-            let gx = g.contiguous()?.conv_transpose2d(&weight, pad, extra, stride, 1)?;
+            let gx = g.contiguous()?.conv_transpose2d(&weight, pad, extra, stride, dilation)?;
             gx.narrow(2, 0, ih)?.narrow(3, 0, iw)
         })
     }
@@ -510,6 +520,33 @@ pub(crate) fn softmax(x: &Tensor) -> Result<Tensor> {
     e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
 }
 
+/// PyTorch `F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)` on `(B, C, H, W)`,
+/// as two matrix products (`R_h · X · R_wᵀ`), which candle differentiates (its own bilinear
+/// upsampling has no backward).
+pub(crate) fn resize_bilinear(x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
+    let (b, c, ih, iw) = x.dims4()?;
+    let rh = Tensor::from_vec(bilinear_weights(ih, h), (h, ih), x.device())?;
+    let rw = Tensor::from_vec(bilinear_weights(iw, w), (w, iw), x.device())?.t()?;
+    let y = rh.broadcast_matmul(&x.reshape((b * c, ih, iw))?)?.broadcast_matmul(&rw)?;
+    y.reshape((b, c, h, w))
+}
+
+/// The `(output, input)` interpolation matrix of one axis: PyTorch's half-pixel source index
+/// `(o + 0.5) · input / output − 0.5`, clamped at 0, between its two neighbours.
+fn bilinear_weights(input: usize, output: usize) -> Vec<f32> {
+    let mut m = vec![0f32; output * input];
+    let scale = input as f64 / output as f64;
+    for o in 0..output {
+        let src = ((o as f64 + 0.5) * scale - 0.5).max(0.0);
+        let i0 = (src.floor() as usize).min(input - 1);
+        let i1 = (i0 + 1).min(input - 1);
+        let t = (src - i0 as f64) as f32;
+        m[o * input + i0] += 1.0 - t;
+        m[o * input + i1] += t;
+    }
+    m
+}
+
 #[cfg(test)]
 mod tests {
     use candle_core::{Device, Var};
@@ -571,6 +608,53 @@ mod tests {
             let d = max_diff(&grad_of(&x, &r, |x| conv.forward(x)), &affine_grad(&x, &r, reference));
             assert!(d < 1e-4, "k {k} stride {stride}: {d}");
         }
+    }
+
+    /// A dilated dense convolution (torchvision's dilated ResNet stages: padding = dilation), on
+    /// a non-square input, strided and not: forward against candle's, backward against unit steps.
+    #[test]
+    fn dilated_conv_matches_candle_forward_and_backward() {
+        for (dilation, stride, h, w) in [(2, 1, 9, 7), (4, 1, 12, 10), (2, 2, 11, 8)] {
+            let x = rand(&[2, 3, h, w], 11);
+            let weight = rand(&[4, 3, 3, 3], 12);
+            let conv = Conv2d::new(weight.clone(), None, stride, Padding::Symmetric(dilation), false)
+                .unwrap()
+                .dilated(dilation);
+            let reference = |x: &Tensor| x.conv2d(&weight, dilation, stride, dilation, 1);
+            let (ours, theirs) = (conv.forward(&x).unwrap(), reference(&x).unwrap());
+            assert!(max_diff(&ours, &theirs) < 1e-5, "dilation {dilation} stride {stride}");
+            let r = rand(theirs.dims(), 13);
+            let d = max_diff(&grad_of(&x, &r, |x| conv.forward(x)), &affine_grad(&x, &r, reference));
+            assert!(d < 1e-4, "dilation {dilation} stride {stride}: {d}");
+        }
+    }
+
+    /// `F.interpolate(x, size, mode="bilinear", align_corners=False)`: PyTorch 2.11's values for
+    /// a 2x3 ramp upsampled to 4x5 and a 3x4 input downsampled to 2x3 (half-pixel centres, the
+    /// source index clamped at 0), and a backward equal to unit steps.
+    #[test]
+    fn bilinear_resize_matches_pytorch() {
+        let x = Tensor::from_vec((0..6).map(|v| v as f32).collect::<Vec<_>>(), (1, 1, 2, 3), &Device::Cpu)
+            .unwrap();
+        let up = resize_bilinear(&x, 4, 5).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let want = [
+            0.0, 0.4, 1.0, 1.6, 2.0, 0.75, 1.15, 1.75, 2.35, 2.75, 2.25, 2.65, 3.25, 3.85, 4.25, 3.0, 3.4,
+            4.0, 4.6, 5.0,
+        ];
+        for (g, w) in up.iter().zip(want) {
+            assert!((g - w).abs() < 1e-6, "{up:?}");
+        }
+        let x = Tensor::from_vec((0..12).map(|v| v as f32).collect::<Vec<_>>(), (1, 1, 3, 4), &Device::Cpu)
+            .unwrap();
+        let down = resize_bilinear(&x, 2, 3).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let want = [1.1666666, 2.5, 3.8333335, 7.1666665, 8.5, 9.833333];
+        for (g, w) in down.iter().zip(want) {
+            assert!((g - w).abs() < 1e-5, "{down:?}");
+        }
+        let x = rand(&[2, 3, 5, 7], 14);
+        let r = rand(&[2, 3, 9, 4], 15);
+        let f = |x: &Tensor| resize_bilinear(x, 9, 4);
+        assert!(max_diff(&grad_of(&x, &r, f), &affine_grad(&x, &r, f)) < 1e-5);
     }
 
     #[test]
