@@ -12,10 +12,16 @@ with the manifest naming their timm `arch`):
   vit_binary       timm vit_tiny_patch16_224, one logit     BinaryClassifierOutputTarget
   fcn              timm resnet18 trunk + 1x1 conv to 5 classes, bilinear upsampling to the input's size
                    (a torchvision-FCN-like (B, 5, H, W) output)     SemanticSegmentationTarget
+  fcn_resnet50     torchvision's FCN class as fcn_resnet50 builds it (dilated ResNet-50 trunk, FCNHead, 5 classes),
+                   bottlenecks 4x narrower (width_per_group=16), BatchNorm statistics of the two images;
+                   only its state dict (candle's zoo `fcn_resnet50`; tch and ort take any segmenter, `fcn`)
+                                                                    SemanticSegmentationTarget
   resnet18_embed   timm resnet18 without its head, (B, 512)  SimilarityToConceptTarget
   vit_embed        timm vit_tiny without its head, (B, 192)  SimilarityToConceptTarget
 For each model and target case it writes <model>/<case>/cam_<method>.npy (grad-cam 1.5.7's final maps (B, H, W))
-and raw_<method>.npy (its get_cam_image output at the layer, (B, h, w)), plus the inputs (input_cnn.npy: chelsea
+and raw_<method>.npy (its get_cam_image output at the layer, (B, h, w)), the case's `ties` per image (its
+gradient depends on a ReLU within float noise of its kink, or its argmax region has a pixel within float noise
+of another class: the tests compare those images' maps at tests::TIE_TOL), plus the inputs (input_cnn.npy: chelsea
 and coffee at 96x128, non-square; input_vit.npy: at 224x224), mask.png / mask.npy (the segmentation mask at the
 output's size), concept_<model>.npy, and manifest.json (written last), which also holds, for the first case
 of the models in GRADIENT_FREE_MODELS, pytorch-grad-cam's six metrics of its Grad-CAM maps (ROAD noise 0;
@@ -30,6 +36,7 @@ import numpy as np
 import timm
 import torch
 import torch.nn.functional as F
+import torchvision
 from PIL import Image
 from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget, SemanticSegmentationTarget
 
@@ -37,7 +44,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import ASSETS, preprocess  # noqa: E402
 from gradcam_ref import _base, _make, token_reshape  # noqa: E402
 from make_metric_fixtures import METRICS, run_metric  # noqa: E402
+from make_breadth_fixtures import calibrate_batchnorm  # noqa: E402
 from make_model_fixtures import save_file, state_dict_f32  # noqa: E402
+from ties import TIE_EPS, tie_mask  # noqa: E402
 
 # Every method whose map depends on the target (FinerCAM compares classes: classifiers only; EigenCAM, FEM,
 # KPCA-CAM and RandomCAM read no target). ScoreCAM and AblationCAM (a forward pass per channel) only for the first
@@ -81,17 +90,43 @@ class FCN(torch.nn.Module):
         return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
+class TorchvisionFCN(torchvision.models.segmentation.FCN):
+    """torchvision's FCN, its "out" map returned as a tensor (as grad-cam's segmentation tutorial wraps it)."""
+
+    def forward(self, x):
+        return super().forward(x)["out"]
+
+
+def torchvision_fcn():
+    from torchvision.models._utils import IntermediateLayerGetter
+    from torchvision.models.resnet import Bottleneck, ResNet
+    from torchvision.models.segmentation.fcn import FCNHead
+
+    trunk = ResNet(Bottleneck, [3, 4, 6, 3], width_per_group=16, replace_stride_with_dilation=[False, True, True])
+    return TorchvisionFCN(IntermediateLayerGetter(trunk, {"layer4": "out"}), FCNHead(2048, SEG_CLASSES))
+
+
+# Models given only as a state dict, for candle's zoo.
+STATE_DICT_ONLY = {"fcn_resnet50"}
+
+
 def timm_arch(key):
-    """The timm architecture of a plain timm model (a state dict candle's zoo can read); None for the FCN."""
+    """The architecture name candle's zoo reads the model's state dict as; None for the FCN, which it has not."""
     if key == "fcn":
         return None
+    if key in STATE_DICT_ONLY:
+        return key
     return "resnet18" if key.startswith("resnet18") else "vit_tiny_patch16_224"
 
 
-def build(key):
+def build(key, x):
     torch.manual_seed(0)
     if key == "fcn":
         return FCN().eval()
+    if key == "fcn_resnet50":
+        model = torchvision_fcn()
+        calibrate_batchnorm(model, x)
+        return model.eval()
     return timm.create_model(timm_arch(key), pretrained=False, num_classes=1 if key.endswith("binary") else 0).eval()
 
 
@@ -103,6 +138,8 @@ def export(key, model, x, out, cnn):
         files["safetensors"] = f"{key}.safetensors"
         save_file(state_dict_f32(model), os.path.join(out, files["safetensors"]),
                   metadata={"format": "pt", "arch": arch})
+    if key in STATE_DICT_ONLY:
+        return {"safetensors": files["safetensors"]}
     with torch.no_grad():
         expected = model(x).numpy()
         traced = torch.jit.trace(model, x[:1], check_trace=False)
@@ -172,24 +209,28 @@ def main(out):
         "resnet18_binary": ("cnn", "layer4"),
         "vit_binary": ("vit", "blocks.11.norm1"),
         "fcn": ("cnn", "backbone.layer4"),
+        "fcn_resnet50": ("cnn", "backbone.layer4"),
         "resnet18_embed": ("cnn", "layer4"),
         "vit_embed": ("vit", "blocks.11.norm1"),
     }
     for key, (kind, layer) in specs.items():
         t0 = time.time()
-        model = build(key)
         x = inputs[kind]
+        model = build(key, x)
         vit = kind == "vit"
         files = export(key, model, x, out, cnn=not vit)
         print(f"  {key} exports: {time.time() - t0:.1f}s", flush=True)
         with torch.no_grad():
             output = model(x).numpy()
+        # Images whose gradient at the layer depends on a ReLU unit within float noise of its kink
+        # (tools/ties.py): another correct implementation may flip it.
+        kink_ties = tie_mask(model, x, model.get_submodule(layer))[0].reshape(len(x), -1).any(axis=1)
         cases = {}
         if key.endswith("binary"):
             predicted = [int(v > 0) for v in output[:, 0]]
             cases["predicted"] = {"target": "binary", "classes": predicted}
             cases["opposite"] = {"target": "binary", "classes": [1 - c for c in predicted]}
-        elif key == "fcn":
+        elif key.startswith("fcn"):
             cases["mask"] = {"target": "segmentation", "classes": [1, 1], "mask": "mask.npy"}
             # The class that wins most pixels of the first image, explained where it wins.
             winner = int(np.bincount(output[0].argmax(axis=0).ravel(), minlength=SEG_CLASSES).argmax())
@@ -214,6 +255,16 @@ def main(out):
             else:
                 targets = [SimilarityToConceptTarget(torch.from_numpy(concept)) for _ in IMAGES]
             spec["scores"] = [float(t(torch.from_numpy(o))) for t, o in zip(targets, output)]
+            spec["ties"] = [bool(v) for v in kink_ties]
+            if spec["target"] == "segmentation" and "mask" not in spec:
+                # The argmax region's edge: a pixel where the class and the best other one are within
+                # float noise may fall on either side in another implementation (upsampled class maps
+                # cross smoothly, so some pixel usually does).
+                for b, o in enumerate(output):
+                    c = spec["classes"][b]
+                    others = np.delete(o, c, axis=0).max(axis=0)
+                    near = np.abs(o[c] - others) <= TIE_EPS * np.abs(o).max()
+                    spec["ties"][b] |= bool(near.any())
             folder = os.path.join(out, key, case)
             os.makedirs(folder, exist_ok=True)
             for method in spec["methods"]:

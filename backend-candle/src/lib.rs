@@ -9,7 +9,8 @@
 //!   [`ARCHITECTURES`]: ResNet (basic/bottleneck, plain/deep/tiered stems, ResNet-D
 //!   downsample), EfficientNet-Lite (TF "SAME" and PyTorch padding), ViT and DeiT (distilled);
 //!   classifiers of any class count, one-logit models, and headless (`num_classes=0`) embedding
-//!   models, whose output is timm's pooled features.
+//!   models, whose output is timm's pooled features; and torchvision's FCN segmenters
+//!   (`fcn_resnet50`, `fcn_resnet101`), whose output is `(B, classes, H, W)`.
 //! - [`CandleModel::from_net`] wraps your own network: implement [`CandleCamNet`], passing each
 //!   named module output through [`Taps`].
 //!

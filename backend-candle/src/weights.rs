@@ -28,6 +28,11 @@ impl Weights {
         Ok(Weights { tensors, arch: arch.to_string(), used: RefCell::default() })
     }
 
+    /// The architecture the checkpoint is read as.
+    pub(crate) fn arch(&self) -> &str {
+        &self.arch
+    }
+
     pub(crate) fn has(&self, name: &str) -> bool {
         self.tensors.contains_key(name)
     }

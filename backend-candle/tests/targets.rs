@@ -1,6 +1,7 @@
 //! candle on models that are not classifiers against pytorch-grad-cam 1.5.7's targets for them
-//! ([`tests::targets`]): the zoo reads the target fixtures' timm state dicts (one logit, and
-//! headless `num_classes=0` embeddings); plus what a headless checkpoint is and is not.
+//! ([`tests::targets`]): the zoo reads the target fixtures' state dicts (timm: one logit, and
+//! headless `num_classes=0` embeddings; torchvision's FCN segmenter); plus what a headless
+//! checkpoint is and is not.
 #![cfg(feature = "candle")]
 
 use std::collections::HashMap;
@@ -32,6 +33,20 @@ fn check(key: &str) {
 }
 
 tests::target_tests!(check);
+
+/// torchvision's FCN segmenter (`fcn_resnet50`: a dilated ResNet-50 trunk, `FCNHead`, bilinear
+/// upsampling to the input) from its state dict, `backbone.layer4` explained for a mask and for
+/// the argmax region, every gradient method.
+#[test]
+fn segmentation_torchvision_fcn() {
+    let reference = target_model("fcn_resnet50");
+    let arch = reference.arch.clone().expect("fcn_resnet50 names its arch");
+    let path = reference.file("safetensors");
+    let mut model =
+        CandleModel::from_safetensors(&path, &arch).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(model.default_layer().unwrap(), "backbone.layer4");
+    check_targets("candle safetensors", &mut model, &reference, false);
+}
 
 fn tensors(key: &str) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(target_model(key).file("safetensors"), &Device::Cpu).unwrap()

@@ -2,6 +2,7 @@
 
 mod efficientnet;
 mod resnet;
+mod segmentation;
 mod vit;
 
 use std::path::Path;
@@ -12,9 +13,26 @@ use crate::{CandleCamNet, CandleError};
 /// What one architecture name builds.
 #[derive(Clone, Copy, Debug)]
 enum Spec {
-    ResNet { bottleneck: bool, layers: [usize; 4], deep_stem: bool, avg_down: bool },
-    EfficientNetLite { tf: bool, repeats: [usize; 7], input: usize },
-    Vit { dim: usize, heads: usize, distilled: bool },
+    ResNet {
+        bottleneck: bool,
+        layers: [usize; 4],
+        deep_stem: bool,
+        avg_down: bool,
+    },
+    EfficientNetLite {
+        tf: bool,
+        repeats: [usize; 7],
+        input: usize,
+    },
+    Vit {
+        dim: usize,
+        heads: usize,
+        distilled: bool,
+    },
+    /// torchvision's FCN segmenter on a dilated ResNet with these blocks per stage.
+    Fcn {
+        layers: [usize; 4],
+    },
 }
 
 const fn resnet(bottleneck: bool, layers: [usize; 4], deep_stem: bool, avg_down: bool) -> Spec {
@@ -29,7 +47,8 @@ const LITE3: [usize; 7] = [1, 3, 3, 5, 5, 6, 1];
 const LITE4: [usize; 7] = [1, 4, 4, 6, 6, 8, 1];
 
 /// Every architecture with its timm constructor arguments (timm 1.0 `resnet.py`,
-/// `efficientnet.py`, `vision_transformer.py`, `deit.py`). Stem widths, channel multipliers and
+/// `efficientnet.py`, `vision_transformer.py`, `deit.py`), then torchvision's FCN segmenters
+/// (`torchvision.models.segmentation`, state-dict names). Stem widths, channel multipliers and
 /// class counts are read from the checkpoint.
 const SPECS: &[(&str, Spec)] = &[
     ("resnet10t", resnet(BASIC, [1, 1, 1, 1], true, true)),
@@ -75,9 +94,12 @@ const SPECS: &[(&str, Spec)] = &[
     ("deit_tiny_distilled_patch16_224", Spec::Vit { dim: 192, heads: 3, distilled: true }),
     ("deit_small_distilled_patch16_224", Spec::Vit { dim: 384, heads: 6, distilled: true }),
     ("deit_base_distilled_patch16_224", Spec::Vit { dim: 768, heads: 12, distilled: true }),
+    ("fcn_resnet50", Spec::Fcn { layers: [3, 4, 6, 3] }),
+    ("fcn_resnet101", Spec::Fcn { layers: [3, 4, 23, 3] }),
 ];
 
-/// Every timm architecture [`crate::CandleModel::from_safetensors`] can build.
+/// Every architecture [`crate::CandleModel::from_safetensors`] can build: timm's classifiers
+/// and embeddings, torchvision's FCN segmenters.
 pub const ARCHITECTURES: &[&str] = &[
     "resnet10t",
     "resnet14t",
@@ -122,6 +144,8 @@ pub const ARCHITECTURES: &[&str] = &[
     "deit_tiny_distilled_patch16_224",
     "deit_small_distilled_patch16_224",
     "deit_base_distilled_patch16_224",
+    "fcn_resnet50",
+    "fcn_resnet101",
 ];
 
 fn spec(arch: &str) -> Result<Spec, CandleError> {
@@ -144,6 +168,7 @@ pub(crate) fn build(path: &Path, arch: &str) -> Result<Box<dyn CandleCamNet>, Ca
             Box::new(efficientnet::EfficientNet::load(&w, tf, repeats, input)?)
         }
         Spec::Vit { dim, heads, distilled } => Box::new(vit::Vit::load(&w, dim, heads, distilled)?),
+        Spec::Fcn { layers } => Box::new(segmentation::Fcn::load(&w, layers)?),
     };
     w.finish()?;
     Ok(net)

@@ -179,7 +179,7 @@ impl ResNet {
 
 /// An `nn.BatchNorm2d` named `name` on `x`: its output marked as FullGrad's bias layer
 /// ([`Taps::biased`]) and tapped.
-fn batch_norm(taps: &mut Taps, name: &str, bn: &BatchNorm, x: &Tensor) -> Result<Tensor> {
+pub(super) fn batch_norm(taps: &mut Taps, name: &str, bn: &BatchNorm, x: &Tensor) -> Result<Tensor> {
     let y = bn.forward(x, Act::None)?;
     let y = taps.biased(name, y, bn.bias())?;
     taps.tap(name, y)
