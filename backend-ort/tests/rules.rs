@@ -1175,6 +1175,22 @@ fn example(op: &str, r: &mut Rng) -> Option<(Case, f32)> {
             case.nodes[0].input[1] = format!("i{}", case.args.len() - 1);
             case
         }
+        "GatherND" => {
+            // batch_dims 0: (3, 2) indices into (2, 3, 4), one repeated, one negative; 1: (2, 2, 1)
+            // indices per batch row.
+            let (idx, shape, batch) = if flip(r) {
+                (vec![0, 1, 0, 1, 1, -1], vec![3, 2], 0)
+            } else {
+                (vec![2, -1, 0, 2], vec![2, 2, 1], 1)
+            };
+            let mut case =
+                one(op, vec![x(r, &[2, 3, 4]), Arg::I(idx, false)], vec![ai("batch_dims", batch)], 17);
+            case.nodes.insert(0, node("Reshape", &["i1", "shape"], &["idx"], vec![]));
+            case.nodes[1].input[1] = "idx".into();
+            case.args.push(Arg::I(shape, false));
+            case.nodes[0].input[1] = format!("i{}", case.args.len() - 1);
+            case
+        }
         "TopK" => {
             let args = vec![Arg::X(vec![2, 5], r.distinct(10)), Arg::I(vec![3], false)];
             let mut case = one(op, args, vec![ai("axis", -1), ai("largest", flip(r) as i64)], 17);

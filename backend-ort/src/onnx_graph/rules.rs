@@ -470,6 +470,7 @@ pub const RULES: &[OpRule] = &[
         let attrs = vec![attr_i("axis", axis as i64), attr_s("reduction", "add")];
         Ok(vec![Some(c.b.op("ScatterElements", &[&zeros, c.x(1), &c.gy(g)?], attrs)), None])
     }),
+    OpRule::new("GatherND", Tokens::No, |c, g| gather_nd(c, &c.gy(g)?)),
     OpRule::new("CumSum", Tokens::No, |c, g| {
         // The gradient of a running sum is the running sum the other way.
         let reverse = 1 - get_i(c.node, "reverse", 0).clamp(0, 1);
@@ -1304,6 +1305,49 @@ fn gather(c: &mut Ctx, gy: &str) -> Grads {
     let zeros = c.b.zeros_like(c.x(0), c.dtype);
     let attrs = vec![attr_i("axis", axis as i64), attr_s("reduction", "add")];
     Ok(vec![Some(c.b.op("ScatterElements", &[&zeros, &idx, &g], attrs)), None])
+}
+
+/// GatherND (dynamo's `F.interpolate(mode="nearest-exact")`): the gradient scattered back to the
+/// gathered places, repeated indices summed (ScatterND's `add`). ScatterND has no `batch_dims`
+/// and no negative indices: each index is made positive and prefixed with its batch coordinates.
+fn gather_nd(c: &mut Ctx, gy: &str) -> Grads {
+    if c.b.opset < 16 {
+        return Err(c.unsupported("needs opset 16 (ScatterND with reduction)"));
+    }
+    let (xs, is) = (c.shape(c.x(0))?, c.shape(c.x(1))?);
+    let batch =
+        usize::try_from(get_i(c.node, "batch_dims", 0)).map_err(|_| c.unsupported("batch_dims < 0"))?;
+    let (&k, prefix) = is.split_last().ok_or_else(|| c.unsupported("scalar indices"))?;
+    let k = usize::try_from(k).map_err(|_| c.unsupported("a negative index depth"))?;
+    if batch >= is.len() || batch + k > xs.len() || prefix.iter().take(batch).ne(xs.iter().take(batch)) {
+        return Err(c.unsupported("indices that do not fit the data"));
+    }
+    let dims = c.b.ints(&xs[batch..batch + k]);
+    let zero = c.b.ints(&[0]);
+    let negative = c.b.op("Less", &[c.x(1), &zero], vec![]);
+    let wrapped = c.b.op("Add", &[c.x(1), &dims], vec![]);
+    let mut idx = c.b.op("Where", &[&negative, &wrapped, c.x(1)], vec![]);
+    if batch > 0 {
+        let count: i64 = prefix.iter().product();
+        let mut coords = Vec::with_capacity(count as usize * batch);
+        for flat in 0..count {
+            let mut at = vec![0; prefix.len()];
+            let mut rest = flat;
+            for (d, &n) in prefix.iter().enumerate().rev() {
+                at[d] = rest % n;
+                rest /= n;
+            }
+            coords.extend_from_slice(&at[..batch]);
+        }
+        let coords = c.b.ints(&coords);
+        let mut shape = prefix.to_vec();
+        shape.push(batch as i64);
+        let coords = c.b.reshape(&coords, &shape);
+        idx = c.b.op("Concat", &[&coords, &idx], vec![attr_i("axis", -1)]);
+    }
+    let zeros = c.b.zeros_like(c.x(0), c.dtype);
+    let gx = c.b.op("ScatterND", &[&zeros, &idx, gy], vec![attr_s("reduction", "add")]);
+    Ok(vec![Some(gx), None])
 }
 
 /// LayerNormalization over axes `axis..`: the normalisation's gradient of `ĝ = g · scale`.
