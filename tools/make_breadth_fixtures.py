@@ -3,14 +3,17 @@
 TorchScript and by both ONNX exporters, with PyTorch's and pytorch-grad-cam 1.5.7's answers at one standard layer
 (tests/breadth/ compares every compiled-in backend against them; scripts/make-fixtures runs this).
 
-  python tools/make_breadth_fixtures.py OUT_DIR [--ci] [--resume] [--only KEY,KEY...]
+  python tools/make_breadth_fixtures.py OUT_DIR [--resume] [--only KEY,KEY...]
+  python tools/make_breadth_fixtures.py OUT_DIR --each COMMAND
 
 Writes into OUT_DIR.partial and swaps it in for OUT_DIR when every model is done (OUT_DIR/manifest.json exists
 only in a complete folder). Each model's manifest entry is written to OUT_DIR.partial/<key>/entry.json when the
 model is done; --resume keeps OUT_DIR.partial and skips the models that have one (an interrupted run goes on
 where it stopped). With --only, the named models are (re)generated into OUT_DIR itself and merged into its
-manifest (for development; scripts/make-fixtures never passes it). With --ci, only the models of CI_MODELS: the
-subset scripts/test-all generates and tests on every run (scripts/make-fixtures, into OUT_DIR/breadth-ci).
+manifest (for development; scripts/make-fixtures never passes it). With --each, one model at a time is made into
+OUT_DIR, COMMAND (a shell command) runs with GRADCAM_BREADTH=OUT_DIR, and the folder is deleted: the suite then
+needs one model's disk (at most 0.3 GB) instead of the whole set's 2.1 GB (scripts/test-all, through
+scripts/test-breadth --stream); exits non-zero when a model failed to generate or COMMAND failed on it.
 
 Models: random weights (`torch.manual_seed(0)` before each is built; a model with `weights` loads a trained
 state dict the repository ships instead, and keeps it as it is), then two adjustments that the manifest
@@ -49,6 +52,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 import time
 import traceback
@@ -169,15 +173,6 @@ MODELS = [
     spec("mobilevit_xxs", "timm", "mobilevit_xxs", "stages.4", hw=(256, 256), batch="fixed",
          notes=["its own input size 256x256 (unfold/fold reshapes depend on it)"]),
 ]
-
-
-# The subset every CI run generates and tests (`--ci`): the architectures behind the failures the breadth issue
-# reported that no other fixture covers: channels-last layers (timm's and torchvision's Swin, inside a ConvNeXt
-# block), torchvision's fused attention, MobileViT at its own size, fixed-batch files; and every method for a
-# non-top-1 class on a ViT in every backend and export. TF-"same" pads, legacy module names and non-square inputs
-# are in the model and target fixtures already; the full CNNs' ScoreCAM and AblationCAM for two classes take
-# minutes (the model fixtures check both on ResNet-18 and Lite0). 0.4 GB: CI's disk is small.
-CI_MODELS = ["convnext_atto_mlp", "swin_tiny", "swin_t", "vit_tv_16", "deit_tiny_distilled", "mobilevit_xxs"]
 
 
 def log(msg):
@@ -664,6 +659,57 @@ def model_seconds(entry):
     return seconds.get("exports", 0) + seconds.get("references", 0)
 
 
+def manifest_of(keys, entries, t_start, cpu_start):
+    """The manifest of the models `keys` made (`entries`), timed from t_start / cpu_start."""
+    return {
+        "generator": "tools/make_breadth_fixtures.py",
+        "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__, "timm": timm.__version__,
+                     "grad-cam": "1.5.7", "numpy": np.__version__},
+        "images": [f"assets/images/{n}.png" for n in IMAGES],
+        "preprocessing": "tools/common.py: RGB/255 -> cv2.resize INTER_LINEAR -> (x-mean)/std -> CHW",
+        "methods": METHODS, "basic_methods": BASIC,
+        "targets": {"top1": "each image's top-1 class", "rank2": "each image's rank-2 class (ties: lower index)"},
+        "scorecam_batch_size": SCORECAM_BATCH, "ablation_batch_size": ABLATION_BATCH, "tie_eps": TIE_EPS,
+        "eigen_sign_rule": "v . mean_row(uncentred matrix) >= 0, ties: largest-|v| component positive",
+        "models": {k: entries[k] for k in keys if k in entries},
+        "skipped": {k: e["skipped"] for k, e in entries.items() if e["skipped"]},
+        "seconds": {"wall": round(time.time() - t_start, 1), "cpu": round(time.process_time() - cpu_start, 1),
+                    "models_sum": round(sum(model_seconds(e) for e in entries.values()), 1)},
+    }
+
+
+def each(out, command):
+    """--each: every model made alone into `out`, `command` run on it (GRADCAM_BREADTH=out), the folder deleted.
+    Returns the keys of the models that failed to generate or to pass."""
+    failed = []
+    t_start = time.time()
+    for s in MODELS:
+        assert not s["files_of"], f"{s['key']}: --each makes one model at a time"
+        shutil.rmtree(out, ignore_errors=True)
+        os.makedirs(out)
+        t0, c0 = time.time(), time.process_time()
+        try:
+            hw = tuple(s["hw"])
+            x = np.stack([preprocess(os.path.join(ASSETS, "images", f"{n}.png"), hw) for n in IMAGES])
+            np.save(os.path.join(out, f"input_{hw[0]}x{hw[1]}.npy"), x)
+            entry = generate(s, out, {hw: torch.from_numpy(x)}, {})
+            write_json(os.path.join(out, "manifest.json"), manifest_of([s["key"]], {s["key"]: entry}, t0, c0))
+        except Exception:
+            log(f"[{s['key']}] FAILED\n{traceback.format_exc()}")
+            failed.append(s["key"])
+            continue
+        t1 = time.time()
+        code = subprocess.call(command, shell=True, env={**os.environ, "GRADCAM_BREADTH": out})
+        log(f"[{s['key']}] made in {t1 - t0:.0f}s, tested in {time.time() - t1:.0f}s: "
+            + ("ok" if code == 0 else f"FAILED (exit {code})"))
+        if code != 0:
+            failed.append(s["key"])
+    shutil.rmtree(out, ignore_errors=True)
+    log(f"breadth suite, one model at a time: {len(MODELS) - len(failed)} of {len(MODELS)} models passed in "
+        f"{time.time() - t_start:.0f}s" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return failed
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out")
@@ -673,7 +719,8 @@ def main():
                              "--stamp is this run's)")
     parser.add_argument("--stamp", help="a digest of the generator's inputs, written to OUT/.stamp; --resume "
                                         "reuses OUT.partial only when it was made with the same stamp")
-    parser.add_argument("--ci", action="store_true", help="only the models of CI_MODELS (scripts/test-all's subset)")
+    parser.add_argument("--each", metavar="COMMAND",
+                        help="make, test with COMMAND (GRADCAM_BREADTH=OUT) and delete one model at a time")
     parser.add_argument("--check", action="store_true",
                         help="re-derive the references in OUT independently instead of generating")
     args = parser.parse_args()
@@ -681,8 +728,9 @@ def main():
     out = os.path.abspath(args.out)
     if args.check:
         sys.exit(0 if check(out, args.only.split(",") if args.only else None) else 1)
-    suite = [m for m in MODELS if m["key"] in CI_MODELS] if args.ci else MODELS
-    assert not args.ci or len(suite) == len(CI_MODELS), "a CI_MODELS key is not in MODELS"
+    if args.each:
+        sys.exit(1 if each(out, args.each) else 0)
+    suite = MODELS
     keys = [m["key"] for m in suite]
     assert len(set(keys)) == len(keys)
     if args.only:
@@ -734,21 +782,7 @@ def main():
         except Exception:
             log(f"[{s['key']}] FAILED\n{traceback.format_exc()}")
             raise
-    manifest = {
-        "generator": "tools/make_breadth_fixtures.py",
-        "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__, "timm": timm.__version__,
-                     "grad-cam": "1.5.7", "numpy": np.__version__},
-        "images": [f"assets/images/{n}.png" for n in IMAGES],
-        "preprocessing": "tools/common.py: RGB/255 -> cv2.resize INTER_LINEAR -> (x-mean)/std -> CHW",
-        "methods": METHODS, "basic_methods": BASIC,
-        "targets": {"top1": "each image's top-1 class", "rank2": "each image's rank-2 class (ties: lower index)"},
-        "scorecam_batch_size": SCORECAM_BATCH, "ablation_batch_size": ABLATION_BATCH, "tie_eps": TIE_EPS,
-        "eigen_sign_rule": "v . mean_row(uncentred matrix) >= 0, ties: largest-|v| component positive",
-        "models": {k: entries[k] for k in keys if k in entries},
-        "skipped": {k: e["skipped"] for k, e in entries.items() if e["skipped"]},
-        "seconds": {"wall": round(time.time() - t_start, 1), "cpu": round(time.process_time() - cpu_start, 1),
-                    "models_sum": round(sum(model_seconds(e) for e in entries.values()), 1)},
-    }
+    manifest = manifest_of(keys, entries, t_start, cpu_start)
     write_json(manifest_path, manifest)
     if work != out:
         old = out + ".old"

@@ -2,9 +2,9 @@
 //! TorchScript and both ONNX exporters, fixed and dynamic batch) against pytorch-grad-cam in every
 //! compiled-in backend. The models come from `tools/make_breadth_fixtures.py`
 //! (`$GRADCAM_BREADTH`, else `$GRADCAM_FIXTURES/breadth`; `scripts/make-fixtures --breadth` makes
-//! them). `scripts/test-breadth` builds them and runs this ignored test. A subset of them
-//! (`make_breadth_fixtures.py --ci`, in `$GRADCAM_FIXTURES/breadth-ci`) runs on every
-//! `scripts/test-all`.
+//! them). `scripts/test-breadth` builds them and runs this ignored test; `scripts/test-all` runs
+//! it on one model at a time (`scripts/test-breadth --stream`), since the whole set does not fit
+//! CI's disk.
 //!
 //! One test runs every model in every backend and reports every failure of the run at once, as a
 //! matrix (model × backend and file) followed by each finding. `GRADCAM_BREADTH_MODELS=a,b` and
@@ -68,15 +68,9 @@ fn run(case: &Case, column: backends::Column, heavy: bool) -> (Cell, bool) {
 }
 
 #[test]
-#[ignore = "needs the breadth fixtures (about 2 GB): run scripts/test-breadth"]
+#[ignore = "needs the breadth fixtures: run scripts/test-breadth (scripts/test-all does)"]
 fn every_model_in_every_backend_matches_pytorch_grad_cam() {
     suite(tests::breadth_dir());
-}
-
-/// The subset every `scripts/test-all` run generates (`make_breadth_fixtures.py --ci`).
-#[test]
-fn ci_subset_in_every_backend_matches_pytorch_grad_cam() {
-    suite(tests::breadth_ci_dir());
 }
 
 /// Every model of the set in `dir` in every compiled-in backend, one matrix of the findings.

@@ -96,19 +96,7 @@ pub fn breadth_dir() -> PathBuf {
     };
     assert!(
         dir.join("manifest.json").is_file(),
-        "breadth fixtures missing in {}: run scripts/make-fixtures (or scripts/test-all), which generates them",
-        dir.display()
-    );
-    dir
-}
-
-/// The breadth suite's CI subset (`make_breadth_fixtures.py --ci`): `<fixtures>/breadth-ci`,
-/// which `scripts/make-fixtures` always makes. Panics (never skips) when it is incomplete.
-pub fn breadth_ci_dir() -> PathBuf {
-    let dir = fixtures_dir().join("breadth-ci");
-    assert!(
-        dir.join("manifest.json").is_file(),
-        "the breadth suite's CI subset is missing in {}: {MISSING_FIXTURES}",
+        "breadth fixtures missing in {}: run scripts/test-breadth, which makes them",
         dir.display()
     );
     dir
