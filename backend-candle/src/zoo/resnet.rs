@@ -7,23 +7,27 @@ use crate::ops::{avg_pool_2x2_ceil, max_pool_3x3_s2, Act, BatchNorm, Conv2d, Pad
 use crate::weights::Weights;
 use crate::{CandleCamNet, CandleError, Taps};
 
-const EPS: f64 = 1e-5;
+pub(super) const EPS: f64 = 1e-5;
 
-struct ConvBn {
-    conv: Conv2d,
-    bn: BatchNorm,
+/// A bias-free convolution and the BatchNorm after it.
+pub(super) struct ConvBn {
+    pub(super) conv: Conv2d,
+    pub(super) bn: BatchNorm,
 }
 
-fn conv_bn(
+/// `conv` (k x k, "same" padding for its dilation) and `bn`; the output width read from the file.
+pub(super) fn conv_bn(
     w: &Weights,
     conv: &str,
     bn: &str,
     in_ch: usize,
     k: usize,
     stride: usize,
+    dilation: usize,
 ) -> std::result::Result<(ConvBn, usize), CandleError> {
-    let (conv, out) = w.conv(conv, in_ch, k, stride, Padding::Symmetric(k / 2), false, false)?;
-    Ok((ConvBn { conv, bn: w.batch_norm(bn, out, EPS)? }, out))
+    let pad = dilation * (k / 2);
+    let (conv, out) = w.conv(conv, in_ch, k, stride, Padding::Symmetric(pad), false, false)?;
+    Ok((ConvBn { conv: conv.dilated(dilation), bn: w.batch_norm(bn, out, EPS)? }, out))
 }
 
 enum Downsample {
@@ -57,18 +61,19 @@ impl Block {
         let plan: &[(usize, usize)] =
             if bottleneck { &[(1, 1), (3, stride), (1, 1)] } else { &[(3, stride), (3, 1)] };
         for (i, &(k, s)) in plan.iter().enumerate() {
-            let (cb, out) = conv_bn(w, &p(&format!("conv{}", i + 1)), &p(&format!("bn{}", i + 1)), ch, k, s)?;
+            let (cb, out) =
+                conv_bn(w, &p(&format!("conv{}", i + 1)), &p(&format!("bn{}", i + 1)), ch, k, s, 1)?;
             convs.push(cb);
             ch = out;
         }
         let downsample = if stride == 1 && ch == in_ch {
             None
         } else if avg_down {
-            let (cb, out) = conv_bn(w, &p("downsample.1"), &p("downsample.2"), in_ch, 1, 1)?;
+            let (cb, out) = conv_bn(w, &p("downsample.1"), &p("downsample.2"), in_ch, 1, 1, 1)?;
             check_out(w, &p("downsample.1"), out, ch, in_ch)?;
             Some(Downsample::Avg { pool: stride > 1, conv_bn: cb })
         } else {
-            let (cb, out) = conv_bn(w, &p("downsample.0"), &p("downsample.1"), in_ch, 1, stride)?;
+            let (cb, out) = conv_bn(w, &p("downsample.0"), &p("downsample.1"), in_ch, 1, stride, 1)?;
             check_out(w, &p("downsample.0"), out, ch, in_ch)?;
             Some(Downsample::Conv(cb))
         };
@@ -150,8 +155,8 @@ impl ResNet {
         avg_down: bool,
     ) -> std::result::Result<ResNet, CandleError> {
         let (stem, ch) = if deep_stem {
-            let (a, c0) = conv_bn(w, "conv1.0", "conv1.1", 3, 3, 2)?;
-            let (b, c1) = conv_bn(w, "conv1.3", "conv1.4", c0, 3, 1)?;
+            let (a, c0) = conv_bn(w, "conv1.0", "conv1.1", 3, 3, 2, 1)?;
+            let (b, c1) = conv_bn(w, "conv1.3", "conv1.4", c0, 3, 1, 1)?;
             let (c, c2) = w.conv("conv1.6", c1, 3, 1, Padding::Symmetric(1), false, false)?;
             (Stem::Deep(a, b, c), c2)
         } else {
@@ -175,6 +180,49 @@ impl ResNet {
         let fc = w.head(&["fc"], ch)?.and_then(|mut h| h.pop());
         Ok(ResNet { stem, bn1, stages, fc })
     }
+}
+
+/// A residual block of a ResNet stage: its module path and its forward.
+pub(super) trait ResidualBlock {
+    fn name(&self) -> &str;
+    fn forward(&self, x: &Tensor, taps: &mut Taps) -> Result<Tensor>;
+}
+
+impl ResidualBlock for Block {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn forward(&self, x: &Tensor, taps: &mut Taps) -> Result<Tensor> {
+        Block::forward(self, x, taps)
+    }
+}
+
+/// A ResNet after its stem convolution: `bn1`, its ReLU (`act`: timm's `act1`, torchvision's
+/// `relu`), the 3x3 max pooling, then the stages `layer1`.., every module path under `prefix`
+/// (torchvision's segmenters: `backbone.`).
+pub(super) fn trunk<B: ResidualBlock>(
+    taps: &mut Taps,
+    prefix: &str,
+    act: &str,
+    bn1: &BatchNorm,
+    stages: &[Vec<B>],
+    x: &Tensor,
+) -> Result<Tensor> {
+    let bn = format!("{prefix}bn1");
+    let x = taps.sequential(&bn, x, |x, taps| taps.biased(&bn, bn1.forward(x, Act::None)?, bn1.bias()))?;
+    let x = taps.sequential(&format!("{prefix}{act}"), &x, |x, taps| taps.relu(x))?;
+    let mut x = taps.sequential(&format!("{prefix}maxpool"), &x, |x, _| max_pool_3x3_s2(x))?;
+    for (s, blocks) in stages.iter().enumerate() {
+        x = taps.sequential(&format!("{prefix}layer{}", s + 1), &x, |x, taps| {
+            let mut x = x.clone();
+            for block in blocks {
+                x = taps.sequential(block.name(), &x, |x, taps| block.forward(x, taps))?;
+            }
+            Ok(x)
+        })?;
+    }
+    Ok(x)
 }
 
 /// An `nn.BatchNorm2d` named `name` on `x`: its output marked as FullGrad's bias layer
@@ -201,20 +249,7 @@ impl CandleCamNet for ResNet {
                 taps.tap("conv1.6", c.forward(&x)?)
             }
         })?;
-        let x = taps.sequential("bn1", &x, |x, taps| {
-            taps.biased("bn1", self.bn1.forward(x, Act::None)?, self.bn1.bias())
-        })?;
-        let x = taps.sequential("act1", &x, |x, taps| taps.relu(x))?;
-        let mut x = taps.sequential("maxpool", &x, |x, _| max_pool_3x3_s2(x))?;
-        for (s, blocks) in self.stages.iter().enumerate() {
-            x = taps.sequential(&format!("layer{}", s + 1), &x, |x, taps| {
-                let mut x = x.clone();
-                for block in blocks {
-                    x = taps.sequential(&block.name, &x, |x, taps| block.forward(x, taps))?;
-                }
-                Ok(x)
-            })?;
-        }
+        let x = trunk(taps, "", "act1", &self.bn1, &self.stages, &x)?;
         // timm's global average pool, then `fc` (`Identity` without a head).
         let pooled = x.mean((2, 3))?;
         match &self.fc {

@@ -6,33 +6,17 @@
 
 use candle_core::{Result, Tensor};
 
-use super::resnet::batch_norm;
-use crate::ops::{max_pool_3x3_s2, resize_bilinear, Act, BatchNorm, Conv2d, Padding};
+use super::resnet::{batch_norm, conv_bn, trunk, ConvBn, ResidualBlock, EPS};
+use crate::ops::{resize_bilinear, BatchNorm, Conv2d, Padding};
 use crate::weights::Weights;
 use crate::{CandleCamNet, CandleError, Taps};
-
-const EPS: f64 = 1e-5;
 
 /// torchvision's `Bottleneck`: 1x1, 3x3 (strided or dilated), 1x1, each with its BatchNorm; one
 /// `nn.ReLU` module applied three times, so it has no single output to tap.
 struct Bottleneck {
     name: String,
-    convs: [(Conv2d, BatchNorm); 3],
-    downsample: Option<(Conv2d, BatchNorm)>,
-}
-
-fn conv_bn(
-    w: &Weights,
-    conv: &str,
-    bn: &str,
-    in_ch: usize,
-    k: usize,
-    stride: usize,
-    dilation: usize,
-) -> std::result::Result<((Conv2d, BatchNorm), usize), CandleError> {
-    let pad = dilation * (k / 2);
-    let (c, out) = w.conv(conv, in_ch, k, stride, Padding::Symmetric(pad), false, false)?;
-    Ok(((c.dilated(dilation), w.batch_norm(bn, out, EPS)?), out))
+    convs: [ConvBn; 3],
+    downsample: Option<ConvBn>,
 }
 
 impl Bottleneck {
@@ -67,23 +51,29 @@ impl Bottleneck {
         };
         Ok((Bottleneck { name: name.to_string(), convs: [c1, c2, c3], downsample }, out))
     }
+}
+
+impl ResidualBlock for Bottleneck {
+    fn name(&self) -> &str {
+        &self.name
+    }
 
     fn forward(&self, x: &Tensor, taps: &mut Taps) -> Result<Tensor> {
         let n = &self.name;
         let mut y = x.clone();
-        for (i, (conv, bn)) in self.convs.iter().enumerate() {
+        for (i, cb) in self.convs.iter().enumerate() {
             let i = i + 1;
-            y = taps.tap(&format!("{n}.conv{i}"), conv.forward(&y)?)?;
-            y = batch_norm(taps, &format!("{n}.bn{i}"), bn, &y)?;
+            y = taps.tap(&format!("{n}.conv{i}"), cb.conv.forward(&y)?)?;
+            y = batch_norm(taps, &format!("{n}.bn{i}"), &cb.bn, &y)?;
             if i < 3 {
                 y = taps.relu(&y)?;
             }
         }
         let shortcut = match &self.downsample {
             None => x.clone(),
-            Some((conv, bn)) => {
-                let s = taps.tap(&format!("{n}.downsample.0"), conv.forward(x)?)?;
-                let s = batch_norm(taps, &format!("{n}.downsample.1"), bn, &s)?;
+            Some(cb) => {
+                let s = taps.tap(&format!("{n}.downsample.0"), cb.conv.forward(x)?)?;
+                let s = batch_norm(taps, &format!("{n}.downsample.1"), &cb.bn, &s)?;
                 taps.tap(&format!("{n}.downsample"), s)?
             }
         };
@@ -103,7 +93,7 @@ struct FcnHead {
 impl FcnHead {
     fn load(w: &Weights, prefix: &str, in_ch: usize) -> std::result::Result<FcnHead, CandleError> {
         let p = |s: &str| format!("{prefix}.{s}");
-        let ((conv, bn), inter) = conv_bn(w, &p("0"), &p("1"), in_ch, 3, 1, 1)?;
+        let (ConvBn { conv, bn }, inter) = conv_bn(w, &p("0"), &p("1"), in_ch, 3, 1, 1)?;
         let (classify, _) = w.conv(&p("4"), inter, 1, 1, Padding::Symmetric(0), false, true)?;
         Ok(FcnHead { prefix: prefix.to_string(), conv, bn, classify })
     }
@@ -179,20 +169,7 @@ impl CandleCamNet for Fcn {
     fn forward(&self, x: &Tensor, taps: &mut Taps) -> Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
         let y = taps.sequential("backbone.conv1", x, |x, _| self.conv1.forward(x))?;
-        let y = taps.sequential("backbone.bn1", &y, |x, taps| {
-            taps.biased("backbone.bn1", self.bn1.forward(x, Act::None)?, self.bn1.bias())
-        })?;
-        let y = taps.sequential("backbone.relu", &y, |x, taps| taps.relu(x))?;
-        let mut y = taps.sequential("backbone.maxpool", &y, |x, _| max_pool_3x3_s2(x))?;
-        for (s, blocks) in self.stages.iter().enumerate() {
-            y = taps.sequential(&format!("backbone.layer{}", s + 1), &y, |x, taps| {
-                let mut x = x.clone();
-                for block in blocks {
-                    x = taps.sequential(&block.name, &x, |x, taps| block.forward(x, taps))?;
-                }
-                Ok(x)
-            })?;
-        }
+        let y = trunk(taps, "backbone.", "relu", &self.bn1, &self.stages, &y)?;
         let y = taps.sequential("classifier", &y, |x, taps| self.head.forward(x, taps))?;
         resize_bilinear(&y, h, w)
     }
