@@ -268,7 +268,7 @@ def fold_noise(s, model, x, layer_name, reshape, classes, clone, want):
     """How far the reference itself moves when its BatchNorms are folded into the convolutions (the float32
     rounding of an implementation that folds, such as backend-tch and ONNX Runtime): relative max |diff| of the
     logits, activations and gradients (outside `want["ties"]`), absolute of each basic method's per-layer map.
-    Deep random networks amplify that rounding past 1e-4 (inception_v3's activations: 6e-4); the suite allows
+    Deep random networks amplify that rounding past 1e-4 (inception_v3's activations: 1.35e-4); the suite allows
     twice these figures where they exceed its tolerance. None when nothing is folded, or when the folded copy's
     logits are off by more than 1e-2 (a pair that forward does not apply back to back)."""
     folded, count = fold_batchnorm(model)
