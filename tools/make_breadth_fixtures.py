@@ -186,8 +186,9 @@ def first_line(e, limit=400):
     return (lines[0] if lines else type(e).__name__)[:limit]
 
 
-def build(s):
-    """The model, with random weights, adjusted as the module docstring says; returns (model, init notes)."""
+def build(s, x):
+    """The model, with random weights, adjusted as the module docstring says (its BatchNorm statistics those of
+    the input batch x), or with its shipped weights as they are; returns (model, init notes)."""
     torch.manual_seed(0)
     if s["source"] == "timm" and "." in s["arch"]:  # a class under timm.models, built from kwargs
         module, _, name = s["arch"].rpartition(".")
@@ -224,6 +225,7 @@ def build(s):
                 redrawn.append(name)
     if redrawn:
         init["all_zero_weights_redrawn"] = redrawn
+    init["batchnorm_layers_calibrated"] = calibrate_batchnorm(model, x)
     return model, init
 
 
@@ -494,11 +496,9 @@ def references(s, model, x, out):
 def generate(s, out, inputs, done):
     """One model: build, export, references; returns its manifest entry. `done`: the entries made before."""
     t0, c0 = time.time(), time.process_time()
-    model, init = build(s)
     hw = tuple(s["hw"])
     x = inputs[hw]
-    if not s["weights"]:
-        init["batchnorm_layers_calibrated"] = calibrate_batchnorm(model, x)
+    model, init = build(s, x)
     if s["files_of"]:
         other = done[s["files_of"]]
         assert (other["arch"], other["kwargs"], other["input"]["hw"]) == (s["arch"], s["kwargs"], s["hw"]), s["key"]
@@ -586,9 +586,7 @@ def check(out, keys):
         x = torch.from_numpy(np.load(os.path.join(out, e["input"]["file"])))
         hw = tuple(e["input"]["hw"])
         errors = {}
-        model, _ = build(specs[key])
-        if not specs[key]["weights"]:
-            calibrate_batchnorm(model, x)
+        model, _ = build(specs[key], x)
         logits, act = np.load(os.path.join(d, "logits.npy")), np.load(os.path.join(d, "activations.npy"))
         ties = np.load(os.path.join(d, "ties.npy"))
 
