@@ -526,6 +526,13 @@ def generate(s, out, inputs, done):
     return entry
 
 
+def save_input(work, hw):
+    """The input batch at size hw (the IMAGES, preprocessed), saved as work/input_<H>x<W>.npy; returns it."""
+    x = np.stack([preprocess(os.path.join(ASSETS, "images", f"{n}.png"), hw) for n in IMAGES])
+    np.save(os.path.join(work, f"input_{hw[0]}x{hw[1]}.npy"), x)
+    return torch.from_numpy(x)
+
+
 def write_json(path, value):
     """value as JSON at path, atomically (a file that exists is complete)."""
     with open(path + ".tmp", "w") as f:
@@ -688,9 +695,7 @@ def each(out, command):
         t0, c0 = time.time(), time.process_time()
         try:
             hw = tuple(s["hw"])
-            x = np.stack([preprocess(os.path.join(ASSETS, "images", f"{n}.png"), hw) for n in IMAGES])
-            np.save(os.path.join(out, f"input_{hw[0]}x{hw[1]}.npy"), x)
-            entry = generate(s, out, {hw: torch.from_numpy(x)}, {})
+            entry = generate(s, out, {hw: save_input(out, hw)}, {})
             write_json(os.path.join(out, "manifest.json"), manifest_of([s["key"]], {s["key"]: entry}, t0, c0))
         except Exception:
             log(f"[{s['key']}] FAILED\n{traceback.format_exc()}")
@@ -764,9 +769,7 @@ def main():
     for s in models:
         hw = tuple(s["hw"])
         if hw not in inputs:
-            x = np.stack([preprocess(os.path.join(ASSETS, "images", f"{n}.png"), hw) for n in IMAGES])
-            np.save(os.path.join(work, f"input_{hw[0]}x{hw[1]}.npy"), x)
-            inputs[hw] = torch.from_numpy(x)
+            inputs[hw] = save_input(work, hw)
     entries = dict(previous)
     for s in models:
         done = os.path.join(work, s["key"], "entry.json")
