@@ -132,7 +132,8 @@ fn candle_explains_one_logit_and_embedding_state_dicts() {
 }
 
 /// torchvision's FCN as a candle user saves it (`torch.save` of the state dict, as safetensors),
-/// its default layer (`backbone.layer4`) and the argmax region of a class.
+/// at `backbone.layer4` (the helper names the reference's layer; backend-candle's test checks that
+/// it is the default), for the argmax region of a class.
 #[cfg(feature = "candle")]
 #[test]
 fn candle_explains_a_torchvision_segmenter() {
