@@ -24,7 +24,7 @@ pub enum CandleError {
         source: candle_core::Error,
     },
     /// A tensor the architecture needs is not in the checkpoint.
-    #[error("tensor `{name}` is missing from the checkpoint (is it a timm `{arch}` state dict?)")]
+    #[error("tensor `{name}` is missing from the checkpoint (is it a `{arch}` state dict?)")]
     MissingTensor {
         /// State-dict key.
         name: String,
