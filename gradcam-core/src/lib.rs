@@ -122,7 +122,9 @@ pub use model::{
     ReluBackward,
 };
 pub use random::LegacyRandom;
-pub use resize::{resize_bilinear, resize_bilinear_into, upsample_align_corners};
+pub use resize::{
+    resize_bilinear, resize_bilinear_into, resize_extremes, resize_matrix, upsample_align_corners,
+};
 pub use road::{impute, percentile, road_keep_mask, LegacyNormal, ROAD_NEIGHBOURS, ROAD_NOISE};
 pub use target::{argmax, softmax_rows, Classes, Region, Seed, Target, TargetScore, COSINE_EPS};
 pub use tokens::{grid_to_tokens, tokens_to_grid, TokenGrid, MAX_PREFIX_TOKENS};

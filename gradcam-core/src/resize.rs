@@ -101,6 +101,61 @@ pub fn resize_bilinear_into(map: ArrayView2<f32>, out: ArrayViewMut2<f32>) {
     resize_separable(map, &xs, &ys, out);
 }
 
+/// The `(n_out, n_in)` matrix of [`resize_bilinear`] along one axis: its rows hold the two taps'
+/// weights, so `R_h · map · R_wᵀ` is the resized map (up to the order of the two roundings per
+/// axis). Graphs that have `MatMul` but a slower or different `Resize` upsample with it.
+///
+/// ```
+/// use gradcam_core::resize_matrix;
+/// let r = resize_matrix(2, 4);
+/// assert_eq!(r.row(1).to_vec(), vec![0.75f32, 0.25]);
+/// assert!(r.rows().into_iter().all(|row| (row.sum() - 1.0).abs() < 1e-6));
+/// ```
+pub fn resize_matrix(n_in: usize, n_out: usize) -> Array2<f32> {
+    let mut m = Array2::zeros((n_out, n_in));
+    for (d, t) in half_pixel_taps(n_in, n_out).iter().enumerate() {
+        m[[d, t.i0]] += t.w0;
+        m[[d, t.i1]] += t.w1;
+    }
+    m
+}
+
+/// The output indices, in order, that hold the extremes of every [`resize_bilinear`] along one
+/// axis from each of the sizes `n_ins` to `n_out`, and of any weighted sum of such resizes (the
+/// mean over several layers): a min-max over these rows × columns of the resized maps is the
+/// min-max over all pixels.
+///
+/// Between two neighbours that interpolate the same source pixels (in every resize), an output
+/// is an affine function of its index, so it lies between them; only the others can be extreme.
+/// From a 7×7 map to 224×224 that is 16 rows and 16 columns.
+///
+/// ```
+/// use gradcam_core::resize_extremes;
+/// assert_eq!(resize_extremes(&[2], 4), vec![0, 1, 2, 3]);
+/// assert_eq!(resize_extremes(&[7], 224).len(), 16);
+/// ```
+pub fn resize_extremes(n_ins: &[usize], n_out: usize) -> Vec<usize> {
+    let supports: Vec<Vec<(usize, usize)>> = n_ins
+        .iter()
+        .map(|&n_in| {
+            half_pixel_taps(n_in, n_out)
+                .iter()
+                .map(|t| {
+                    if t.w1 == 0.0 {
+                        (t.i0, t.i0)
+                    } else if t.w0 == 0.0 {
+                        (t.i1, t.i1)
+                    } else {
+                        (t.i0, t.i1)
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    let same = |a: usize, b: usize| supports.iter().all(|s| s[a] == s[b]);
+    (0..n_out).filter(|&d| d == 0 || d + 1 == n_out || !same(d - 1, d) || !same(d, d + 1)).collect()
+}
+
 /// Resizes like PyTorch's `UpsamplingBilinear2d` (bilinear, `align_corners=True`): the corner
 /// pixels of input and output coincide. ScoreCAM upsamples its masks this way.
 ///

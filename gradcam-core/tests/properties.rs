@@ -5,8 +5,9 @@ mod common;
 
 use common::{tensor, toy, ChannelsLast, Toy};
 use gradcam_core::{
-    ablation_value, explain, grid_to_tokens, layer_map, principal_projection, resize_bilinear, scale_maps,
-    tokens_to_grid, upsample_align_corners, CamOptions, Layout, Method, Target, TokenGrid,
+    ablation_value, explain, grid_to_tokens, layer_map, principal_projection, resize_bilinear,
+    resize_extremes, resize_matrix, scale_maps, tokens_to_grid, upsample_align_corners, CamOptions, Layout,
+    Method, Target, TokenGrid,
 };
 use nalgebra::DMatrix;
 use ndarray::{s, Array2, Array3, Array4, ArrayView4, Axis};
@@ -507,6 +508,41 @@ proptest! {
         let up = upsample_align_corners(m, oh.max(2), ow.max(2));
         prop_assert_eq!(up[[0, 0]], m[[0, 0]]);
         prop_assert!((up[[oh.max(2) - 1, ow.max(2) - 1]] - m[[2, 3]]).abs() < 1e-5);
+    }
+
+    /// The extremes of a resized map, and of the mean of two maps resized from different sizes,
+    /// lie on the rows and columns resize_extremes names.
+    #[test]
+    fn resize_extremes_hold_the_extremes(a in tensor((1, 1, 4, 7), -2.0, 2.0), b in tensor((1, 1, 3, 2), -2.0, 2.0),
+                                         ha in 1usize..5, wa in 1usize..8, oh in 1usize..60, ow in 1usize..60, two in any::<bool>()) {
+        let a = a.slice(s![0, 0, ..ha, ..wa]);
+        let b = b.slice(s![0, 0, .., ..]);
+        let mut map = resize_bilinear(a, oh, ow);
+        let (rows, cols) = if two {
+            map = (map + resize_bilinear(b, oh, ow)) / 2.0;
+            (resize_extremes(&[ha, 3], oh), resize_extremes(&[wa, 2], ow))
+        } else {
+            (resize_extremes(&[ha], oh), resize_extremes(&[wa], ow))
+        };
+        let range = |it: &mut dyn Iterator<Item = f32>| it.fold((f32::INFINITY, f32::NEG_INFINITY), |(l, u), v| (l.min(v), u.max(v)));
+        let all = range(&mut map.iter().copied());
+        let picked = range(&mut rows.iter().flat_map(|&r| cols.iter().map(move |&c| (r, c))).map(|(r, c)| map[[r, c]]));
+        prop_assert!((all.0 - picked.0).abs() < 1e-6 && (all.1 - picked.1).abs() < 1e-6, "{:?} vs {:?}", all, picked);
+        prop_assert!(rows.len() <= oh && cols.len() <= ow);
+    }
+
+    /// The interpolation matrices resize as resize_bilinear does, shrinking or growing.
+    #[test]
+    fn resize_matrix_is_resize_bilinear(map in tensor((1, 1, 5, 3), -2.0, 2.0), oh in 1usize..40, ow in 1usize..40) {
+        let m = map.slice(s![0, 0, .., ..]);
+        let mut rows = Array2::zeros((5, ow));
+        ndarray::linalg::general_mat_mul(1.0, &m, &resize_matrix(3, ow).t(), 0.0, &mut rows);
+        let mut by_matrix = Array2::zeros((oh, ow));
+        ndarray::linalg::general_mat_mul(1.0, &resize_matrix(5, oh), &rows, 0.0, &mut by_matrix);
+        let direct = resize_bilinear(m, oh, ow);
+        for (a, b) in by_matrix.iter().zip(&direct) {
+            prop_assert!((a - b).abs() <= 2e-7 * (1.0 + b.abs()), "{} vs {}", a, b);
+        }
     }
 }
 
