@@ -1,14 +1,20 @@
 //! The CAM math of `gradcam_core` as standard ONNX nodes: each method's weights and weighted sum,
-//! ReLU, per-image min-max, bilinear upsampling with half-pixel centres, the mean over layers.
+//! ReLU, per-image min-max, bilinear upsampling with half-pixel centres (two `MatMul`s by core's
+//! interpolation matrices: ONNX Runtime's `Resize` computes the same map several times slower), the
+//! mean over layers.
 //!
 //! Every formula is the one in `gradcam-core/src/cam.rs` (pytorch-grad-cam 1.5.7's), with the
 //! same epsilons ([`GRADCAM_PP_EPS`], [`XGRADCAM_EPS`], [`SCALE_EPS`]) and the same order of
 //! operations, so the exported maps and `explain`'s agree to float rounding. Only the summation
 //! order of reductions differs (ONNX Runtime's instead of numpy's pairwise sums).
 
-use gradcam_core::{Layout, Method, TokenGrid, GRADCAM_PP_EPS, SCALE_EPS, XGRADCAM_EPS};
+use gradcam_core::{
+    resize_extremes, resize_matrix, Layout, Method, TokenGrid, GRADCAM_PP_EPS, SCALE_EPS, XGRADCAM_EPS,
+};
 
-use crate::onnx_graph::builder::{attr_i, attr_ints, attr_s, Builder, FLOAT};
+use ndarray::{ArrayView2, Axis};
+
+use crate::onnx_graph::builder::{attr_i, attr_ints, Builder, FLOAT};
 
 /// One layer's activation and gradient, native layout, as the backward pass outputs them.
 pub(crate) struct LayerTensors<'a> {
@@ -25,8 +31,8 @@ pub(crate) struct LayerTensors<'a> {
 struct Folded {
     a: String,
     g: String,
-    /// `h · w`.
-    pixels: i64,
+    /// `(h, w)`.
+    map_hw: (i64, i64),
     /// `Σ_hw a` per channel `(N, C, 1, 1)` (GradCAM++ and XGradCAM).
     pixel_sum: Option<String>,
     /// `relu(g)` (GradCAM++ and LayerCAM).
@@ -41,21 +47,26 @@ struct Folded {
 /// At the layer's resolution the methods' raw maps are stacked on the channel axis,
 /// `(N, M, h, w)`, so that ReLU and the first min-max run once for all of them (each map still
 /// normalised on its own); at batch 1 the per-node cost of six separate tails was a tenth of Lite0's
-/// forward pass. At the input's resolution each method has its own nodes, the last of which writes
-/// its output: splitting a stacked full-size tensor cost two more passes over every map.
+/// forward pass.
+///
+/// Nothing runs at the input's resolution but the upsampling's last product (and the sum over
+/// layers, and a clip of rounding): the final min-max is affine and the upsampling's weights sum
+/// to one, so it is applied to the small maps before they are upsampled, with the minimum and
+/// maximum read from the few rows and columns that hold them ([`resize_extremes`]). Normalising
+/// the full-size maps took four passes over each, a third of the CAM's cost at batch 16.
 pub(crate) fn cam_outputs(
     b: &mut Builder,
     layers: &[LayerTensors<'_>],
     methods: &[Method],
     hw: (i64, i64),
 ) -> Vec<String> {
-    // Per layer, one (N, 1, h, w) scaled map per method.
-    let scaled: Vec<Vec<String>> = layers
+    // Per layer, its (h, w) and the (N, M, h, w) maps after ReLU and the first min-max.
+    let scaled: Vec<((usize, usize), String)> = layers
         .iter()
         .map(|l| {
             let a = fold(b, l.activation, l);
             let g = fold(b, l.gradient, l);
-            let mut layer = Folded { a, g, pixels: pixels(l), pixel_sum: None, relu_g: None, ga: None };
+            let mut layer = Folded { a, g, map_hw: map_hw(l), pixel_sum: None, relu_g: None, ga: None };
             let raws: Vec<String> = methods.iter().map(|&m| raw_map(b, m, &mut layer)).collect();
             let stacked = match raws.as_slice() {
                 [one] => one.clone(),
@@ -65,36 +76,99 @@ pub(crate) fn cam_outputs(
                 }
             };
             let positive = relu(b, &stacked);
-            let scaled = min_max(b, &positive, &[2, 3]);
-            match methods.len() {
-                1 => vec![scaled],
-                m => {
-                    let sizes = b.ints(&vec![1; m]);
-                    b.op_n("Split", &[&scaled, &sizes], m, vec![attr_i("axis", 1)])
-                }
-            }
+            let (h, w) = layer.map_hw;
+            ((h as usize, w as usize), min_max(b, &positive, &[2, 3]))
         })
         .collect();
+    let (out_h, out_w) = (hw.0 as usize, hw.1 as usize);
+    let hs: Vec<usize> = scaled.iter().map(|((h, _), _)| *h).collect();
+    let ws: Vec<usize> = scaled.iter().map(|((_, w), _)| *w).collect();
+    let (rows, cols) = (resize_extremes(&hs, out_h), resize_extremes(&ws, out_w));
+
+    // Core's `combine_layers`: ReLU (a no-op on upsampled min-max maps), mean over layers and
+    // min-max, with the min and max taken from the final map's pixels on `rows` × `cols`.
+    let samples: Vec<String> = scaled
+        .iter()
+        .map(|&((h, w), ref map)| {
+            let r = constant(b, resize_matrix(h, out_h).select(Axis(0), &rows).view());
+            let ct = constant(b, resize_matrix(w, out_w).select(Axis(0), &cols).t());
+            let part = b.op("MatMul", &[map, &ct], vec![]);
+            b.op("MatMul", &[&r, &part], vec![])
+        })
+        .collect();
+    let sampled = mean(b, &samples);
+    let min = reduce(b, "ReduceMin", &sampled, &[2, 3]);
+    let shifted = b.op("Sub", &[&sampled, &min], vec![]);
+    let max = reduce(b, "ReduceMax", &shifted, &[2, 3]);
+    let eps = b.scalar(SCALE_EPS as f64, FLOAT);
+    let mut denom = b.op("Add", &[&max, &eps], vec![]);
+    if scaled.len() > 1 {
+        // The mean's division by the number of layers.
+        denom = b.scale(&denom, scaled.len() as f64, FLOAT);
+    }
+
+    // Each layer's maps shifted and scaled, then upsampled: rows for all methods at once, then
+    // each method's columns as (N, H, W).
+    let upsampled: Vec<Vec<String>> = scaled
+        .iter()
+        .map(|&((h, w), ref map)| {
+            let shifted = b.op("Sub", &[map, &min], vec![]);
+            let normalised = b.op("Div", &[&shifted, &denom], vec![]);
+            let ct = constant(b, resize_matrix(w, out_w).t());
+            let wide = b.op("MatMul", &[&normalised, &ct], vec![]);
+            let per_method = match methods.len() {
+                1 => vec![wide],
+                m => {
+                    let sizes = b.ints(&vec![1; m]);
+                    b.op_n("Split", &[&wide, &sizes], m, vec![attr_i("axis", 1)])
+                }
+            };
+            let r = constant(b, resize_matrix(h, out_h).view());
+            per_method
+                .iter()
+                .map(|m| {
+                    let m = b.reshape(m, &[0, h as i64, out_w as i64]);
+                    b.op("MatMul", &[&r, &m], vec![])
+                })
+                .collect()
+        })
+        .collect();
+    let (zero, one) = (b.scalar(0.0, FLOAT), b.scalar(1.0, FLOAT));
     (0..methods.len())
         .map(|m| {
-            let upsampled: Vec<String> = scaled
-                .iter()
-                .map(|maps| {
-                    let up = upsample(b, &maps[m], hw);
-                    b.reshape(&up, &[0, hw.0, hw.1])
-                })
-                .collect();
-            combine(b, &upsampled)
+            let layers: Vec<&str> = upsampled.iter().map(|maps| maps[m].as_str()).collect();
+            let sum = if layers.len() == 1 { layers[0].to_string() } else { b.op("Sum", &layers, vec![]) };
+            // In [0, 1] but for rounding: the min-max ran before the upsampling.
+            b.op("Clip", &[&sum, &zero, &one], vec![])
         })
         .collect()
 }
 
-/// `h · w` of a layer's folded map.
-fn pixels(layer: &LayerTensors<'_>) -> i64 {
+/// A float constant holding `m`.
+fn constant(b: &mut Builder, m: ArrayView2<f32>) -> String {
+    let (rows, cols) = m.dim();
+    b.floats(&[rows as i64, cols as i64], &m.iter().copied().collect::<Vec<_>>())
+}
+
+/// The mean of same-shaped tensors (the tensor itself for one).
+fn mean(b: &mut Builder, xs: &[String]) -> String {
+    match xs {
+        [one] => one.clone(),
+        many => {
+            let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+            let sum = b.op("Sum", &refs, vec![]);
+            let n = b.scalar(many.len() as f64, FLOAT);
+            b.op("Div", &[&sum, &n], vec![])
+        }
+    }
+}
+
+/// `(h, w)` of a layer's folded map.
+fn map_hw(layer: &LayerTensors<'_>) -> (i64, i64) {
     match (layer.layout, layer.grid) {
-        (Layout::Nhwc, _) => layer.shape[1] * layer.shape[2],
-        (Layout::Tokens, Some(grid)) => (grid.height * grid.width) as i64,
-        _ => layer.shape[2] * layer.shape[3],
+        (Layout::Nhwc, _) => (layer.shape[1], layer.shape[2]),
+        (Layout::Tokens, Some(grid)) => (grid.height as i64, grid.width as i64),
+        _ => (layer.shape[2], layer.shape[3]),
     }
 }
 
@@ -173,7 +247,7 @@ fn raw_map(b: &mut Builder, method: Method, l: &mut Folded) -> String {
 fn pixel_sum(b: &mut Builder, l: &mut Folded) -> String {
     if l.pixel_sum.is_none() {
         let flat = b.reshape(&l.a, &[0, 0, -1]);
-        let sum = pairwise_sum(b, &flat, 0, l.pixels);
+        let sum = pairwise_sum(b, &flat, 0, l.map_hw.0 * l.map_hw.1);
         l.pixel_sum = Some(b.unsqueeze(&sum, &[3]));
     }
     l.pixel_sum.clone().expect("set above")
@@ -270,36 +344,6 @@ fn min_max(b: &mut Builder, x: &str, axes: &[i64]) -> String {
     let eps = b.scalar(SCALE_EPS as f64, FLOAT);
     let denom = b.op("Add", &[&max, &eps], vec![]);
     b.op("Div", &[&shifted, &denom], vec![])
-}
-
-/// `(N, 1, h, w)` to `(N, 1, H, W)`: ONNX `Resize`, linear, half-pixel centres (source
-/// `(d + 0.5)·in/out − 0.5`, clamped at the border), which is OpenCV's `INTER_LINEAR` and core's
-/// `resize_bilinear`.
-fn upsample(b: &mut Builder, x: &str, hw: (i64, i64)) -> String {
-    let shape = b.op("Shape", &[x], vec![]);
-    let (start, end) = (b.ints(&[0]), b.ints(&[2]));
-    let batch_and_channel = b.op("Slice", &[&shape, &start, &end], vec![]);
-    let size = b.ints(&[hw.0, hw.1]);
-    let sizes = b.op("Concat", &[&batch_and_channel, &size], vec![attr_i("axis", 0)]);
-    let attrs = vec![attr_s("mode", "linear"), attr_s("coordinate_transformation_mode", "half_pixel")];
-    b.op("Resize", &[x, "", "", &sizes], attrs)
-}
-
-/// Core's `combine_layers` on `(N, H, W)` maps: ReLU, mean over layers, per-image min-max (also
-/// for one layer).
-fn combine(b: &mut Builder, maps: &[String]) -> String {
-    let mean = match maps {
-        // An upsampled min-max map is already >= 0, and / 1 changes nothing.
-        [one] => one.clone(),
-        many => {
-            let relus: Vec<String> = many.iter().map(|m| relu(b, m)).collect();
-            let refs: Vec<&str> = relus.iter().map(String::as_str).collect();
-            let sum = b.op("Sum", &refs, vec![]);
-            let n = b.scalar(many.len() as f64, FLOAT);
-            b.op("Div", &[&sum, &n], vec![])
-        }
-    };
-    min_max(b, &mean, &[1, 2])
 }
 
 /// A reduction keeping the reduced axes; axes as an input for `ReduceSum` (opset 13) and every

@@ -14,8 +14,9 @@
 //! | `cam_<method>` | output | `(N, H, W)` f32 | one per method, in `[0, 1]`, at the input resolution |
 //!
 //! The maps are core's ([`gradcam_core::explain`]'s) to float rounding: each method's weights
-//! with the same epsilons, the weighted sum, ReLU, per-image min-max, upsampling with ONNX
-//! `Resize` (linear, `half_pixel`: OpenCV's `INTER_LINEAR`, core's `resize_bilinear`), the
+//! with the same epsilons, the weighted sum, ReLU, per-image min-max, bilinear upsampling
+//! (OpenCV's `INTER_LINEAR`, core's `resize_bilinear`, as two `MatMul`s by core's
+//! [`gradcam_core::resize_matrix`]), the
 //! mean over several layers; ViT tokens and channels-last maps are folded as core folds them,
 //! decided at export time for the input size ([`TokenGrid::infer`], [`Layout::detect`]).
 //! [`check_explainer`] runs a written explainer once and compares it with `explain`.

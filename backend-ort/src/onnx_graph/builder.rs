@@ -155,6 +155,18 @@ impl Builder {
         name
     }
 
+    /// A float constant of shape `dims` (row-major `values`).
+    pub(crate) fn floats(&mut self, dims: &[i64], values: &[f32]) -> String {
+        let name = self.fresh("floats");
+        let mut t = TensorProto::new();
+        t.name = name.clone();
+        t.data_type = FLOAT;
+        t.dims = dims.to_vec();
+        t.float_data = values.to_vec();
+        self.initializers.push(t);
+        name
+    }
+
     /// A scalar float constant of element type `dtype`.
     pub(crate) fn scalar(&mut self, value: f64, dtype: i32) -> String {
         let name = self.fresh("scalar");
