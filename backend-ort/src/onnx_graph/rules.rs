@@ -282,8 +282,9 @@ pub const RULES: &[OpRule] = &[
     OpRule::new("GlobalAveragePool", Tokens::No, |c, g| {
         let xs = c.shape(c.x(0))?;
         let area: i64 = xs.get(2..).ok_or_else(|| c.unsupported("an input of rank < 2"))?.iter().product();
-        let e = c.expand_like(&c.gy(g)?, c.x(0));
-        Ok(vec![Some(c.b.scale(&e, 1.0 / area.max(1) as f64, c.dtype))])
+        // Scaled before it is expanded: the same numbers, one pass over the small tensor.
+        let scaled = c.b.scale(&c.gy(g)?, 1.0 / area.max(1) as f64, c.dtype);
+        Ok(vec![Some(c.expand_like(&scaled, c.x(0)))])
     }),
     OpRule::new("GlobalMaxPool", Tokens::No, |c, g| {
         let hit = c.b.op("Equal", &[c.x(0), c.y(0)], vec![]);
@@ -1038,14 +1039,15 @@ fn reduce(c: &mut Ctx, gy: &str, kind: Reduce) -> Grads {
         g = c.b.unsqueeze(&g, &sorted);
         y = c.b.unsqueeze(&y, &sorted);
     }
+    if kind == Reduce::Mean {
+        // Scaled before it is expanded, as for GlobalAveragePool.
+        let n: i64 = sorted.iter().map(|&a| xs[a as usize]).product();
+        g = c.b.scale(&g, 1.0 / n.max(1) as f64, c.dtype);
+    }
     let g = c.expand_like(&g, c.x(0));
     let x = c.x(0);
     let d = match kind {
-        Reduce::Sum => return Ok(vec![Some(g), None]),
-        Reduce::Mean => {
-            let n: i64 = sorted.iter().map(|&a| xs[a as usize]).product();
-            return Ok(vec![Some(c.b.scale(&g, 1.0 / n.max(1) as f64, c.dtype)), None]);
-        }
+        Reduce::Sum | Reduce::Mean => return Ok(vec![Some(g), None]),
         Reduce::Extreme => {
             let hit = c.b.op("Equal", &[x, &y], vec![]);
             let hit = c.b.op("Cast", &[&hit], vec![attr_i("to", c.dtype as i64)]);
