@@ -27,6 +27,9 @@ pub enum CamError {
     /// A method that needs something the model or capture did not provide.
     #[error("{0}")]
     Unsupported(String),
+    /// [`crate::CamOptions::cancel`] asked to stop; nothing was explained.
+    #[error("stopped on request before the explanation was complete")]
+    Cancelled,
     /// An error raised inside a backend.
     #[error(transparent)]
     Backend(Box<dyn std::error::Error + Send + Sync + 'static>),

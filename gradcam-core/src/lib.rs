@@ -104,8 +104,8 @@ pub use cam::{
 pub use eigen::principal_projection;
 pub use error::CamError;
 pub use explain::{
-    ablation_value, explain, scorecam_mask, Augmentation, CamOptions, Explanation, LayerCam, Progress,
-    AUGMENTATIONS,
+    ablation_value, explain, scorecam_mask, Augmentation, CamOptions, Cancel, Explanation, LayerCam,
+    Progress, AUGMENTATIONS,
 };
 pub use finer::{finer_comparisons, FinerSeed, FINER_COMPARISONS, FINER_EPS};
 pub use fullgrad::fullgrad_maps;

@@ -653,3 +653,52 @@ fn forward_passes_are_batched_and_reported() {
     assert!(seen.windows(2).all(|w| w[0].0 < w[1].0));
     assert!(seen.iter().any(|&(done, _)| done == 5), "a final partial batch of one");
 }
+
+/// `cancel` stops ScoreCAM, AblationCAM and aug_smooth between their forward passes: the pass
+/// after the one during which it started saying yes never runs.
+#[test]
+fn cancel_stops_between_forward_passes() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let toy = Toy {
+        mix: Array2::from_shape_fn((5, 3), |(c, i)| (c as f32 - 2.0) * 0.3 + i as f32 * 0.1),
+        bias: vec![0.1; 5],
+        head: Array2::from_shape_fn((3, 5), |(k, c)| ((k + c) % 3) as f32 - 1.0),
+        forwards: 0,
+    };
+    let input = Array4::from_shape_fn((2, 3, 6, 7), |(b, i, y, x)| ((b + i + y * x) % 5) as f32 * 0.2 - 0.4);
+    for (method, aug_smooth) in
+        [(Method::ScoreCam, false), (Method::AblationCam, false), (Method::GradCam, true)]
+    {
+        let mut model = toy.clone();
+        // Says yes from its third question on.
+        let asked = Arc::new(AtomicUsize::new(0));
+        let count = asked.clone();
+        let options = CamOptions {
+            batch_size: 1,
+            aug_smooth,
+            cancel: Some(Arc::new(move || count.fetch_add(1, Ordering::SeqCst) >= 2)),
+            ..CamOptions::default()
+        };
+        let result =
+            explain(&mut model, input.view(), &["features"], &[method], &Target::top_one(), &options);
+        assert!(matches!(result, Err(gradcam_core::CamError::Cancelled)), "{method}: {result:?}");
+        assert_eq!(asked.load(Ordering::SeqCst), 3, "{method}: stopped at the first yes");
+        // Never saying yes, the same call asks once per pass: 10 extra passes (or 6 augmented).
+        let asked_all = Arc::new(AtomicUsize::new(0));
+        let count = asked_all.clone();
+        let options = CamOptions {
+            batch_size: 1,
+            aug_smooth,
+            cancel: Some(Arc::new(move || count.fetch_add(1, Ordering::SeqCst) == usize::MAX)),
+            ..CamOptions::default()
+        };
+        let mut model = toy.clone();
+        explain(&mut model, input.view(), &["features"], &[method], &Target::top_one(), &options).unwrap();
+        assert!(
+            asked_all.load(Ordering::SeqCst) >= 6,
+            "{method}: asked {}",
+            asked_all.load(Ordering::SeqCst)
+        );
+    }
+}
