@@ -117,7 +117,7 @@ pub fn run(
 }
 
 /// Explains the loaded items of `pending` as one batch and sends every outcome; `false` when the
-/// next stage is gone.
+/// next stage is gone or a stop cut the batch short.
 fn flush(
     model: &mut dyn CamModel,
     pending: Vec<Result<Loaded, Failed>>,
@@ -156,6 +156,8 @@ fn flush(
                 let error = CliError::NonFinite { name: loaded.item.label() };
                 outcomes[pos] = Some(Outcome::Failed(Failed { item: loaded.item, error }));
             }
+            // A stop was requested in the middle of a long method: this batch is not done.
+            Err(CamError::Cancelled) => return Ok(false),
             Err(e) => return Err(e.into()),
         }
     }

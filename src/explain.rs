@@ -162,7 +162,11 @@ pub fn run(args: ExplainArgs, stop: &Stop) -> Result<Ending, CliError> {
         layers: layers.clone(),
         methods: methods.clone(),
         targets,
-        options: CamOptions { progress: passes_callback(&progress), ..args.cam.options() },
+        options: CamOptions {
+            progress: passes_callback(&progress),
+            cancel: Some(stop.cancel()),
+            ..args.cam.options()
+        },
         batch: args.cam.batch as usize,
         keep: TOP_PREDICTIONS.max(top),
     };

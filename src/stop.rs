@@ -49,6 +49,13 @@ impl Stop {
         }
     }
 
+    /// [`Stop::requested`] for core's long methods (ScoreCAM and AblationCAM ask before each
+    /// extra forward pass), so that an interrupt does not wait for the whole batch's method.
+    pub fn cancel(&self) -> gradcam_core::Cancel {
+        let stop = self.clone();
+        Arc::new(move || stop.requested())
+    }
+
     /// Stops the other stages after a failure.
     pub fn abort(&self) {
         self.abort.store(true, Ordering::SeqCst);

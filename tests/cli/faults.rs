@@ -107,3 +107,31 @@ fn killed_runs_lose_nothing_and_leave_no_temporaries() {
     assert_eq!(std::fs::read_to_string(dir.join(&manifest)).unwrap().lines().count(), 8, "each image once");
     assert_eq!(files(&dir.join(&out)).len(), 8 * 3 + before_out.len());
 }
+
+/// SIGINT in the middle of a long method ends the run at its next forward pass, not after all of
+/// them: ScoreCAM over Lite0's 1,280 head channels under `--aug-smooth` is 6 × 40 passes of 32
+/// images (minutes); the run must be gone well within a minute of the signal, with nothing
+/// written and no temporary left.
+#[test]
+fn sigint_stops_a_long_method_between_passes() {
+    let dir = workdir("sigint-scorecam");
+    let photo = chelsea();
+    let args = ["explain", &photo, "--method", "scorecam", "--layer", "bn2", "--aug-smooth", "--out", "out"];
+    let mut child = command(&dir, &args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    // Past start-up (the handler is installed before the model loads) and into the passes.
+    std::thread::sleep(Duration::from_secs(5));
+    // SAFETY: kill(2) takes plain integers; the child is ours and not yet reaped.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("still explaining a minute after SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(130), "{}", stderr(&output));
+    assert!(stderr(&output).contains("stopped by SIGINT: 0 of 1 images written"), "{}", stderr(&output));
+    assert!(files(&dir).is_empty(), "{:?}", files(&dir));
+}
