@@ -4,9 +4,10 @@
 //! mean over layers.
 //!
 //! Every formula is the one in `gradcam-core/src/cam.rs` (pytorch-grad-cam 1.5.7's), with the
-//! same epsilons ([`GRADCAM_PP_EPS`], [`XGRADCAM_EPS`], [`SCALE_EPS`]) and the same order of
-//! operations, so the exported maps and `explain`'s agree to float rounding. Only the summation
-//! order of reductions differs (ONNX Runtime's instead of numpy's pairwise sums).
+//! same epsilons ([`GRADCAM_PP_EPS`], [`XGRADCAM_EPS`], [`SCALE_EPS`]), so the exported maps and
+//! `explain`'s agree to float rounding. Two orders differ: the summation order of reductions (ONNX
+//! Runtime's instead of numpy's pairwise sums), and the last min-max, which runs on the small maps
+//! before they are upsampled ([`cam_outputs`]).
 
 use gradcam_core::{
     resize_extremes, resize_matrix, Layout, Method, TokenGrid, GRADCAM_PP_EPS, SCALE_EPS, XGRADCAM_EPS,
@@ -52,8 +53,8 @@ struct Folded {
 /// Nothing runs at the input's resolution but the upsampling's last product (and the sum over
 /// layers, and a clip of rounding): the final min-max is affine and the upsampling's weights sum
 /// to one, so it is applied to the small maps before they are upsampled, with the minimum and
-/// maximum read from the few rows and columns that hold them ([`resize_extremes`]). Normalising
-/// the full-size maps took four passes over each, a third of the CAM's cost at batch 16.
+/// maximum read from the few rows and columns that hold them ([`resize_extremes`]), instead of
+/// four more passes over every full-size map.
 pub(crate) fn cam_outputs(
     b: &mut Builder,
     layers: &[LayerTensors<'_>],
