@@ -148,7 +148,12 @@ pub(crate) fn cam_outputs(
 /// A float constant holding `m`.
 fn constant(b: &mut Builder, m: ArrayView2<f32>) -> String {
     let (rows, cols) = m.dim();
-    b.floats(&[rows as i64, cols as i64], &m.iter().copied().collect::<Vec<_>>())
+    b.constant(
+        "resize",
+        &[rows as i64, cols as i64],
+        &m.iter().map(|&v| f64::from(v)).collect::<Vec<_>>(),
+        FLOAT,
+    )
 }
 
 /// The mean of same-shaped tensors (the tensor itself for one).

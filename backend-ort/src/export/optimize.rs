@@ -88,13 +88,8 @@ fn one_hot_gemm_as_gather(
     let trans_b = get_i(node, "transB", 0) == 1;
     let (classes, features) = if trans_b { (cols, rows) } else { (rows, cols) };
     // W with a zero row (a zero column when transposed) for out-of-range classes.
-    let mut zero = TensorProto::new();
-    zero.name = b.fresh("zero_row");
-    zero.data_type = FLOAT;
-    zero.dims = if trans_b { vec![features, 1] } else { vec![1, features] };
-    zero.float_data = vec![0.0; features as usize];
-    let zero_name = zero.name.clone();
-    b.initializers.push(zero);
+    let dims = if trans_b { [features, 1] } else { [1, features] };
+    let zero_name = b.constant("zero_row", &dims, &vec![0.0; features as usize], FLOAT);
     let axis = i64::from(trans_b);
     let padded = b.op("Concat", &[&node.input[1], &zero_name], vec![attr_i("axis", axis)]);
     let last = b.ints(&[classes]);

@@ -155,14 +155,17 @@ impl Builder {
         name
     }
 
-    /// A float constant of shape `dims` (row-major `values`).
-    pub(crate) fn floats(&mut self, dims: &[i64], values: &[f32]) -> String {
-        let name = self.fresh("floats");
-        let mut t = TensorProto::new();
-        t.name = name.clone();
-        t.data_type = FLOAT;
+    /// A constant of shape `dims` holding row-major `values`, of element type `dtype` (FLOAT or
+    /// DOUBLE), named after `hint`.
+    pub(crate) fn constant(&mut self, hint: &str, dims: &[i64], values: &[f64], dtype: i32) -> String {
+        let name = self.fresh(hint);
+        let mut t = tensor_scalar(&name, 0.0, dtype);
         t.dims = dims.to_vec();
-        t.float_data = values.to_vec();
+        if dtype == DOUBLE {
+            t.double_data = values.to_vec();
+        } else {
+            t.float_data = values.iter().map(|&v| v as f32).collect();
+        }
         self.initializers.push(t);
         name
     }

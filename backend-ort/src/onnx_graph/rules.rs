@@ -771,16 +771,7 @@ impl<'a> Ctx<'a> {
 
     /// A constant `(rows, cols)` matrix of the gradients' element type.
     fn matrix(&mut self, m: &[f64], rows: usize, cols: usize) -> String {
-        let name = self.b.fresh("matrix");
-        let mut t = super::builder::tensor_scalar(&name, 0.0, self.dtype);
-        t.dims = vec![rows as i64, cols as i64];
-        if self.dtype == super::builder::DOUBLE {
-            t.double_data = m.to_vec();
-        } else {
-            t.float_data = m.iter().map(|&v| v as f32).collect();
-        }
-        self.b.initializers.push(t);
-        name
+        self.b.constant("matrix", &[rows as i64, cols as i64], m, self.dtype)
     }
 
     /// `Expand(g, Shape(like))`.
@@ -1075,17 +1066,9 @@ fn reduce(c: &mut Ctx, gy: &str, kind: Reduce) -> Grads {
 
 /// A depthwise all-ones kernel `(C, 1, k...)`.
 fn ones_kernel(c: &mut Ctx, channels: i64, kernel: &[i64]) -> String {
-    let name = c.b.fresh("ones_kernel");
     let count = (channels * kernel.iter().product::<i64>()) as usize;
-    let mut t = super::builder::tensor_scalar(&name, 1.0, c.dtype);
-    t.dims = [channels, 1].iter().chain(kernel).copied().collect();
-    if c.dtype == super::builder::DOUBLE {
-        t.double_data = vec![1.0; count];
-    } else {
-        t.float_data = vec![1.0; count];
-    }
-    c.b.initializers.push(t);
-    name
+    let dims: Vec<i64> = [channels, 1].iter().chain(kernel).copied().collect();
+    c.b.constant("ones_kernel", &dims, &vec![1.0; count], c.dtype)
 }
 
 /// AveragePool is linear: each window's `g / divisor` spreads over the window's input elements,
