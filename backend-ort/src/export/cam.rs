@@ -13,7 +13,7 @@ use gradcam_core::{
     resize_extremes, resize_matrix, Layout, Method, TokenGrid, GRADCAM_PP_EPS, SCALE_EPS, XGRADCAM_EPS,
 };
 
-use ndarray::{ArrayView2, Axis};
+use ndarray::{Array2, ArrayView2, Axis};
 
 use crate::onnx_graph::builder::{attr_i, attr_ints, Builder, FLOAT};
 
@@ -85,14 +85,18 @@ pub(crate) fn cam_outputs(
     let hs: Vec<usize> = scaled.iter().map(|((h, _), _)| *h).collect();
     let ws: Vec<usize> = scaled.iter().map(|((_, w), _)| *w).collect();
     let (rows, cols) = (resize_extremes(&hs, out_h), resize_extremes(&ws, out_w));
+    // Per layer, core's interpolation matrices along the height and the width.
+    let resize: Vec<(Array2<f32>, Array2<f32>)> =
+        hs.iter().zip(&ws).map(|(&h, &w)| (resize_matrix(h, out_h), resize_matrix(w, out_w))).collect();
 
     // Core's `combine_layers`: ReLU (a no-op on upsampled min-max maps), mean over layers and
     // min-max, with the min and max taken from the final map's pixels on `rows` × `cols`.
     let samples: Vec<String> = scaled
         .iter()
-        .map(|&((h, w), ref map)| {
-            let r = constant(b, resize_matrix(h, out_h).select(Axis(0), &rows).view());
-            let ct = constant(b, resize_matrix(w, out_w).select(Axis(0), &cols).t());
+        .zip(&resize)
+        .map(|((_, map), (ry, rx))| {
+            let r = constant(b, ry.select(Axis(0), &rows).view());
+            let ct = constant(b, rx.select(Axis(0), &cols).t());
             let part = b.op("MatMul", &[map, &ct], vec![]);
             b.op("MatMul", &[&r, &part], vec![])
         })
@@ -112,10 +116,11 @@ pub(crate) fn cam_outputs(
     // each method's columns as (N, H, W).
     let upsampled: Vec<Vec<String>> = scaled
         .iter()
-        .map(|&((h, w), ref map)| {
+        .zip(&resize)
+        .map(|(&((h, _), ref map), (ry, rx))| {
             let shifted = b.op("Sub", &[map, &min], vec![]);
             let normalised = b.op("Div", &[&shifted, &denom], vec![]);
-            let ct = constant(b, resize_matrix(w, out_w).t());
+            let ct = constant(b, rx.t());
             let wide = b.op("MatMul", &[&normalised, &ct], vec![]);
             let per_method = match methods.len() {
                 1 => vec![wide],
@@ -124,7 +129,7 @@ pub(crate) fn cam_outputs(
                     b.op_n("Split", &[&wide, &sizes], m, vec![attr_i("axis", 1)])
                 }
             };
-            let r = constant(b, resize_matrix(h, out_h).view());
+            let r = constant(b, ry.view());
             per_method
                 .iter()
                 .map(|m| {
