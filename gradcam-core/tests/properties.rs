@@ -618,17 +618,23 @@ fn ablation_value_rule() {
     assert_eq!(ablation_value(-2.0, 2), ((-2.0f32 - 1e7) - 1e7) - 1e7);
 }
 
-/// ScoreCAM calls the model once per channel and image, in batches, and reports progress.
-#[test]
-fn forward_passes_are_batched_and_reported() {
-    use std::sync::{Arc, Mutex};
-    let mut model = Toy {
+/// A 5-channel toy and a batch of 2 images for the tests of extra forward passes.
+fn passes_toy() -> (Toy, Array4<f32>) {
+    let toy = Toy {
         mix: Array2::from_shape_fn((5, 3), |(c, i)| (c as f32 - 2.0) * 0.3 + i as f32 * 0.1),
         bias: vec![0.1; 5],
         head: Array2::from_shape_fn((3, 5), |(k, c)| ((k + c) % 3) as f32 - 1.0),
         forwards: 0,
     };
     let input = Array4::from_shape_fn((2, 3, 6, 7), |(b, i, y, x)| ((b + i + y * x) % 5) as f32 * 0.2 - 0.4);
+    (toy, input)
+}
+
+/// ScoreCAM calls the model once per channel and image, in batches, and reports progress.
+#[test]
+fn forward_passes_are_batched_and_reported() {
+    use std::sync::{Arc, Mutex};
+    let (mut model, input) = passes_toy();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = seen.clone();
     let options = CamOptions {
@@ -660,13 +666,7 @@ fn forward_passes_are_batched_and_reported() {
 fn cancel_stops_between_forward_passes() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
-    let toy = Toy {
-        mix: Array2::from_shape_fn((5, 3), |(c, i)| (c as f32 - 2.0) * 0.3 + i as f32 * 0.1),
-        bias: vec![0.1; 5],
-        head: Array2::from_shape_fn((3, 5), |(k, c)| ((k + c) % 3) as f32 - 1.0),
-        forwards: 0,
-    };
-    let input = Array4::from_shape_fn((2, 3, 6, 7), |(b, i, y, x)| ((b + i + y * x) % 5) as f32 * 0.2 - 0.4);
+    let (toy, input) = passes_toy();
     for (method, aug_smooth) in
         [(Method::ScoreCam, false), (Method::AblationCam, false), (Method::GradCam, true)]
     {
