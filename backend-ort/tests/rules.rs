@@ -613,6 +613,15 @@ proptest! {
         check(one(if max { "GlobalMaxPool" } else { "GlobalAveragePool" }, vec![Arg::X(xs, x)], vec![], 17), 1e-2, seed);
     }
 
+    /// A ReLU or ReLU6 before a global mean (a CNN's head): the mask broadcasts the mean's
+    /// gradient instead of reading an expanded copy.
+    #[test]
+    fn activation_before_a_mean(clip in any::<bool>(), gap in any::<bool>(), shape in (1..3i64, 1..3i64, 1..4i64, 1..4i64),
+                                seed in any::<u64>()) {
+        let case = activation_then_mean(clip, gap, &[shape.0, shape.1, shape.2, shape.3], seed);
+        check(case, 1e-2, seed);
+    }
+
     #[test]
     fn reduce(shape in shape_strategy(4, 3), axes_mask in 1u8..16, keep in any::<bool>(), mean in any::<bool>(),
               opset18 in any::<bool>(), seed in any::<u64>()) {
@@ -877,6 +886,50 @@ proptest! {
         let attrs = vec![astr("mode", name), astr("nearest_mode", if nearest.is_empty() { "floor" } else { nearest })];
         let args = vec![Arg::X(xs.clone(), r.vec(numel(&xs))), Arg::Absent, Arg::P(vec![v.len() as i64], v)];
         check(one("Resize", args, attrs, 13), 5e-2, seed);
+    }
+}
+
+/// `x → Relu or Clip(0, 0.55) → GlobalAveragePool or ReduceMean over H, W → y`, with `x` on a
+/// grid clear of the kinks.
+fn activation_then_mean(clip: bool, gap: bool, xs: &[i64], seed: u64) -> Case {
+    let mut r = Rng(seed | 1);
+    let x: Vec<f32> = (0..numel(xs)).map(|_| ((r.sym() * 10.0).round() + 0.25) / 10.0).collect();
+    let mut args = vec![Arg::X(xs.to_vec(), x)];
+    let act = if clip {
+        args.extend([Arg::P(vec![], vec![0.0]), Arg::P(vec![], vec![0.55])]);
+        node("Clip", &["x0", "p1", "p2"], &["act"], vec![])
+    } else {
+        node("Relu", &["x0"], &["act"], vec![])
+    };
+    let mean = if gap {
+        node("GlobalAveragePool", &["act"], &["y"], vec![])
+    } else {
+        node("ReduceMean", &["act"], &["y"], vec![aints("axes", &[2, 3]), ai("keepdims", 1)])
+    };
+    Case { args, nodes: vec![act, mean], opset: 17 }
+}
+
+#[test]
+fn a_mask_broadcasts_the_gradient_of_a_mean() {
+    for (clip, gap) in [(false, false), (false, true), (true, false), (true, true)] {
+        let case = activation_then_mean(clip, gap, &[2, 3, 4, 5], 7);
+        let backward = case
+            .graph(&[])
+            .backward_model("x0", Seed::Tensor, &probe_shapes(&case))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let graph = &backward.model().graph;
+        let ops: Vec<&str> = graph.node.iter().map(|n| n.op_type.as_str()).collect();
+        assert!(!ops.contains(&"Expand") && ops.contains(&"Where"), "clip {clip}, gap {gap}: {ops:?}");
+        // Nothing computed that nothing reads.
+        let read: Vec<&str> = graph.node.iter().flat_map(|n| n.input.iter().map(String::as_str)).collect();
+        let outputs: Vec<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
+        for n in &graph.node {
+            assert!(
+                n.output.iter().any(|o| read.contains(&o.as_str()) || outputs.contains(&o.as_str())),
+                "unread {}",
+                n.name
+            );
+        }
     }
 }
 

@@ -182,6 +182,7 @@ impl OnnxGraph {
         let mut grads: HashMap<String, Vec<String>> = HashMap::from([(logits, vec![seed])]);
         let mut kept: HashMap<&str, String> = HashMap::new();
         let keep_set: HashSet<&str> = keep.iter().map(String::as_str).collect();
+        let start = (b.nodes.len(), b.initializers.len());
         for &i in plan.path.iter().rev() {
             let node = &self.nodes()[i];
             let out_grads: Vec<Option<String>> =
@@ -223,8 +224,11 @@ impl OnnxGraph {
             }
         }
         let g = grads.remove(activation).ok_or_else(|| GraphError::NoPath(activation.into()))?;
-        let kept = keep.iter().map(|k| kept.get(k.as_str()).cloned()).collect();
-        Ok((sum(b, g), kept))
+        let kept: Vec<Option<String>> = keep.iter().map(|k| kept.get(k.as_str()).cloned()).collect();
+        let g = sum(b, g);
+        let live: HashSet<&str> = kept.iter().flatten().chain([&g]).map(String::as_str).collect();
+        drop_unread(b, start, &live);
+        Ok((g, kept))
     }
 }
 
@@ -260,6 +264,29 @@ fn class_seed(b: &mut Builder, logits: &str, dtype: i32) -> (String, String) {
 }
 
 /// The sum of gradient contributions (a `Sum` node only when there are several).
+/// Drops the nodes and initializers added from `start` on that nothing reads and `live` does
+/// not name: some rules leave such nodes behind (an `Expand` whose input a mask broadcasts
+/// instead), and ONNX Runtime runs every node of a graph.
+fn drop_unread(b: &mut Builder, (nodes, inits): (usize, usize), live: &HashSet<&str>) {
+    loop {
+        let read: HashSet<String> = b.nodes.iter().flat_map(|n| n.input.iter().cloned()).collect();
+        let unread = |o: &String| !read.contains(o) && !live.contains(o.as_str());
+        let dead: Vec<usize> =
+            (nodes..b.nodes.len()).filter(|&i| b.nodes[i].output.iter().all(unread)).collect();
+        if dead.is_empty() {
+            let mut k = 0;
+            b.initializers.retain(|t| {
+                k += 1;
+                k <= inits || !unread(&t.name)
+            });
+            return;
+        }
+        for i in dead.into_iter().rev() {
+            b.nodes.remove(i);
+        }
+    }
+}
+
 fn sum(b: &mut Builder, mut g: Vec<String>) -> String {
     if g.len() == 1 {
         return g.pop().expect("one");

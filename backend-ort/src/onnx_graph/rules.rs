@@ -106,7 +106,8 @@ pub const RULES: &[OpRule] = &[
     OpRule::new("Neg", Tokens::Elementwise, |c, g| Ok(vec![Some(c.b.op("Neg", &[&c.gy(g)?], vec![]))])),
     OpRule::new("Relu", Tokens::Elementwise, |c, g| {
         // `y > 0` iff `x > 0`: reading the output lets the forward keep Conv+Relu fused.
-        let (gy, pos) = (c.gy(g)?, c.cmp("Greater", c.y(0), 0.0));
+        let gy = c.unexpanded(&c.gy(g)?, c.y(0));
+        let pos = c.cmp("Greater", c.y(0), 0.0);
         if c.guided {
             // Guided backprop (pytorch-grad-cam's GuidedBackpropReLU): positive gradients only.
             let rising = c.cmp("Greater", &gy, 0.0);
@@ -133,10 +134,13 @@ pub const RULES: &[OpRule] = &[
                 });
             }
         }
-        let gy = c.gy(g)?;
         Ok(vec![Some(match inside {
-            Some(m) => c.b.mask(&m, &gy, c.dtype),
-            None => gy,
+            // The bounds are scalars: the mask is shaped like the output.
+            Some(m) => {
+                let gy = c.unexpanded(&c.gy(g)?, c.y(0));
+                c.b.mask(&m, &gy, c.dtype)
+            }
+            None => c.gy(g)?,
         })])
     }),
     OpRule::new("Sigmoid", Tokens::Elementwise, |c, g| {
@@ -772,6 +776,26 @@ impl<'a> Ctx<'a> {
     /// A constant `(rows, cols)` matrix of the gradients' element type.
     fn matrix(&mut self, m: &[f64], rows: usize, cols: usize) -> String {
         self.b.constant("matrix", &[rows as i64, cols as i64], m, self.dtype)
+    }
+
+    /// `v` when `g` is [`Ctx::expand_like`]`(v, like)` (a mean's gradient), else `g`. For a mask
+    /// shaped like `like`, `Where(mask, v, 0)` broadcasts `v` to the same tensor without the pass
+    /// that writes the expanded copy; the `Expand` left unread is dropped after the backward pass.
+    fn unexpanded(&self, g: &str, like: &str) -> String {
+        let producer = |t: &str| self.b.nodes.iter().rev().find(|n| n.output.iter().any(|o| o == t));
+        let expanded = producer(g).filter(|e| e.op_type == "Expand" && e.input.len() == 2);
+        match expanded {
+            Some(e)
+                if producer(&e.input[1]).is_some_and(|s| {
+                    s.op_type == "Shape"
+                        && s.input.first().is_some_and(|i| i == like)
+                        && s.attribute.is_empty()
+                }) =>
+            {
+                e.input[0].clone()
+            }
+            _ => g.to_string(),
+        }
     }
 
     /// `Expand(g, Shape(like))`.
