@@ -74,11 +74,22 @@ fn compare(what: &str, exported: &Exported, model: &mut OnnxModel, input: ArrayV
 /// Exports `key.exporter.onnx` at `layers` with every exportable method and compares batches of
 /// 1 and 3 with `explain`; returns the export and its folder (removed when dropped).
 fn check(key: &str, exporter: &str, layers: &[&str]) -> (Exported, tests::Scratch) {
+    check_methods(key, exporter, layers, &EXPORTABLE_METHODS)
+}
+
+/// [`check`] with only `methods`.
+fn check_methods(
+    key: &str,
+    exporter: &str,
+    layers: &[&str],
+    methods: &[Method],
+) -> (Exported, tests::Scratch) {
     let source = require(format!("{key}.{exporter}.onnx"));
-    let dir = out_dir(&format!("{key}-{exporter}-{}", layers.join("+")));
+    let names: Vec<&str> = methods.iter().map(|m| m.name()).collect();
+    let dir = out_dir(&format!("{key}-{exporter}-{}-{}", layers.join("+"), names.join("+")));
     let options = ExportOptions {
         layers: layers.iter().map(|l| l.to_string()).collect(),
-        methods: EXPORTABLE_METHODS.to_vec(),
+        methods: methods.to_vec(),
         ..ExportOptions::default()
     };
     let exported = export_explainer(&source, &dir.join("explainer.onnx"), &options)
@@ -150,6 +161,26 @@ fn lite0_legacy() {
 #[test]
 fn lite0_dynamo() {
     check("lite0", "dynamo", &["blocks.6"]);
+}
+
+/// GradCAM alone from `blocks.6`: its weights are the mean of a gradient that came back through
+/// the pointwise `conv_head`, which the explainer takes before that product.
+#[test]
+fn lite0_gradcam_takes_the_mean_first() {
+    for exporter in ["legacy", "dynamo"] {
+        let (exported, _dir) = check_methods("lite0", exporter, &["blocks.6"], &[Method::GradCam]);
+        let graph = OnnxGraph::load(&exported.path).expect("read the explainer");
+        let products: Vec<&str> = graph
+            .nodes()
+            .iter()
+            .filter(|n| n.op_type == "ConvTranspose" && n.name.starts_with("gradcam/"))
+            .map(|n| n.name.as_str())
+            .collect();
+        assert!(
+            !products.is_empty() && products.iter().all(|n| n.ends_with("/after_mean")),
+            "{exporter}: products of the full gradient left: {products:?}"
+        );
+    }
 }
 
 /// From an earlier layer the backward pass crosses depthwise and pointwise convolutions, strided

@@ -349,7 +349,7 @@ fn value_info_dims(vi: &ValueInfoProto) -> Vec<Option<i64>> {
 }
 
 /// The values of an int64/int32 tensor stored inline.
-fn tensor_ints(t: &TensorProto) -> Option<Vec<i64>> {
+pub(crate) fn tensor_ints(t: &TensorProto) -> Option<Vec<i64>> {
     use onnx_protobuf::tensor_proto::DataType;
     if t.data_location.value() == DataLocation::EXTERNAL as i32 {
         return None;
