@@ -7,8 +7,9 @@
 //! Models: `backend-ort/bench/export_models.py` (timm, random weights, dynamo exporter, dynamic
 //! batch, external data); layers as `benches/explain.rs`. For each model it exports two explainers
 //! (GradCAM alone, and all six exportable methods) into a temporary folder, then for each batch
-//! times one run of the original model (`OnnxModel::forward`) and one run of each explainer
-//! (`ExplainerSession::run`, class −1: forward, in-graph seed, backward to the layer, CAM,
+//! times one run of the original model and one run of each explainer, each in the same kind of
+//! plain ONNX Runtime session ([`plain_session`]: input copied in, outputs copied out; the explainer
+//! through `ExplainerSession::run`, class −1: forward, in-graph seed, backward to the layer, CAM,
 //! upsampling to 224², maps on the host), medians of `--runs` rounds after one warm-up round (each
 //! round runs the three in turn, so that load changes on a shared machine hit them alike), and prints
 //! one JSON line per model, batch and explainer with the ratio explainer ÷ forward (goal <= 1.15),
@@ -18,9 +19,10 @@
 //! ONNX Runtime runs every node on that thread, so the ratio holds on a machine whose cores are
 //! shared (time spent waiting for a core is not counted).
 
-use backend_ort::export::{export_explainer, ExplainerSession, ExportOptions, EXPORTABLE_METHODS};
-use backend_ort::OnnxModel;
-use gradcam_core::{CamModel, Method};
+use backend_ort::export::{
+    export_explainer, plain_session, ExplainerSession, ExportOptions, EXPORTABLE_METHODS,
+};
+use gradcam_core::Method;
 use ndarray::Array4;
 
 #[path = "../../bench/common.rs"]
@@ -73,7 +75,10 @@ fn main() {
             eprintln!("{} missing: run backend-ort/bench/export_models.py", path.display());
             std::process::exit(1);
         }
-        let mut model = OnnxModel::load_with_threads(&path, args.threads).expect("load");
+        // The source in the same kind of session as the explainers: ONNX Runtime's defaults.
+        let mut source = plain_session(&path, args.threads).expect("load");
+        let (input_name, logits_name) =
+            (source.inputs()[0].name().to_string(), source.outputs()[0].name().to_string());
         let variants: [(&str, Vec<Method>); 2] =
             [("gradcam", vec![Method::GradCam]), ("all six", EXPORTABLE_METHODS.to_vec())];
         let mut explainers = Vec::new();
@@ -94,8 +99,15 @@ fn main() {
                 ((b * 7 + c * 13 + h * 3 + w) % 17) as f32 / 17.0 - 0.5
             });
             let classes = vec![-1i64; batch];
+            // As `ExplainerSession::run` does: the input copied in, the logits copied out.
             let mut forward = || {
-                model.forward(input.view()).expect("forward");
+                let shape: Vec<i64> = input.shape().iter().map(|&d| d as i64).collect();
+                let image =
+                    ort::value::Tensor::from_array((shape, input.iter().copied().collect::<Vec<f32>>()))
+                        .expect("make the input");
+                let outputs = source.run(ort::inputs![input_name.as_str() => image]).expect("forward");
+                let logits = outputs.get(logits_name.as_str()).expect("the logits");
+                logits.try_extract_array::<f32>().expect("read the logits").to_owned();
             };
             let [(one_label, one), (six_label, six)] = &mut explainers[..] else {
                 unreachable!("two explainers")

@@ -42,7 +42,7 @@ use crate::OrtBackendError;
 
 pub use check::{check_explainer, CheckReport, CHECK_TOLERANCE};
 pub use run::export_explainer;
-pub use session::{ExplainerOutputs, ExplainerSession};
+pub use session::{plain_session, ExplainerOutputs, ExplainerSession};
 
 /// The explainer's image input.
 pub const INPUT: &str = "input";

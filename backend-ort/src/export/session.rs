@@ -35,20 +35,23 @@ impl ExplainerOutputs {
     }
 }
 
+/// Any ONNX file in an ONNX Runtime session with its defaults but `threads` intra-op threads (0:
+/// ONNX Runtime's default): how an explainer is served, and the baseline its cost is measured
+/// against (the source model in the same kind of session).
+pub fn plain_session(path: &Path, threads: usize) -> Result<Session, ExportError> {
+    let mut builder = Session::builder(environment()?).map_err(OrtBackendError::ort("create a session"))?;
+    if threads > 0 {
+        builder =
+            builder.with_intra_threads(threads).map_err(OrtBackendError::ort("set the number of threads"))?;
+    }
+    Ok(builder.commit_from_file(path).map_err(OrtBackendError::ort(format!("load {}", path.display())))?)
+}
+
 impl ExplainerSession {
     /// Loads an explainer (its `.data` file is read from its folder); `threads` intra-op
     /// threads (0: ONNX Runtime's default).
     pub fn load(path: &Path, threads: usize) -> Result<ExplainerSession, ExportError> {
-        let mut builder =
-            Session::builder(environment()?).map_err(OrtBackendError::ort("create a session"))?;
-        if threads > 0 {
-            builder = builder
-                .with_intra_threads(threads)
-                .map_err(OrtBackendError::ort("set the number of threads"))?;
-        }
-        let session = builder
-            .commit_from_file(path)
-            .map_err(OrtBackendError::ort(format!("load {}", path.display())))?;
+        let session = plain_session(path, threads)?;
         let names: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
         if names != [INPUT, CLASS] {
             return Err(ExportError::Signature(format!(
