@@ -909,6 +909,17 @@ fn activation_then_mean(clip: bool, gap: bool, xs: &[i64], seed: u64) -> Case {
     Case { args, nodes: vec![act, mean], opset: 17 }
 }
 
+/// `CastLike(c, x)` takes only `x`'s type: the unoptimised dynamo exporter casts constants like
+/// an activation, and the gradient must not flow (nor fail) through that second input.
+#[test]
+fn cast_like_takes_only_a_type() {
+    let mut r = Rng(5);
+    let args = vec![Arg::X(vec![2, 3], r.vec(6)), Arg::P(vec![], vec![0.5])];
+    let nodes =
+        vec![node("CastLike", &["p1", "x0"], &["c"], vec![]), node("Mul", &["x0", "c"], &["y"], vec![])];
+    check(Case { args, nodes, opset: 17 }, 1e-2, 5);
+}
+
 #[test]
 fn a_mask_broadcasts_the_gradient_of_a_mean() {
     for (clip, gap) in [(false, false), (false, true), (true, false), (true, true)] {

@@ -52,7 +52,10 @@ impl OnnxGraph {
         let logits = self.logits_name()?;
         let mut active: HashSet<String> = HashSet::from([activation.to_string()]);
         for node in nodes {
-            if rules::is_non_differentiable(&node.op_type) || !node.input.iter().any(|i| active.contains(i)) {
+            let differentiable = |(k, i): (usize, &String)| carries_gradient(node, k) && active.contains(i);
+            if rules::is_non_differentiable(&node.op_type)
+                || !node.input.iter().enumerate().any(differentiable)
+            {
                 continue;
             }
             if node.op_type == "Cast" && !is_float(builder::get_i(node, "to", 0) as i32) {
@@ -196,7 +199,12 @@ impl OnnxGraph {
             if out_grads.iter().all(Option::is_none) {
                 continue;
             }
-            let wants: Vec<bool> = node.input.iter().map(|x| plan.active.contains(x)).collect();
+            let wants: Vec<bool> = node
+                .input
+                .iter()
+                .enumerate()
+                .map(|(k, x)| carries_gradient(node, k) && plan.active.contains(x))
+                .collect();
             let rule =
                 rules::rule(&node.op_type).filter(|_| node.domain.is_empty() || node.domain == "ai.onnx");
             let Some(rule) = rule else {
@@ -285,6 +293,12 @@ fn drop_unread(b: &mut Builder, (nodes, inits): (usize, usize), live: &HashSet<&
             b.nodes.remove(i);
         }
     }
+}
+
+/// Whether input `k` of `node` can carry gradient: not `CastLike`'s second input, which gives
+/// only its type (the unoptimised dynamo exporter casts constants like an activation).
+fn carries_gradient(node: &onnx_protobuf::NodeProto, k: usize) -> bool {
+    !(node.op_type == "CastLike" && k == 1)
 }
 
 fn sum(b: &mut Builder, mut g: Vec<String>) -> String {
