@@ -11,6 +11,8 @@ tf_efficientnet_lite0 with assets/models/tf_efficientnet_lite0.safetensors) it w
   <key>.legacy.onnx                 torch.onnx.export(dynamo=False, opset 17), input "input", output "logits",
                                     dynamic batch
   <key>.dynamo.onnx(.data)          torch.onnx.export(dynamo=True), dynamic batch, weights as external data
+  <key>.dynamo-plain.onnx(.data)    the same with optimize=False: BatchNorms kept (not folded into the
+                                    convolutions), constants as Constant nodes, CastLike
   <key>/<layer>/logits.npy          (2, 1000) f32
   <key>/<layer>/classes.npy         (2,) int64 top-1
   <key>/<layer>/activations.npy     native layout: (2, C, h, w) for CNNs, (2, N, D) for ViT tokens
@@ -142,27 +144,29 @@ def export_onnx(model, x, stem):
                       output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
     files["legacy_onnx"] = os.path.basename(path)
 
-    path = stem + ".dynamo.onnx"
-    for stale in (path, path + ".data"):
-        if os.path.exists(stale):
-            os.remove(stale)
-    batch = torch.export.Dim("batch", min=1, max=1024)
-    program = torch.onnx.export(model, (x,), dynamo=True, input_names=["input"], output_names=["logits"],
-                                dynamic_shapes=({0: batch},), verbose=False)
-    program.save(path, external_data=True)
-    files["dynamo_onnx"] = os.path.basename(path)
-    files["dynamo_onnx_data"] = os.path.basename(path) + ".data"
-    assert os.path.exists(path + ".data"), "dynamo export did not write external data"
+    for suffix, optimize in (("dynamo", True), ("dynamo-plain", False)):
+        path = f"{stem}.{suffix}.onnx"
+        for stale in (path, path + ".data"):
+            if os.path.exists(stale):
+                os.remove(stale)
+        batch = torch.export.Dim("batch", min=1, max=1024)
+        program = torch.onnx.export(model, (x,), dynamo=True, input_names=["input"], output_names=["logits"],
+                                    dynamic_shapes=({0: batch},), verbose=False, optimize=optimize)
+        program.save(path, external_data=True)
+        kind = suffix.replace("-", "_") + "_onnx"
+        files[kind] = os.path.basename(path)
+        files[kind + "_data"] = os.path.basename(path) + ".data"
+        assert os.path.exists(path + ".data"), "dynamo export did not write external data"
     return files
 
 
 def check_onnx(out, files, x, expected):
-    """Runs both ONNX files in onnxruntime (batch 2) and inspects the dynamo file's name-scope metadata."""
+    """Runs the ONNX files in onnxruntime (batch 2) and inspects the dynamo file's name-scope metadata."""
     import onnx
     import onnxruntime as ort
 
     report = {}
-    for kind in ("legacy_onnx", "dynamo_onnx"):
+    for kind in ("legacy_onnx", "dynamo_onnx", "dynamo_plain_onnx"):
         sess = ort.InferenceSession(os.path.join(out, files[kind]), providers=["CPUExecutionProvider"])
         got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
         report[kind + "_max_abs_diff"] = float(np.abs(got - expected).max())

@@ -163,6 +163,17 @@ fn lite0_dynamo() {
     check("lite0", "dynamo", &["blocks.6"]);
 }
 
+/// The dynamo exporter with `optimize=False`: BatchNorms kept, so a convolution followed by one
+/// is a layer of its own (Lite0's `conv_head`; the random ResNet-18's inner convolutions give
+/// empty maps); constants as `Constant` nodes (`value_ints`, a mean's axes as a `Reshape` of
+/// two) and `CastLike`s of constants to an activation's type.
+#[test]
+fn unoptimised_dynamo_exports() {
+    check("resnet18", "dynamo-plain", &["layer4"]);
+    check("lite0", "dynamo-plain", &["conv_head"]);
+    check("vit_tiny", "dynamo-plain", &["blocks.11.norm1"]);
+}
+
 /// GradCAM alone from `blocks.6`: its weights are the mean of a gradient that came back through
 /// the pointwise `conv_head`, which the explainer takes before that product.
 #[test]

@@ -8,7 +8,7 @@ use super::assemble::{assemble, Plan, PlannedLayer};
 use super::files::{check_destination, write};
 use super::probe::probe;
 use super::{ExportError, ExportOptions, Exported, ExportedLayer, EXPORTABLE_METHODS};
-use crate::onnx_graph::{Layer, OnnxGraph, Shapes};
+use crate::onnx_graph::{Dims, Layer, OnnxGraph, Shapes};
 use crate::OnnxModel;
 
 /// Batch size of the shape probe when the batch is dynamic: not 1, so that broadcasting over
@@ -38,7 +38,10 @@ const DEFAULT_SIDE: usize = 224;
 pub fn export_explainer(model: &Path, out: &Path, options: &ExportOptions) -> Result<Exported, ExportError> {
     let methods = check_methods(&options.methods)?;
     check_destination(out, model)?;
-    let graph = OnnxGraph::load(model)?;
+    // Constant subgraphs (the unoptimised dynamo exporter computes a mean's axes with a
+    // `Reshape` of `Constant`s) become constants the backward rules can read; nothing that
+    // depends on the input's shape is folded, so the batch stays dynamic.
+    let (graph, _) = OnnxGraph::load(model)?.fold_shapes(&Dims::new());
     let [input] = graph.input_names().try_into().map_err(|names: Vec<String>| {
         ExportError::Signature(format!("expected one image input, found {names:?}"))
     })?;

@@ -636,7 +636,16 @@ impl OnnxGraph {
         for node in std::mem::take(&mut graph.node) {
             if node.op_type == "Constant" {
                 if let (Some(v), Some(o)) = (constant_value(&node), node.output.first()) {
+                    // `value_ints` and the like (the unoptimised dynamo exporter's) as a `value`
+                    // tensor, the one form the backward rules read.
+                    let tensor =
+                        attr(&node, "value").is_none().then(|| constant_node(&node.name, o, &v)).flatten();
                     known.insert(o.clone(), v);
+                    if let Some(tensor) = tensor {
+                        folded += 1;
+                        nodes.push(tensor);
+                        continue;
+                    }
                 }
                 nodes.push(node);
                 continue;
