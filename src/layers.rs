@@ -40,6 +40,9 @@ pub(crate) fn choose_layers(
     let mut layers: Vec<String> = Vec::new();
     for name in wanted {
         if !known.iter().any(|l| &l.name == name) {
+            if let Some(why) = loaded.model.why_not_a_layer(name) {
+                return Err(why.into());
+            }
             let near = gradcam_core::near_matches(name, known.iter().map(|l| l.name.as_str()));
             return Err(CliError::UnknownLayer { name: name.clone(), near, count: known.len() });
         }

@@ -638,6 +638,13 @@ impl CamModel for OnnxModel {
             .collect())
     }
 
+    fn why_not_a_layer(&mut self, name: &str) -> Option<CamError> {
+        match self.graph.find_layer(name) {
+            Err(e @ onnx_graph::GraphError::FoldedLayer { .. }) => Some(OrtBackendError::from(e).into()),
+            _ => None,
+        }
+    }
+
     fn capture(
         &mut self,
         input: ArrayView4<f32>,

@@ -185,11 +185,27 @@ fn both_exporters_list_the_same_layers() {
             .collect();
         assert!(missing.is_empty(), "{key}: only in the dynamo export: {missing:?}");
     }
-    // resnet18's `conv1` has a BatchNorm folded in by the legacy exporter: a typed error, not bn1's map.
-    let legacy = backend_ort::OnnxGraph::load(&dir.join("resnet18.legacy.onnx")).expect("load");
-    for name in ["conv1", "layer2.0.downsample.0"] {
-        let err = legacy.find_layer(name).expect_err(name);
-        assert!(matches!(err, backend_ort::GraphError::FoldedLayer { .. }), "{name}: {err}");
+    // resnet18's convolutions have their BatchNorms folded in, by the legacy exporter's constant
+    // folding and by the dynamo exporter's optimizer: a typed error naming where to look instead,
+    // not "unknown layer", and not bn1's map under conv1's name. The model says the same when the
+    // CLI finds the name missing from its layers.
+    for (file, next) in [
+        ("resnet18.legacy.onnx", ["act1", "layer2.0.downsample"]),
+        ("resnet18.dynamo.onnx", ["bn1", "layer2.0.downsample.1"]),
+    ] {
+        let graph = backend_ort::OnnxGraph::load(&dir.join(file)).expect("load");
+        let mut model = OnnxModel::load(&dir.join(file)).expect("load");
+        for (name, next) in ["conv1", "layer2.0.downsample.0"].into_iter().zip(next) {
+            let err = graph.find_layer(name).expect_err(name);
+            assert!(
+                matches!(&err, backend_ort::GraphError::FoldedLayer { next: Some(n), .. } if n == next),
+                "{file} {name}: {err}"
+            );
+            assert!(!model.layers().expect("layers").iter().any(|l| l.name == name), "{file} {name}");
+            let why = model.why_not_a_layer(name).map(|e| e.to_string()).unwrap_or_default();
+            assert!(why.contains(next) && why.contains("optimize=False"), "{file} {name}: {why}");
+        }
+        assert!(model.why_not_a_layer("layer1.0.conv9").is_none(), "{file}");
     }
 }
 

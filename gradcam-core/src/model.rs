@@ -97,6 +97,14 @@ pub trait CamModel {
     /// Every layer that can be explained, in forward order.
     fn layers(&mut self) -> Result<Vec<LayerInfo>, CamError>;
 
+    /// Why `name`, which is not among [`CamModel::layers`], cannot be explained, when the backend
+    /// knows more than that it is unknown (a module whose output the exporter folded away);
+    /// `None` otherwise.
+    fn why_not_a_layer(&mut self, name: &str) -> Option<CamError> {
+        let _ = name;
+        None
+    }
+
     /// The layer chosen when the user names none: [`default_layer_among`] the model's
     /// [`CamModel::layers`] (the last block's `norm1` for ViTs, the last spatial feature map for
     /// CNNs). Override it only for a model that knows better.

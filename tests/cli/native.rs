@@ -54,3 +54,19 @@ fn gradcam_export_finds_onnx_runtime_by_itself() {
     assert_success(&out);
     assert!(dir.join("x.onnx").is_file());
 }
+
+/// A convolution whose BatchNorm the exporter folded into it is not "unknown": the error names
+/// the layer that holds its output and the export option that keeps it (found as a user:
+/// `--layer layer1.0.conv1` on a dynamo export said "unknown layer").
+#[cfg(feature = "ort")]
+#[test]
+fn a_folded_convolution_names_where_to_look() {
+    for (model, next) in [("resnet18.dynamo.onnx", "layer1.0.bn1"), ("resnet18.legacy.onnx", "layer1.0.act1")]
+    {
+        let dir = workdir(&format!("folded-{model}"));
+        let out =
+            gradcam(&dir, &["explain", &chelsea(), "--model", &fixture(model), "--layer", "layer1.0.conv1"]);
+        assert_failure(&out, 1, "layer `layer1.0.conv1` has no output of its own in this file", &dir, &[]);
+        assert!(stderr(&out).contains(next) && stderr(&out).contains("optimize=False"), "{}", stderr(&out));
+    }
+}

@@ -9,6 +9,8 @@ use super::{GraphError, OnnxGraph};
 /// Node metadata key where the dynamo exporter records the module stack.
 const NAME_SCOPES: &str = "pkg.torch.onnx.name_scopes";
 /// The scope torch.export records for nodes outside any module.
+/// The dynamo exporter's record of the rewrites that made a node.
+const REWRITES: &str = "pkg.onnxscript.rewriter.rule_name";
 const NO_MODULE: &str = "_empty_nn_module_stack_from_metadata_hook";
 
 /// A module of the original PyTorch model and the tensor it outputs.
@@ -181,6 +183,23 @@ impl OnnxGraph {
             .collect()
     }
 
+    /// Dynamo-exported convolutions with the BatchNorm after them fused in (the exporter's
+    /// default `optimize=True`): the node carries the BatchNorm's module, and only its weight's
+    /// name (`conv_head.weight`) still names the convolution. Node index and that module path.
+    fn fused_convolutions(&self) -> Vec<(usize, String)> {
+        self.nodes()
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| {
+                n.op_type == "Conv"
+                    && n.metadata_props
+                        .iter()
+                        .any(|p| p.key == REWRITES && p.value.contains("FuseBatchNormIntoConv"))
+            })
+            .filter_map(|(i, n)| Some((i, n.input.get(1)?.strip_suffix(".weight")?.to_string())))
+            .collect()
+    }
+
     /// The layer named `name`: a module path, or else the name of any tensor a node produces.
     pub fn find_layer(&self, name: &str) -> Result<Layer, GraphError> {
         let layers = self.layers();
@@ -192,9 +211,14 @@ impl OnnxGraph {
         }
         let scopes: HashSet<&str> = self.nodes().iter().filter_map(legacy_scope).collect();
         let repeated = |scope: &str| repeated_call(scope, &scopes);
-        for i in self.folded_convolutions() {
-            if module_paths_in(&self.nodes()[i], &repeated).last().is_some_and(|p| p == name) {
-                let next = layers.iter().find(|l| l.node > i).map(|l| l.name.clone());
+        let legacy = self
+            .folded_convolutions()
+            .into_iter()
+            .filter_map(|i| Some((i, module_paths_in(&self.nodes()[i], &repeated).pop()?)));
+        for (i, module) in legacy.chain(self.fused_convolutions()) {
+            if module == name {
+                // The first layer whose output is the BatchNorm's or comes after it.
+                let next = layers.iter().find(|l| l.node >= i).map(|l| l.name.clone());
                 return Err(GraphError::FoldedLayer { name: name.into(), next });
             }
         }

@@ -58,11 +58,11 @@ pub enum GraphError {
         near: Vec<String>,
     },
     /// A module whose output the exporter folded away (a convolution with the BatchNorm after it
-    /// folded in).
+    /// folded in: the legacy exporter's constant folding, the dynamo exporter's optimizer).
     #[error(
         "layer `{name}` has no output of its own in this file: the exporter folded the BatchNorm after it \
-         into it{}; export with `torch.onnx.export(..., dynamo=True)` to keep BatchNorm names",
-        match next { Some(n) => format!(" (explain the next layer, `{n}`, instead)"), None => String::new() }
+         into it{}; export with `torch.onnx.export(..., dynamo=True, optimize=False)` to keep it",
+        match next { Some(n) => format!(" (explain `{n}`, the first layer at or after it, instead)"), None => String::new() }
     )]
     FoldedLayer {
         /// The requested layer.
