@@ -271,7 +271,6 @@ fn class_seed(b: &mut Builder, logits: &str, dtype: i32) -> (String, String) {
     (seed, classes)
 }
 
-/// The sum of gradient contributions (a `Sum` node only when there are several).
 /// Drops the nodes and initializers added from `start` on that nothing reads and `live` does
 /// not name: some rules leave such nodes behind (an `Expand` whose input a mask broadcasts
 /// instead), and ONNX Runtime runs every node of a graph.
@@ -301,6 +300,7 @@ fn carries_gradient(node: &onnx_protobuf::NodeProto, k: usize) -> bool {
     !(node.op_type == "CastLike" && k == 1)
 }
 
+/// The sum of gradient contributions (a `Sum` node only when there are several).
 fn sum(b: &mut Builder, mut g: Vec<String>) -> String {
     if g.len() == 1 {
         return g.pop().expect("one");

@@ -8,9 +8,9 @@ use super::{GraphError, OnnxGraph};
 
 /// Node metadata key where the dynamo exporter records the module stack.
 const NAME_SCOPES: &str = "pkg.torch.onnx.name_scopes";
-/// The scope torch.export records for nodes outside any module.
 /// The dynamo exporter's record of the rewrites that made a node.
 const REWRITES: &str = "pkg.onnxscript.rewriter.rule_name";
+/// The scope torch.export records for nodes outside any module.
 const NO_MODULE: &str = "_empty_nn_module_stack_from_metadata_hook";
 
 /// A module of the original PyTorch model and the tensor it outputs.
