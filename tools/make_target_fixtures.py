@@ -27,6 +27,7 @@ output's size), concept_<model>.npy, and manifest.json (written last), which als
 of the models in GRADIENT_FREE_MODELS, pytorch-grad-cam's six metrics of its Grad-CAM maps (ROAD noise 0;
 tools/make_metric_fixtures.py's runner).
 """
+import copy
 import json
 import os
 import sys
@@ -185,6 +186,17 @@ def run(method, model, x, layer, targets, vit):
     return np.float32(result), raws[0]
 
 
+def double_targets(targets):
+    """`targets` for a float64 model (a concept vector must match the embedding's dtype)."""
+    return [SimilarityToConceptTarget(t.features.double()) if isinstance(t, SimilarityToConceptTarget) else t
+            for t in targets]
+
+
+def relative_diffs(a, b):
+    """Per image: max |a - b| relative to max |b|."""
+    return [float(np.abs(np.float64(x) - y).max() / max(float(np.abs(y).max()), 1e-30)) for x, y in zip(a, b)]
+
+
 def main(out):
     t_start = time.time()
     os.makedirs(out, exist_ok=True)
@@ -226,6 +238,7 @@ def main(out):
         # (tools/ties.py): another correct implementation may flip it.
         kink_ties = tie_mask(model, x, model.get_submodule(layer))[0].reshape(len(x), -1).any(axis=1)
         cases = {}
+        model64 = None
         if key.endswith("binary"):
             predicted = [int(v > 0) for v in output[:, 0]]
             cases["predicted"] = {"target": "binary", "classes": predicted}
@@ -272,6 +285,16 @@ def main(out):
                 final, raw = run(method, model, x, layer, targets, vit)
                 np.save(os.path.join(folder, f"cam_{method}.npy"), final)
                 np.save(os.path.join(folder, f"raw_{method}.npy"), raw)
+                if any(spec["ties"]) and method not in GRADIENT_FREE:
+                    # How far float rounding alone moves grad-cam's maps at this tie: the same maps
+                    # computed in float64. Which near-kink units flip depends on the CPU's kernels
+                    # (fcn_resnet50's HiResCAM moved 2.6% on one machine, none on another); the
+                    # tests allow twice this where the image has a tie.
+                    if model64 is None:
+                        model64 = copy.deepcopy(model).double()
+                    final64, raw64 = run(method, model64, x.double(), layer, double_targets(targets), vit)
+                    spec.setdefault("tie_noise", {})[method] = {
+                        "raw": relative_diffs(raw64, raw), "cam": relative_diffs(final64, final)}
                 print(f"  {key} {case} {method}: {time.time() - t1:.1f}s", flush=True)
                 if method == "gradcam" and full:
                     t1 = time.time()

@@ -3,6 +3,7 @@
 //! of a top-5 table, and every misuse is a message that says what to do.
 
 use super::*;
+use gradcam_core::Method;
 use ndarray::{Array2, Axis};
 use tests::targets::{concept_file, target_model, TargetModel};
 #[cfg(feature = "ort")]
@@ -52,7 +53,7 @@ fn check(
         assert_eq!(image["predictions"], Value::Array(vec![]), "{label}: no top-5 for a non-classifier");
         assert!(image["target_score"].as_str().is_some_and(|s| !s.is_empty()), "{label}: {image}");
         assert_eq!(image["maps"][0]["class"], case.classes[b], "{label} image {b}");
-        let tol = case.tolerance(b, UPSAMPLED_TOL);
+        let tol = case.tolerance(Method::GradCam, false, b, UPSAMPLED_TOL);
         assert_close(&format!("{label} image {b}"), map.view(), want.index_axis(Axis(0), b), tol);
     }
 }
@@ -76,7 +77,7 @@ fn binary_models_explain_the_predicted_class_or_the_other() {
                 &format!("{key} opposite {b}"),
                 map.view(),
                 want.index_axis(Axis(0), b),
-                case.tolerance(b, UPSAMPLED_TOL),
+                case.tolerance(Method::GradCam, false, b, UPSAMPLED_TOL),
             );
             assert_eq!(summary["images"][b]["maps"][1]["class"], case.classes[b]);
         }

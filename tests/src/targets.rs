@@ -3,6 +3,7 @@
 //! 1.5.7 with its `BinaryClassifierOutputTarget`, `SemanticSegmentationTarget` and
 //! `SimilarityToConceptTarget`, and [`check_targets`], their comparison in one backend.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 use gradcam_core::{evaluate, explain, CamModel, CamOptions, Classes, Method, Metric, MetricOptions, Target};
@@ -46,6 +47,10 @@ pub struct TargetCase {
     /// Per image: its gradient depends on a ReLU within float noise of its kink, or its argmax
     /// region has a pixel within float noise of another class (the generator's `ties`).
     pub ties: Vec<bool>,
+    /// Per gradient method, where an image has a tie: how far grad-cam's maps move, relative to
+    /// their largest magnitude, when the same maps are computed in float64 (the generator's
+    /// `tie_noise`), per image `[before upsampling, final]`.
+    pub tie_noise: HashMap<Method, Vec<[f32; 2]>>,
     /// The methods grad-cam ran for it.
     pub methods: Vec<Method>,
     /// pytorch-grad-cam's metrics of its Grad-CAM maps (ROAD noise 0), per metric and image,
@@ -56,14 +61,16 @@ pub struct TargetCase {
 }
 
 impl TargetCase {
-    /// The tolerance for image `image`'s maps: `tol`, or [`TIE_TOL`] where the image has a tie
-    /// that another correct implementation may flip (the kink rule of the model fixtures).
-    pub fn tolerance(&self, image: usize, tol: f32) -> f32 {
-        if self.ties[image] {
-            TIE_TOL.max(tol)
-        } else {
-            tol
+    /// The tolerance for `method`'s map of image `image` (`raw`: before upsampling, else the
+    /// final map): `tol`, or where the image has a tie that another correct implementation may
+    /// flip (the kink rule of the model fixtures), [`TIE_TOL`] or twice the float64 recomputation's
+    /// difference ([`TargetCase::tie_noise`]), whichever is larger.
+    pub fn tolerance(&self, method: Method, raw: bool, image: usize, tol: f32) -> f32 {
+        if !self.ties[image] {
+            return tol;
         }
+        let noise = self.tie_noise.get(&method).map_or(0.0, |n| n[image][usize::from(!raw)]);
+        TIE_TOL.max(tol).max(2.0 * noise)
     }
 }
 
@@ -133,6 +140,24 @@ pub fn target_models() -> Vec<TargetModel> {
                     .iter()
                     .map(|v| v.as_bool().expect("a tie flag"))
                     .collect();
+                let tie_noise = c["tie_noise"]
+                    .as_object()
+                    .map(|m| {
+                        m.iter()
+                            .map(|(name, n)| {
+                                let method = method_from_fixture_name(name)
+                                    .unwrap_or_else(|| panic!("unknown method {name}"));
+                                let stage = |s: &str| -> Vec<f32> {
+                                    let values = n[s].as_array().expect("tie noise per image").iter();
+                                    values.map(|v| v.as_f64().expect("a number") as f32).collect()
+                                };
+                                let per_image =
+                                    stage("raw").into_iter().zip(stage("cam")).map(|(r, c)| [r, c]);
+                                (method, per_image.collect())
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
                 let metrics = c["metrics"]
                     .as_object()
                     .map(|m| {
@@ -152,6 +177,7 @@ pub fn target_models() -> Vec<TargetModel> {
                     classes,
                     scores,
                     ties,
+                    tie_noise,
                     methods,
                     metrics,
                     dir: dir.join(key).join(case),
@@ -234,11 +260,21 @@ pub fn check_targets(label: &str, model: &mut dyn CamModel, reference: &TargetMo
             let cam = npy::<f32>(case.dir.join(format!("cam_{name}.npy")));
             for (b, got) in e.layers[0].raw.outer_iter().enumerate() {
                 let want = raw.index_axis(Axis(0), b);
-                assert_close(&format!("{what} raw image {b}"), got, want, case.tolerance(b, TOL));
+                assert_close(
+                    &format!("{what} raw image {b}"),
+                    got,
+                    want,
+                    case.tolerance(e.method, true, b, TOL),
+                );
             }
             for (b, got) in e.maps.outer_iter().enumerate() {
                 let want = cam.index_axis(Axis(0), b);
-                assert_close(&format!("{what} image {b}"), got, want, case.tolerance(b, UPSAMPLED_TOL));
+                assert_close(
+                    &format!("{what} image {b}"),
+                    got,
+                    want,
+                    case.tolerance(e.method, false, b, UPSAMPLED_TOL),
+                );
             }
             if e.method != Method::GradCam || case.metrics.is_empty() {
                 continue;
