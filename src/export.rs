@@ -64,7 +64,7 @@ pub fn run(args: ExportArgs) -> Result<(), CliError> {
     let failed = |e| CliError::Cam(gradcam_core::CamError::backend(e));
     let exported = export_explainer(&args.model, &args.output, &options).map_err(failed)?;
     let (h, w) = exported.size;
-    let batch = exported.fixed_batch.map_or("N".to_string(), |b| b.to_string());
+    let batch = "N";
     match &exported.data {
         Some(data) => println!("wrote {} (weights in {})", exported.path.display(), data.display()),
         None => println!("wrote {}", exported.path.display()),
@@ -73,6 +73,10 @@ pub fn run(args: ExportArgs) -> Result<(), CliError> {
         "  inputs:  input ({batch}, {}, {h}, {w}) f32, class ({batch},) int64 (-1 = top-1)",
         exported.channels
     );
+    if let Some(b) = exported.source_batch {
+        let images = if b == 1 { "one image".to_string() } else { format!("{b} images") };
+        println!("  batch:   any; the source fixes {b}, so the explainer runs it on {images} at a time");
+    }
     let maps: Vec<String> = exported.methods.iter().map(|m| backend_ort::export::cam_output(*m)).collect();
     println!(
         "  outputs: logits ({batch}, {}), {} ({batch}, {h}, {w}) in [0, 1]",

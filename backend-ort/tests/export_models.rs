@@ -12,6 +12,8 @@ use gradcam_core::{argmax, explain, CamModel, CamOptions, Layout, Method, Target
 use ndarray::{concatenate, s, Array4, ArrayView4, Axis};
 use tests::{assert_close, input, require};
 
+mod fixed_copy;
+
 const TOL: f32 = tests::EXPORT_TOL;
 
 fn out_dir(name: &str) -> tests::Scratch {
@@ -256,4 +258,40 @@ fn default_layer_signature_and_check() {
         .value
         .clone();
     assert_eq!(layers, "bn2 (nchw)");
+}
+
+/// A source that fixes its batch (what `torch.onnx.export` writes by default) still gives an
+/// explainer that takes any batch, as the signature says: it runs the source's graph on
+/// that many images at a time, the last part padded. Batch 3 is a multiple of neither 1 nor 2.
+#[test]
+fn fixed_batch_sources_take_any_batch() {
+    let methods = [Method::GradCam, Method::GradCamPlusPlus, Method::LayerCam];
+    for (key, exporter, layer, batch) in [
+        ("resnet18", "legacy", "layer4", 1),
+        ("resnet18", "legacy", "layer4", 2),
+        ("vit_tiny", "dynamo", "blocks.11.norm1", 1),
+    ] {
+        let file = format!("{key}.{exporter}.onnx");
+        let (_copy, source) = fixed_copy::with_fixed_batch(&file, batch);
+        let what = format!("{file} fixed to batch {batch}");
+        let dir = out_dir(&format!("fixed-{key}-{exporter}-{batch}"));
+        let options = ExportOptions {
+            layers: vec![layer.into()],
+            methods: methods.to_vec(),
+            ..ExportOptions::default()
+        };
+        let exported = export_explainer(&source, &dir.join("explainer.onnx"), &options)
+            .unwrap_or_else(|e| panic!("{what}: export: {e}"));
+        assert_eq!(exported.source_batch, Some(batch as usize), "{what}");
+        let graph = OnnxGraph::load(&exported.path).expect("read the explainer");
+        assert_eq!(graph.input_dims("input").expect("dims"), [None, Some(3), Some(224), Some(224)], "{what}");
+        assert_eq!(graph.input_dims("class").expect("dims"), [None], "{what}");
+        let mut model = OnnxModel::load(&require(&file)).expect("load the dynamic source");
+        let x = batch3();
+        compare(&format!("{what}, batch 1"), &exported, &mut model, x.slice(s![0..1, .., .., ..]), &[-1]);
+        let asked = asked_classes(&mut model, x.view());
+        compare(&format!("{what}, batch 3"), &exported, &mut model, x.view(), &asked);
+        let report = check_explainer(&exported, 0).unwrap_or_else(|e| panic!("{what}: check: {e}"));
+        assert!(report.passed(), "{what}: {report}");
+    }
 }

@@ -13,7 +13,7 @@ use onnx_protobuf::{
 use super::cam::{cam_outputs, LayerTensors};
 use super::optimize::optimize;
 use super::{cam_output, ExportError, CLASS, INPUT, LOGITS};
-use crate::onnx_graph::builder::{Builder, FLOAT, INT64};
+use crate::onnx_graph::builder::{attr_i, Builder, FLOAT, INT64};
 use crate::onnx_graph::{self, value_info, OnnxGraph, Seed, Shapes};
 
 /// Prefix of every tensor, node and initializer the export adds.
@@ -146,6 +146,9 @@ pub(crate) fn assemble(base: &OnnxGraph, plan: &Plan, shapes: &Shapes) -> Result
     onnx_graph::prune(graph);
     drop_unused_initializers(graph);
     rename_all(graph, renames);
+    if let Some(b) = plan.fixed_batch {
+        run_in_parts(graph, b, plan, base.opset());
+    }
 
     let model = out.model_mut();
     for (key, value) in &plan.metadata {
@@ -156,6 +159,79 @@ pub(crate) fn assemble(base: &OnnxGraph, plan: &Plan, shapes: &Shapes) -> Result
         model.metadata_props.push(entry);
     }
     Ok(out)
+}
+
+/// Makes the explainer of a source that fixes its batch at `b` take any batch `N`: the graph
+/// becomes the body of a `Scan` over parts of `b` images, the last part padded (zero images,
+/// class 0) and its extra rows dropped after. Every image goes through the same graph as in a
+/// source of dynamic batch, so its maps are the same; the weights stay initializers of the outer
+/// graph, which the body reads from there.
+fn run_in_parts(graph: &mut onnx_protobuf::GraphProto, b: i64, plan: &Plan, opset: i64) {
+    let outputs: Vec<String> = graph.output.iter().map(|o| o.name.clone()).collect();
+    let inner = |name: &str| format!("{PREFIX}/part/{name}");
+    let mut public: Vec<String> = vec![INPUT.into(), CLASS.into()];
+    public.extend(outputs.iter().cloned());
+    rename_all(graph, public.iter().map(|n| (n.clone(), inner(n))).collect());
+
+    let mut body = onnx_protobuf::GraphProto::new();
+    body.name = format!("{PREFIX}_part");
+    body.node = std::mem::take(&mut graph.node);
+    body.input = graph.input.drain(..2).collect();
+    body.output = std::mem::take(&mut graph.output);
+    body.value_info = std::mem::take(&mut graph.value_info);
+
+    let mut parts = Builder::new(opset, &format!("{PREFIX}/parts"));
+    let shape = parts.op("Shape", &[INPUT], vec![]);
+    let first = parts.ints(&[0]);
+    let n = parts.op("Gather", &[&shape, &first], vec![]);
+    let (mut image, mut class) = (INPUT.to_string(), CLASS.to_string());
+    if b > 1 {
+        // (b - N mod b) mod b rows of padding, at the end of the batch axis.
+        let size = parts.ints(&[b]);
+        let rest = parts.op("Mod", &[&n, &size], vec![]);
+        let missing = parts.op("Sub", &[&size, &rest], vec![]);
+        let pad = parts.op("Mod", &[&missing, &size], vec![]);
+        let (zero, zeros3) = (parts.ints(&[0]), parts.ints(&[0, 0, 0]));
+        let image_pads = parts.op("Concat", &[&zeros3, &zero, &pad, &zeros3], vec![attr_i("axis", 0)]);
+        image = parts.op("Pad", &[&image, &image_pads], vec![]);
+        let class_pads = parts.op("Concat", &[&zero, &pad], vec![attr_i("axis", 0)]);
+        class = parts.op("Pad", &[&class, &class_pads], vec![]);
+    }
+    let image = parts.reshape(&image, &[-1, b, plan.channels, plan.hw.0, plan.hw.1]);
+    let class = parts.reshape(&class, &[-1, b]);
+    let scan = parts.op_n("Scan", &[&image, &class], outputs.len(), vec![attr_i("num_scan_inputs", 2)]);
+    let mut body_attr = onnx_protobuf::AttributeProto::new();
+    body_attr.name = "body".into();
+    body_attr.type_ = onnx_protobuf::attribute_proto::AttributeType::GRAPH.into();
+    body_attr.g = Some(body).into();
+    parts.nodes.last_mut().expect("the Scan node").attribute.push(body_attr);
+
+    let mut batch = tensor_shape_proto::Dimension::new();
+    batch.value = Some(tensor_shape_proto::dimension::Value::DimParam("N".into()));
+    let mut declared = Vec::new();
+    for (i, (stacked, name)) in scan.iter().zip(&outputs).enumerate() {
+        // (parts, b, ...) -> (parts * b, ...), then the first N rows.
+        let row: Vec<i64> = if i == 0 { vec![plan.num_classes] } else { vec![plan.hw.0, plan.hw.1] };
+        let mut flat_shape = vec![-1];
+        flat_shape.extend(&row);
+        let mut last = parts.reshape(stacked, &flat_shape);
+        if b > 1 {
+            let (start, axis) = (parts.ints(&[0]), parts.ints(&[0]));
+            last = parts.op("Slice", &[&last, &start, &n, &axis], vec![]);
+        }
+        for node in parts.nodes.iter_mut().filter(|node| node.output.contains(&last)) {
+            node.output = vec![name.clone()];
+        }
+        let mut dims = vec![batch.clone()];
+        dims.extend(row.iter().map(|&d| fixed(d)));
+        declared.push(declare(name, FLOAT, &dims));
+    }
+    graph.node = parts.nodes;
+    graph.initializer.extend(parts.initializers);
+    graph.output = declared;
+    let image_dims = [batch.clone(), fixed(plan.channels), fixed(plan.hw.0), fixed(plan.hw.1)];
+    graph.input.insert(0, declare(INPUT, FLOAT, &image_dims));
+    graph.input.insert(1, declare(CLASS, INT64, &[batch]));
 }
 
 /// The batch dimension of the explainer's inputs and outputs: the source's fixed size, else its

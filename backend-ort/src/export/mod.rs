@@ -8,7 +8,7 @@
 //!
 //! | name | | shape | |
 //! |---|---|---|---|
-//! | `input` | input | `(N, C, H, W)` f32 | N dynamic (unless the source fixes it), H×W fixed at export |
+//! | `input` | input | `(N, C, H, W)` f32 | N dynamic (a source that fixes its batch B runs B images at a time), H×W fixed at export |
 //! | `class` | input | `(N,)` int64 | the class to explain per image; −1 (any negative): its top-1 |
 //! | `logits` | output | `(N, K)` f32 | the classifier's first output |
 //! | `cam_<method>` | output | `(N, H, W)` f32 | one per method, in `[0, 1]`, at the input resolution |
@@ -154,8 +154,10 @@ pub struct Exported {
     pub size: (usize, usize),
     /// Input channels.
     pub channels: usize,
-    /// The batch size, when the source model fixes it (else dynamic).
-    pub fixed_batch: Option<usize>,
+    /// The batch size the source model fixes, if it does. The explainer's batch is dynamic all
+    /// the same: it runs the source's graph on that many images at a time (an ONNX `Scan`), the
+    /// last part padded.
+    pub source_batch: Option<usize>,
     /// Number of classes.
     pub num_classes: usize,
     /// The default-domain opset (the source's).

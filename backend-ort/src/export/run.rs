@@ -125,7 +125,7 @@ pub fn export_explainer(model: &Path, out: &Path, options: &ExportOptions) -> Re
         methods,
         size,
         channels: channels as usize,
-        fixed_batch: fixed_batch.map(|b| b as usize),
+        source_batch: fixed_batch.map(|b| b as usize),
         num_classes: num_classes as usize,
         opset: graph.opset(),
         softmax: options.softmax,
