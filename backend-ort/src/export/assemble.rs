@@ -182,8 +182,9 @@ fn run_in_parts(graph: &mut onnx_protobuf::GraphProto, b: i64, plan: &Plan, opse
 
     let mut parts = Builder::new(opset, &format!("{PREFIX}/parts"));
     let shape = parts.op("Shape", &[INPUT], vec![]);
-    let first = parts.ints(&[0]);
-    let n = parts.op("Gather", &[&shape, &first], vec![]);
+    // `[0]`: the batch axis, its first row, and zero padding before it.
+    let zero = parts.ints(&[0]);
+    let n = parts.op("Gather", &[&shape, &zero], vec![]);
     let (mut image, mut class) = (INPUT.to_string(), CLASS.to_string());
     if b > 1 {
         // (b - N mod b) mod b rows of padding, at the end of the batch axis.
@@ -191,7 +192,7 @@ fn run_in_parts(graph: &mut onnx_protobuf::GraphProto, b: i64, plan: &Plan, opse
         let rest = parts.op("Mod", &[&n, &size], vec![]);
         let missing = parts.op("Sub", &[&size, &rest], vec![]);
         let pad = parts.op("Mod", &[&missing, &size], vec![]);
-        let (zero, zeros3) = (parts.ints(&[0]), parts.ints(&[0, 0, 0]));
+        let zeros3 = parts.ints(&[0, 0, 0]);
         let image_pads = parts.op("Concat", &[&zeros3, &zero, &pad, &zeros3], vec![attr_i("axis", 0)]);
         image = parts.op("Pad", &[&image, &image_pads], vec![]);
         let class_pads = parts.op("Concat", &[&zero, &pad], vec![attr_i("axis", 0)]);
@@ -216,8 +217,7 @@ fn run_in_parts(graph: &mut onnx_protobuf::GraphProto, b: i64, plan: &Plan, opse
         flat_shape.extend(&row);
         let mut last = parts.reshape(stacked, &flat_shape);
         if b > 1 {
-            let (start, axis) = (parts.ints(&[0]), parts.ints(&[0]));
-            last = parts.op("Slice", &[&last, &start, &n, &axis], vec![]);
+            last = parts.op("Slice", &[&last, &zero, &n, &zero], vec![]);
         }
         for node in parts.nodes.iter_mut().filter(|node| node.output.contains(&last)) {
             node.output = vec![name.clone()];
