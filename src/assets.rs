@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 /// Architecture of the shipped model.
+#[cfg(feature = "candle")]
 pub const SHIPPED_ARCH: &str = "tf_efficientnet_lite0";
 
 /// The assets folder: `$GRADCAM_ASSETS` when set, else the one in the workspace the binary was
@@ -15,6 +16,7 @@ pub fn dir() -> PathBuf {
 }
 
 /// The shipped candle model.
+#[cfg(feature = "candle")]
 pub fn shipped_model() -> PathBuf {
     dir().join("models").join(format!("{SHIPPED_ARCH}.safetensors"))
 }
