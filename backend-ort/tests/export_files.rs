@@ -177,6 +177,46 @@ fn token_model() -> Vec<u8> {
     )
 }
 
+/// An int64 scalar constant.
+fn scalar_int(name: &str, value: i64) -> TensorProto {
+    let mut t = const_ints(name, &[value]);
+    t.dims.clear();
+    t
+}
+
+/// Patchify (4×4 stride-4 conv, 8 channels, ReLU: `act`), then the map flattened over the
+/// whole batch and gathered back by indices computed from its size, as the dynamo exporter
+/// writes an `as_strided` (timm's ConvNeXt): the index count depends on the batch. Mean pooling,
+/// 5 classes.
+fn flat_gather_model() -> Vec<u8> {
+    model(
+        vec![
+            node(
+                "Conv",
+                &["image", "w1"],
+                "conv",
+                vec![ints("strides", &[4, 4]), ints("kernel_shape", &[4, 4])],
+            ),
+            node("Relu", &["conv"], "act", vec![]),
+            node("Reshape", &["act", "minus_one"], "flat", vec![]),
+            node("Size", &["flat"], "count", vec![]),
+            node("Range", &["zero", "count", "one"], "index", vec![]),
+            node("Gather", &["flat", "index"], "gathered", vec![int("axis", 0)]),
+            node("Shape", &["act"], "act_shape", vec![]),
+            node("Reshape", &["gathered", "act_shape"], "back", vec![]),
+            node("ReduceMean", &["back"], "pooled", vec![ints("axes", &[2, 3]), int("keepdims", 0)]),
+            node("MatMul", &["pooled", "w3"], "scores", vec![]),
+        ],
+        vec![
+            weight("w1", &[8, 3, 4, 4], 1),
+            const_ints("minus_one", &[-1]),
+            scalar_int("zero", 0),
+            scalar_int("one", 1),
+            weight("w3", &[8, 5], 3),
+        ],
+    )
+}
+
 fn image_batch(n: usize, h: usize, w: usize) -> Array4<f32> {
     Array4::from_shape_fn((n, 3, h, w), |(b, c, y, x)| {
         ((y as f32 * 0.37 + x as f32 * 0.11 * (b + 1) as f32 + c as f32).sin() * 1.5) + 0.1 * b as f32
@@ -238,6 +278,19 @@ fn channels_last_layer_at_a_non_square_size() {
     assert_eq!(exported.layers[0].layout, Layout::Nhwc);
     assert_eq!(exported.layers[0].shape, [24, 32, 8]);
     compare_with_explain("nhwc 96x128", &source, &exported);
+}
+
+/// A gather whose index count depends on the batch (dynamo's `as_strided`, ConvNeXt) is
+/// differentiated for any batch, not only the one the export probed.
+#[test]
+fn a_gather_over_the_whole_batch_runs_at_any_batch() {
+    let dir = out_dir("flat-gather");
+    let source = dir.join("gather.onnx");
+    std::fs::write(&source, flat_gather_model()).expect("write the model");
+    let exported =
+        export_explainer(&source, &dir.join("gather.explainer.onnx"), &all_methods("act", (32, 48)))
+            .expect("export");
+    compare_with_explain("flat gather 32x48", &source, &exported);
 }
 
 /// A class past the model's outputs gives all-zero maps (no error: an ONNX graph cannot raise

@@ -1302,13 +1302,14 @@ fn gather(c: &mut Ctx, gy: &str) -> Grads {
     if c.b.opset < 16 {
         return Err(c.unsupported("needs opset 16 (ScatterElements with reduction)"));
     }
-    let n: i64 = is.iter().product();
+    // The index count is left to Reshape (-1): indices computed from a shape (dynamo's
+    // `as_strided`) count the batch, which an explainer's graph must not fix.
     let mut target: Vec<i64> = vec![0; axis];
-    target.push(n);
+    target.push(-1);
     target.extend_from_slice(&xs[axis + 1..]);
     let g = c.b.reshape(gy, &target);
     let mut idx_shape = vec![1; rank];
-    idx_shape[axis] = n;
+    idx_shape[axis] = -1;
     let idx = c.b.reshape(c.x(1), &idx_shape);
     let idx = c.expand_like(&idx, &g);
     let zeros = c.b.zeros_like(c.x(0), c.dtype);
