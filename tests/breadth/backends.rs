@@ -5,17 +5,20 @@ use gradcam_core::CamModel;
 
 use crate::manifest::Case;
 
-/// The columns of the failure matrix: a backend and the file it reads.
+/// The columns of the failure matrix: a backend and the file it reads, then the explainers
+/// `gradcam export` makes of each exporter's file (see `export.rs`).
 /// A fixed-batch file comes before the dynamic one of the same exporter: the first column of a
 /// backend that opens a model also runs its ScoreCAM and AblationCAM (see `main.rs`), and a fixed
 /// batch is where those differ.
-pub const COLUMNS: [Column; 6] = [
+pub const COLUMNS: [Column; 8] = [
     Column { label: "candle", kind: "safetensors" },
     Column { label: "tch traced", kind: "traced" },
     Column { label: "ort legacy fixed", kind: "legacy_fixed" },
     Column { label: "ort legacy dyn", kind: "legacy_dynamic" },
     Column { label: "ort dynamo fixed", kind: "dynamo_fixed" },
     Column { label: "ort dynamo dyn", kind: "dynamo_dynamic" },
+    Column { label: "export legacy", kind: "export_legacy" },
+    Column { label: "export dynamo", kind: "export_dynamo" },
 ];
 
 /// One backend reading one kind of file.
@@ -23,7 +26,7 @@ pub const COLUMNS: [Column; 6] = [
 pub struct Column {
     /// What the matrix calls it.
     pub label: &'static str,
-    /// The manifest's `files` key of what it reads.
+    /// The manifest's `files` key of what it reads, or `export_<exporter>` for an export column.
     pub kind: &'static str,
 }
 
@@ -39,6 +42,12 @@ pub enum Slot {
 }
 
 impl Column {
+    /// The exporter (`legacy`, `dynamo`) whose file an export column exports; `None` for a
+    /// backend column.
+    pub fn exporter(self) -> Option<&'static str> {
+        self.kind.strip_prefix("export_")
+    }
+
     /// The backend this column loads with: `candle`, `tch` or `ort`.
     pub fn backend(self) -> &'static str {
         match self.kind {

@@ -11,10 +11,13 @@
 //! `GRADCAM_BREADTH_COLUMNS=tch,ort legacy` narrow a run (substrings of the keys and column
 //! labels), for working on one backend. ScoreCAM and AblationCAM (one forward pass per channel)
 //! run in the first column of each backend that opens a model, fixed-batch files first; the
-//! gradient methods and EigenCAM run in every column. `--nocapture` shows each cell as it ends.
+//! gradient methods and EigenCAM run in every column. Two more columns export each exporter's
+//! file as a `gradcam export` explainer and compare its maps the same way (`export.rs`).
+//! `--nocapture` shows each cell as it ends.
 
 mod backends;
 mod compare;
+mod export;
 mod manifest;
 mod matrix;
 
@@ -48,6 +51,13 @@ fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {
 /// One model in one column; `heavy`: whether ScoreCAM and AblationCAM run in it. Also says
 /// whether the model opened (and so was compared).
 fn run(case: &Case, column: backends::Column, heavy: bool) -> (Cell, bool) {
+    if let Some(exporter) = column.exporter() {
+        let cell = match catch_unwind(AssertUnwindSafe(|| export::run(case, exporter))) {
+            Ok(cell) => cell,
+            Err(payload) => Cell::Fail(vec![panic_text(payload)]),
+        };
+        return (cell, false);
+    }
     let slot = match catch_unwind(AssertUnwindSafe(|| column.open(case))) {
         Ok(slot) => slot,
         Err(payload) => return (Cell::Fail(vec![format!("load {}", panic_text(payload))]), false),
