@@ -203,6 +203,14 @@ fn lite0_earlier_layer() {
     check("lite0", "dynamo", &["blocks.4"]);
 }
 
+/// The TF-"same" padding before a strided depthwise convolution, between `blocks.4` and the
+/// logits: an explicit `Pad` in the unoptimised dynamo export (its gradient slices the padded
+/// axes only, not the batch).
+#[test]
+fn lite0_through_same_padding() {
+    check("lite0", "dynamo-plain", &["blocks.4"]);
+}
+
 /// Several layers are averaged as core's `combine_layers`: the two backward passes share the
 /// forward graph and the class input.
 #[test]

@@ -1236,9 +1236,15 @@ fn pad(c: &mut Ctx, gy: &str) -> Grads {
         .collect::<Option<_>>()
         .ok_or_else(|| c.unsupported("an axis out of range"))?;
     if mode == "constant" && pads.iter().all(|&p| p >= 0) {
-        let starts: Vec<i64> = pads[..k].to_vec();
-        let ends: Vec<i64> = axes.iter().zip(&starts).map(|(&a, &s)| s + xs[a]).collect();
-        let axes: Vec<i64> = axes.iter().map(|&a| a as i64).collect();
+        // Only the padded axes are sliced: an unpadded one (the batch, usually) keeps whatever
+        // size it has at run time.
+        let padded: Vec<usize> = (0..k).filter(|&i| pads[i] != 0 || pads[i + k] != 0).collect();
+        if padded.is_empty() {
+            return Ok(vec![Some(gy.to_string()), None, None, None]);
+        }
+        let starts: Vec<i64> = padded.iter().map(|&i| pads[i]).collect();
+        let ends: Vec<i64> = padded.iter().map(|&i| pads[i] + xs[axes[i]]).collect();
+        let axes: Vec<i64> = padded.iter().map(|&i| axes[i] as i64).collect();
         let (s, e, a) = (c.b.ints(&starts), c.b.ints(&ends), c.b.ints(&axes));
         return Ok(vec![Some(c.b.op("Slice", &[gy, &s, &e, &a], vec![])), None, None, None]);
     }
