@@ -204,11 +204,13 @@ fn lite0_earlier_layer() {
 }
 
 /// The TF-"same" padding before a strided depthwise convolution, between `blocks.4` and the
-/// logits: an explicit `Pad` in the unoptimised dynamo export (its gradient slices the padded
-/// axes only, not the batch).
+/// logits: an explicit `Pad` in the unoptimised dynamo export (its gradient slices every axis
+/// but the batch), pads computed from the input's shape in the legacy export (folded for the
+/// export's fixed height and width, the batch left dynamic).
 #[test]
 fn lite0_through_same_padding() {
     check("lite0", "dynamo-plain", &["blocks.4"]);
+    check("lite0", "legacy", &["blocks.4"]);
 }
 
 /// Several layers are averaged as core's `combine_layers`: the two backward passes share the

@@ -6,7 +6,7 @@ use gradcam_core::{CamModel, Layout, Method, TokenGrid};
 
 use super::assemble::{assemble, Plan, PlannedLayer};
 use super::files::{check_destination, write};
-use super::probe::probe;
+use super::probe::{probe, probe_dims};
 use super::{ExportError, ExportOptions, Exported, ExportedLayer, EXPORTABLE_METHODS};
 use crate::onnx_graph::{Dims, Layer, OnnxGraph, Shapes};
 use crate::OnnxModel;
@@ -65,6 +65,16 @@ pub fn export_explainer(model: &Path, out: &Path, options: &ExportOptions) -> Re
     let fixed_batch = dim(0);
     let channels = dim(1).unwrap_or(3);
     let probe_shape = [fixed_batch.unwrap_or(PROBE_BATCH), channels, hw.0, hw.1];
+    // Shape arithmetic that follows only the export's height and width (the legacy exporter's
+    // TF-"same" pads, which the backward rules need constant) is folded; what follows a
+    // dynamic batch stays computed.
+    let graph = match graph.shape_reads().is_empty() {
+        true => graph,
+        false => {
+            let dims = probe_dims(&graph, &input, &probe_shape, fixed_batch.is_none(), options.threads)?;
+            graph.fold_shapes(&dims).0
+        }
+    };
 
     let layers = resolve_layers(model, &graph, options)?;
     let logits = graph.output_names().into_iter().next().expect("a parsed graph has an output");
