@@ -217,6 +217,30 @@ fn flat_gather_model() -> Vec<u8> {
     )
 }
 
+/// Patchify (4×4 stride-4 conv, 8 channels, ReLU: `act`), then pooling and the head in one
+/// `Einsum("bchw,ck->bk")`: the height and width are summed in one operand only.
+fn einsum_head_model() -> Vec<u8> {
+    let mut head = node("Einsum", &["act", "w3"], "scores", vec![]);
+    let mut equation = AttributeProto::new();
+    equation.name = "equation".into();
+    equation.type_ = AttributeType::STRING.into();
+    equation.s = b"bchw,ck->bk".to_vec();
+    head.attribute.push(equation);
+    model(
+        vec![
+            node(
+                "Conv",
+                &["image", "w1"],
+                "conv",
+                vec![ints("strides", &[4, 4]), ints("kernel_shape", &[4, 4])],
+            ),
+            node("Relu", &["conv"], "act", vec![]),
+            head,
+        ],
+        vec![weight("w1", &[8, 3, 4, 4], 1), weight("w3", &[8, 5], 3)],
+    )
+}
+
 fn image_batch(n: usize, h: usize, w: usize) -> Array4<f32> {
     Array4::from_shape_fn((n, 3, h, w), |(b, c, y, x)| {
         ((y as f32 * 0.37 + x as f32 * 0.11 * (b + 1) as f32 + c as f32).sin() * 1.5) + 0.1 * b as f32
@@ -291,6 +315,19 @@ fn a_gather_over_the_whole_batch_runs_at_any_batch() {
         export_explainer(&source, &dir.join("gather.explainer.onnx"), &all_methods("act", (32, 48)))
             .expect("export");
     compare_with_explain("flat gather 32x48", &source, &exported);
+}
+
+/// An `Einsum` that sums the layer's height and width away (pooling and head in one) is
+/// differentiated for any batch, not only the one the export probed.
+#[test]
+fn an_einsum_head_runs_at_any_batch() {
+    let dir = out_dir("einsum-head");
+    let source = dir.join("einsum.onnx");
+    std::fs::write(&source, einsum_head_model()).expect("write the model");
+    let exported =
+        export_explainer(&source, &dir.join("einsum.explainer.onnx"), &all_methods("act", (32, 48)))
+            .expect("export");
+    compare_with_explain("einsum head 32x48", &source, &exported);
 }
 
 /// A class past the model's outputs gives all-zero maps (no error: an ONNX graph cannot raise

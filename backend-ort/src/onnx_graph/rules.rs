@@ -1490,7 +1490,6 @@ fn einsum(c: &mut Ctx, gy: &str) -> Grads {
     }) {
         return Err(c.unsupported("repeated indices in one term (diagonals)"));
     }
-    let xs_all: Vec<Vec<i64>> = c.node.input.iter().map(|x| c.shape(x)).collect::<Result<_, _>>()?;
     let inputs = c.node.input.clone();
     c.each_input(|c, k| {
         let others: String =
@@ -1517,8 +1516,8 @@ fn einsum(c: &mut Ctx, gy: &str) -> Grads {
                 .map(|(i, _)| i as i64)
                 .collect();
             gk = c.b.unsqueeze(&gk, &missing);
-            let shape = c.b.ints(&xs_all[k]);
-            gk = c.b.op("Expand", &[&gk, &shape], vec![]);
+            // Expanded to the operand as it runs: a constant shape would fix its batch.
+            gk = c.expand_like(&gk, &inputs[k]);
         }
         Ok(gk)
     })
