@@ -4,7 +4,7 @@
 #![cfg(feature = "ort")]
 
 use backend_ort::export::{
-    cam_output, check_explainer, export_explainer, ExplainerSession, ExportOptions, Exported,
+    cam_output, check_explainer, export_explainer, ExplainerSession, ExportError, ExportOptions, Exported,
     EXPORTABLE_METHODS,
 };
 use backend_ort::{OnnxGraph, OnnxModel};
@@ -236,6 +236,22 @@ fn softmax_target() {
     let x = batch3();
     let asked = asked_classes(&mut model, x.view());
     compare("resnet18 softmax", &exported, &mut model, x.view(), &asked);
+}
+
+/// The check fails an explainer that computes something else than `explain` (here: told it
+/// holds `layer3` while it computes `layer4`), noise measured or not.
+#[test]
+fn the_check_fails_a_wrong_explainer() {
+    let source = require("resnet18.legacy.onnx");
+    let dir = out_dir("wrong-explainer");
+    let options = ExportOptions { layers: vec!["layer4".into()], ..ExportOptions::default() };
+    let mut exported = export_explainer(&source, &dir.join("explainer.onnx"), &options).expect("export");
+    assert!(check_explainer(&exported, 0).expect("the true check").passed());
+    exported.layers[0].name = "layer3".into();
+    match check_explainer(&exported, 0) {
+        Err(ExportError::CheckFailed { report, .. }) => assert!(report.contains("cam_gradcam"), "{report}"),
+        other => panic!("a wrong explainer passed the check: {other:?}"),
+    }
 }
 
 /// With no layer given, the export takes the model's default layer (`bn2` for Lite0); the

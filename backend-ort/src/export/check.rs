@@ -16,6 +16,10 @@ pub const CHECK_TOLERANCE: f32 = 1e-5;
 /// Images in the check's batch: three, which a source fixed to batch 2 does not divide, so that
 /// the check covers an explainer's padded last part too.
 const CHECK_BATCH: usize = 3;
+/// How far each input pixel is moved, relatively, to measure how far `explain`'s maps move under
+/// float rounding: about eight units in the last place of an `f32`, more than the rounding that
+/// separates two evaluations of the same model.
+const NOISE_STEP: f32 = 1e-6;
 
 /// How a written explainer compares with `explain` on one batch.
 #[derive(Clone, Debug)]
@@ -27,12 +31,25 @@ pub struct CheckReport {
     pub logits: f32,
     /// Largest difference of each method's maps.
     pub maps: Vec<(Method, f32)>,
+    /// For each method whose maps differ by more than [`CHECK_TOLERANCE`]: how far `explain`'s
+    /// own maps move when every input pixel moves by one part in a million. Some maps are
+    /// ill-conditioned (XGradCAM divides by `Σ a`, near zero on a LayerNorm's output; GradCAM++
+    /// can sit near a pole): two evaluations of the same model that round differently already
+    /// disagree that much. A difference within it passes, and the report says so.
+    pub noise: Vec<(Method, f32)>,
 }
 
 impl CheckReport {
     /// Whether every difference is within [`CHECK_TOLERANCE`].
     pub fn passed(&self) -> bool {
-        self.logits <= CHECK_TOLERANCE && self.maps.iter().all(|(_, d)| *d <= CHECK_TOLERANCE)
+        self.logits <= CHECK_TOLERANCE && self.maps.iter().all(|&(m, d)| d <= self.allowed(m))
+    }
+
+    /// The largest difference accepted for `method`'s maps: [`CHECK_TOLERANCE`], or its
+    /// [`CheckReport::noise`] where that is larger.
+    pub fn allowed(&self, method: Method) -> f32 {
+        let noise = self.noise.iter().find(|(m, _)| *m == method).map_or(0.0, |&(_, n)| n);
+        CHECK_TOLERANCE.max(noise)
     }
 }
 
@@ -41,6 +58,12 @@ impl fmt::Display for CheckReport {
         write!(f, "classes {:?}: logits max rel. diff {:.1e}", self.classes, self.logits)?;
         for (method, d) in &self.maps {
             write!(f, ", {} max |diff| {d:.1e}", cam_output(*method))?;
+            if let Some((_, n)) = self.noise.iter().find(|(m, _)| m == method) {
+                write!(
+                    f,
+                    " (ill-conditioned: `explain`'s own map moves {n:.1e} when the input moves by 1e-6)"
+                )?;
+            }
         }
         write!(f, " (tolerance {CHECK_TOLERANCE:.0e})")
     }
@@ -90,7 +113,7 @@ pub fn check_explainer(exported: &Exported, threads: usize) -> Result<CheckRepor
         ..CamOptions::default()
     };
     let explained = explain(&mut model, input.view(), &layers, &exported.methods, &target, &options)?;
-    let report = CheckReport {
+    let mut report = CheckReport {
         classes,
         logits: max_diff(got.logits.view(), logits.view()) / max_abs(logits.view()).max(f32::MIN_POSITIVE),
         maps: explained
@@ -102,7 +125,25 @@ pub fn check_explainer(exported: &Exported, threads: usize) -> Result<CheckRepor
                 (e.method, diff)
             })
             .collect(),
+        noise: Vec::new(),
     };
+    let unsure: Vec<Method> =
+        report.maps.iter().filter(|&&(_, d)| d > CHECK_TOLERANCE && d.is_finite()).map(|&(m, _)| m).collect();
+    if !unsure.is_empty() {
+        let nudged = Array4::from_shape_fn(input.dim(), |(b, c, y, x)| {
+            let seed = (b * 7919 + c * 104_729 + y * 613 + x * 31 + 17) as u32;
+            let sign = if seed.wrapping_mul(2_654_435_761) >> 31 == 0 { 1.0 } else { -1.0 };
+            input[(b, c, y, x)] * (1.0 + sign * NOISE_STEP)
+        });
+        let moved = explain(&mut model, nudged.view(), &layers, &unsure, &target, &options)?;
+        report.noise = moved
+            .iter()
+            .filter_map(|m| {
+                let before = explained.iter().find(|e| e.method == m.method)?;
+                Some((m.method, max_diff(m.maps.view(), before.maps.view())))
+            })
+            .collect();
+    }
     if !report.passed() {
         return Err(ExportError::CheckFailed { path: exported.path.clone(), report: report.to_string() });
     }
@@ -124,4 +165,33 @@ fn max_diff<D: Dimension>(a: ArrayView<f32, D>, b: ArrayView<f32, D>) -> f32 {
 
 fn max_abs<D: Dimension>(a: ArrayView<f32, D>) -> f32 {
     a.iter().fold(0.0, |m, v| m.max(v.abs()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(diff: f32, noise: Option<f32>) -> CheckReport {
+        CheckReport {
+            classes: vec![0],
+            logits: 0.0,
+            maps: vec![(Method::GradCam, 1e-6), (Method::XGradCam, diff)],
+            noise: noise.map(|n| (Method::XGradCam, n)).into_iter().collect(),
+        }
+    }
+
+    /// A difference past the tolerance passes only within the method's own measured noise, and
+    /// another method's noise does not count.
+    #[test]
+    fn only_a_methods_own_noise_widens_its_tolerance() {
+        assert!(report(9e-6, None).passed());
+        assert!(!report(1.6e-4, None).passed());
+        assert!(report(1.6e-4, Some(2.6e-4)).passed());
+        assert!(!report(1.6e-4, Some(1e-4)).passed());
+        let mut other = report(1.6e-4, None);
+        other.noise = vec![(Method::GradCam, 1.0)];
+        assert!(!other.passed());
+        assert!(report(1.6e-4, Some(2.6e-4)).to_string().contains("ill-conditioned"));
+        assert!(!report(9e-6, None).to_string().contains("ill-conditioned"));
+    }
 }
