@@ -1,6 +1,6 @@
 //! The export columns: a model's ONNX file made into an explainer (`gradcam export`'s library
 //! call), run in plain ONNX Runtime with the classes a user would feed it, its maps against
-//! pytorch-grad-cam's.
+//! pytorch-grad-cam's; then what `gradcam export --check` runs.
 
 use std::path::PathBuf;
 
@@ -49,12 +49,12 @@ fn check(_: &Case, _: &str, _: &std::path::Path) -> Option<Failures> {
 ///   whose gradient has kink ties: the explainer has no gradient output to say whether one
 ///   flipped).
 ///
-/// The agreement with `explain` to 1e-5 is the export tests' (backend-ort); here the explainer
-/// answers to pytorch-grad-cam directly, on real images.
+/// Then [`check_explainer`], what `--check` runs: the explainer against `explain` on the source,
+/// to the export's 1e-5, on 3 synthetic images.
 #[cfg(feature = "ort")]
 fn check(case: &Case, exporter: &str, source: &std::path::Path) -> Option<Failures> {
     use backend_ort::export::{
-        cam_output, export_explainer, ExplainerSession, ExportOptions, EXPORTABLE_METHODS,
+        cam_output, check_explainer, export_explainer, ExplainerSession, ExportOptions, EXPORTABLE_METHODS,
     };
     use gradcam_core::Method;
     use ndarray::Axis;
@@ -165,6 +165,9 @@ fn check(case: &Case, exporter: &str, source: &std::path::Path) -> Option<Failur
                 }
             }
         }
+    }
+    if let Err(e) = check_explainer(&exported, 0) {
+        failures.push(format!("--check: {e}"));
     }
     Some(failures)
 }
