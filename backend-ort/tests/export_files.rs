@@ -281,6 +281,22 @@ fn compare_with_explain(what: &str, source: &Path, exported: &Exported) {
     }
 }
 
+/// Writes generated `model` into a fresh folder `name` and exports it at `layer` with every
+/// method at `size`: the folder (removed when dropped), the source and the export.
+fn export_generated(
+    name: &str,
+    model: Vec<u8>,
+    layer: &str,
+    size: (usize, usize),
+) -> (tests::Scratch, std::path::PathBuf, Exported) {
+    let dir = out_dir(name);
+    let source = dir.join(format!("{name}.onnx"));
+    std::fs::write(&source, model).expect("write the model");
+    let out = dir.join(format!("{name}.explainer.onnx"));
+    let exported = export_explainer(&source, &out, &all_methods(layer, size)).expect("export");
+    (dir, source, exported)
+}
+
 fn all_methods(layer: &str, size: (usize, usize)) -> ExportOptions {
     ExportOptions {
         layers: vec![layer.into()],
@@ -293,12 +309,8 @@ fn all_methods(layer: &str, size: (usize, usize)) -> ExportOptions {
 /// A channels-last layer at 96×128 is detected as such and folded as core folds it.
 #[test]
 fn channels_last_layer_at_a_non_square_size() {
-    let dir = out_dir("channels-last");
-    let source = dir.join("nhwc.onnx");
-    std::fs::write(&source, channels_last_model()).expect("write the model");
-    let exported =
-        export_explainer(&source, &dir.join("nhwc.explainer.onnx"), &all_methods("nhwc", (96, 128)))
-            .expect("export");
+    let (_dir, source, exported) =
+        export_generated("channels-last", channels_last_model(), "nhwc", (96, 128));
     assert_eq!(exported.layers[0].layout, Layout::Nhwc);
     assert_eq!(exported.layers[0].shape, [24, 32, 8]);
     compare_with_explain("nhwc 96x128", &source, &exported);
@@ -308,12 +320,7 @@ fn channels_last_layer_at_a_non_square_size() {
 /// differentiated for any batch, not only the one the export probed.
 #[test]
 fn a_gather_over_the_whole_batch_runs_at_any_batch() {
-    let dir = out_dir("flat-gather");
-    let source = dir.join("gather.onnx");
-    std::fs::write(&source, flat_gather_model()).expect("write the model");
-    let exported =
-        export_explainer(&source, &dir.join("gather.explainer.onnx"), &all_methods("act", (32, 48)))
-            .expect("export");
+    let (_dir, source, exported) = export_generated("flat-gather", flat_gather_model(), "act", (32, 48));
     compare_with_explain("flat gather 32x48", &source, &exported);
 }
 
@@ -321,12 +328,7 @@ fn a_gather_over_the_whole_batch_runs_at_any_batch() {
 /// differentiated for any batch, not only the one the export probed.
 #[test]
 fn an_einsum_head_runs_at_any_batch() {
-    let dir = out_dir("einsum-head");
-    let source = dir.join("einsum.onnx");
-    std::fs::write(&source, einsum_head_model()).expect("write the model");
-    let exported =
-        export_explainer(&source, &dir.join("einsum.explainer.onnx"), &all_methods("act", (32, 48)))
-            .expect("export");
+    let (_dir, source, exported) = export_generated("einsum-head", einsum_head_model(), "act", (32, 48));
     compare_with_explain("einsum head 32x48", &source, &exported);
 }
 
@@ -351,12 +353,7 @@ fn a_class_out_of_range_gives_zero_maps() {
 /// Tokens with a prefix token fold into the 12×16 grid of a 96×128 input.
 #[test]
 fn token_layer_at_a_non_square_size() {
-    let dir = out_dir("tokens");
-    let source = dir.join("tokens.onnx");
-    std::fs::write(&source, token_model()).expect("write the model");
-    let exported =
-        export_explainer(&source, &dir.join("tokens.explainer.onnx"), &all_methods("tokens", (96, 128)))
-            .expect("export");
+    let (_dir, source, exported) = export_generated("tokens", token_model(), "tokens", (96, 128));
     let grid = exported.layers[0].token_grid.expect("a token grid");
     assert_eq!((grid.prefix_tokens, grid.height, grid.width), (1, 12, 16));
     compare_with_explain("tokens 96x128", &source, &exported);
@@ -365,11 +362,7 @@ fn token_layer_at_a_non_square_size() {
 /// The same model exported at another size is another explainer (shapes are baked in).
 #[test]
 fn the_size_is_the_exports() {
-    let dir = out_dir("sizes");
-    let source = dir.join("nhwc.onnx");
-    std::fs::write(&source, channels_last_model()).expect("write the model");
-    let exported =
-        export_explainer(&source, &dir.join("e.onnx"), &all_methods("nhwc", (64, 64))).expect("export");
+    let (_dir, source, exported) = export_generated("sizes", channels_last_model(), "nhwc", (64, 64));
     assert_eq!(exported.layers[0].shape, [16, 16, 8]);
     compare_with_explain("nhwc 64x64", &source, &exported);
 }
