@@ -123,17 +123,17 @@ fn model(nodes: Vec<NodeProto>, initializers: Vec<TensorProto>) -> Vec<u8> {
     OnnxGraph::from_model(m).to_bytes()
 }
 
+/// `conv = Conv(image, w1)` with a k×k kernel at stride k: non-overlapping patches.
+fn patchify(k: i64) -> NodeProto {
+    node("Conv", &["image", "w1"], "conv", vec![ints("strides", &[k, k]), ints("kernel_shape", &[k, k])])
+}
+
 /// Patchify (4×4 stride-4 conv, 8 channels), a channels-last block (`nhwc`: transpose to
 /// (N, h, w, C), ReLU), a per-pixel MLP, mean pooling, 5 classes. Any input size divisible by 4.
 fn channels_last_model() -> Vec<u8> {
     model(
         vec![
-            node(
-                "Conv",
-                &["image", "w1"],
-                "conv",
-                vec![ints("strides", &[4, 4]), ints("kernel_shape", &[4, 4])],
-            ),
+            patchify(4),
             node("Transpose", &["conv"], "hwc", vec![ints("perm", &[0, 2, 3, 1])]),
             node("Relu", &["hwc"], "nhwc", vec![]),
             node("MatMul", &["nhwc", "w2"], "mix", vec![]),
@@ -150,12 +150,7 @@ fn channels_last_model() -> Vec<u8> {
 fn token_model() -> Vec<u8> {
     model(
         vec![
-            node(
-                "Conv",
-                &["image", "w1"],
-                "conv",
-                vec![ints("strides", &[8, 8]), ints("kernel_shape", &[8, 8])],
-            ),
+            patchify(8),
             node("Reshape", &["conv", "flat"], "flat_conv", vec![]),
             node("Transpose", &["flat_conv"], "patches", vec![ints("perm", &[0, 2, 1])]),
             node("ReduceMean", &["patches"], "prefix", vec![ints("axes", &[1]), int("keepdims", 1)]),
@@ -191,12 +186,7 @@ fn scalar_int(name: &str, value: i64) -> TensorProto {
 fn flat_gather_model() -> Vec<u8> {
     model(
         vec![
-            node(
-                "Conv",
-                &["image", "w1"],
-                "conv",
-                vec![ints("strides", &[4, 4]), ints("kernel_shape", &[4, 4])],
-            ),
+            patchify(4),
             node("Relu", &["conv"], "act", vec![]),
             node("Reshape", &["act", "minus_one"], "flat", vec![]),
             node("Size", &["flat"], "count", vec![]),
@@ -227,16 +217,7 @@ fn einsum_head_model() -> Vec<u8> {
     equation.s = b"bchw,ck->bk".to_vec();
     head.attribute.push(equation);
     model(
-        vec![
-            node(
-                "Conv",
-                &["image", "w1"],
-                "conv",
-                vec![ints("strides", &[4, 4]), ints("kernel_shape", &[4, 4])],
-            ),
-            node("Relu", &["conv"], "act", vec![]),
-            head,
-        ],
+        vec![patchify(4), node("Relu", &["conv"], "act", vec![]), head],
         vec![weight("w1", &[8, 3, 4, 4], 1), weight("w3", &[8, 5], 3)],
     )
 }
