@@ -36,7 +36,8 @@ pub struct ExportArgs {
     #[arg(long)]
     pub reference_weights: bool,
     /// Run the written explainer once in ONNX Runtime and compare it with `gradcam explain`'s
-    /// maps (fails when they differ by more than 1e-5).
+    /// maps (fails when they differ by more than 1e-5, or for an ill-conditioned map by more
+    /// than float rounding moves it, which the check measures and reports).
     #[arg(long)]
     pub check: bool,
     /// The explainer file to write (its external weights go to <file>.data next to it).
