@@ -35,7 +35,7 @@ pub struct CheckReport {
     /// own maps move when every input pixel moves by one part in a million. Some maps are
     /// ill-conditioned (XGradCAM divides by `Σ a`, near zero on a LayerNorm's output; GradCAM++
     /// can sit near a pole): two evaluations of the same model that round differently already
-    /// disagree that much. A difference within it passes, and the report says so.
+    /// disagree that much. A difference within twice it passes, and the report says so.
     pub noise: Vec<(Method, f32)>,
 }
 
@@ -45,11 +45,12 @@ impl CheckReport {
         self.logits <= CHECK_TOLERANCE && self.maps.iter().all(|&(m, d)| d <= self.allowed(m))
     }
 
-    /// The largest difference accepted for `method`'s maps: [`CHECK_TOLERANCE`], or its
-    /// [`CheckReport::noise`] where that is larger.
+    /// The largest difference accepted for `method`'s maps: [`CHECK_TOLERANCE`], or twice its
+    /// [`CheckReport::noise`] where that is larger (one nudge measures the noise; another
+    /// rounding can move the map as far again).
     pub fn allowed(&self, method: Method) -> f32 {
         let noise = self.noise.iter().find(|(m, _)| *m == method).map_or(0.0, |&(_, n)| n);
-        CHECK_TOLERANCE.max(noise)
+        CHECK_TOLERANCE.max(2.0 * noise)
     }
 }
 
@@ -187,7 +188,8 @@ mod tests {
         assert!(report(9e-6, None).passed());
         assert!(!report(1.6e-4, None).passed());
         assert!(report(1.6e-4, Some(2.6e-4)).passed());
-        assert!(!report(1.6e-4, Some(1e-4)).passed());
+        assert!(report(1.6e-4, Some(0.8e-4)).passed());
+        assert!(!report(1.6e-4, Some(0.7e-4)).passed());
         let mut other = report(1.6e-4, None);
         other.noise = vec![(Method::GradCam, 1.0)];
         assert!(!other.passed());
