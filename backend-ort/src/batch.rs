@@ -49,13 +49,17 @@ pub(crate) fn rows<D: Dimension + RemoveAxis>(
 }
 
 /// The real rows of each part's result, joined along the batch axis.
-/// A result without a batch axis (a scalar from a broken model) is a shape error, not a panic.
+/// A result without one row per image of its part (a scalar from a broken model, a layer's
+/// windows) is a shape error, not a panic, nor rows taken for images they are not.
 pub(crate) fn join(results: &[(ArrayD<f32>, Part)]) -> Result<ArrayD<f32>, ndarray::ShapeError> {
     let views = results
         .iter()
         .map(|(a, p)| match a.ndim() {
             0 => Err(ndarray::ShapeError::from_kind(ndarray::ErrorKind::IncompatibleShape)),
-            _ => Ok(a.slice_axis(Axis(0), (0..p.len.min(a.len_of(Axis(0)))).into())),
+            _ if a.len_of(Axis(0)) != p.size => {
+                Err(ndarray::ShapeError::from_kind(ndarray::ErrorKind::IncompatibleShape))
+            }
+            _ => Ok(a.slice_axis(Axis(0), (0..p.len).into())),
         })
         .collect::<Result<Vec<_>, _>>()?;
     concatenate(Axis(0), &views)

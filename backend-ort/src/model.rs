@@ -380,7 +380,9 @@ impl OnnxModel {
                     .run(ort::inputs![self.input.as_str() => feed])
                     .map_err(OrtBackendError::ort(format!("run the model to `{layer}`")))?;
                 logits.push((runtime::array(output(&outputs, 0)?, "the logits")?, part));
-                activations.push((runtime::array(named(&outputs, tensor_name)?, layer)?, part));
+                let activation = runtime::array(named(&outputs, tensor_name)?, layer)?;
+                one_row_per_image(layer, &activation, part)?;
+                activations.push((activation, part));
             }
             let (logits, output_shape) = runtime::logits(joined(&logits)?)?;
             let activation = runtime::layer(joined(&activations)?)?;
@@ -453,8 +455,10 @@ impl OnnxModel {
                 .forward
                 .run(HashMap::from([(input_name.clone(), feed)]), &format!("the model to {what}"))?;
             logits.push((runtime::array(value_of(&outputs, &s.split.logits)?, "the logits")?, part));
-            if let Cut::Layer(_) = cut {
-                activations.push((runtime::array(value_of(&outputs, &s.split.activation)?, &what)?, part));
+            if let Cut::Layer(layer) = cut {
+                let activation = runtime::array(value_of(&outputs, &s.split.activation)?, &what)?;
+                one_row_per_image(layer, &activation, part)?;
+                activations.push((activation, part));
             }
             if bias_values.is_none() {
                 let mut values = Vec::with_capacity(s.biases.len());
@@ -618,6 +622,16 @@ fn value_of<'a>(outputs: &'a HashMap<String, DynValue>, name: &str) -> Result<&'
 
 fn missing(name: &str) -> OrtBackendError {
     OrtBackendError::Signature(format!("the generated model did not output `{name}`"))
+}
+
+/// A layer's output for `part` must have one row per image of it: otherwise its rows (a Swin's
+/// windows) would be taken for images, or dropped as padding.
+fn one_row_per_image(layer: &str, activation: &ArrayD<f32>, part: Part) -> Result<(), CamError> {
+    let rows = activation.shape().first().copied().unwrap_or(0);
+    match rows == part.size {
+        true => Ok(()),
+        false => Err(CamError::LayerBatch { layer: layer.to_string(), rows, images: part.size }),
+    }
 }
 
 /// The parts' results joined along the batch axis (padding rows dropped).

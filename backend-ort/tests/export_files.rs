@@ -222,6 +222,28 @@ fn einsum_head_model() -> Vec<u8> {
     )
 }
 
+/// Patchify (4×4 stride-4 conv, 8 channels, ReLU), then cut into four rows per image (`win`,
+/// `(4N, 2, h, w)`: how a Swin window attention or a MobileViT transformer lays out its output),
+/// joined back, mean pooling, 5 classes. `win`'s first axis is not the image batch.
+fn windowed_model() -> Vec<u8> {
+    model(
+        vec![
+            patchify(4),
+            node("Relu", &["conv"], "act", vec![]),
+            node("Reshape", &["act", "windows"], "win", vec![]),
+            node("Reshape", &["win", "joined"], "back", vec![]),
+            node("ReduceMean", &["back"], "pooled", vec![ints("axes", &[2, 3]), int("keepdims", 0)]),
+            node("MatMul", &["pooled", "w3"], "scores", vec![]),
+        ],
+        vec![
+            weight("w1", &[8, 3, 4, 4], 1),
+            const_ints("windows", &[-1, 2, 0, 0]),
+            const_ints("joined", &[-1, 8, 0, 0]),
+            weight("w3", &[8, 5], 3),
+        ],
+    )
+}
+
 fn image_batch(n: usize, h: usize, w: usize) -> Array4<f32> {
     Array4::from_shape_fn((n, 3, h, w), |(b, c, y, x)| {
         ((y as f32 * 0.37 + x as f32 * 0.11 * (b + 1) as f32 + c as f32).sin() * 1.5) + 0.1 * b as f32
@@ -311,6 +333,43 @@ fn a_gather_over_the_whole_batch_runs_at_any_batch() {
 fn an_einsum_head_runs_at_any_batch() {
     let (_dir, source, exported) = export_generated("einsum-head", einsum_head_model(), "act", (32, 48));
     compare_with_explain("einsum head 32x48", &source, &exported);
+}
+
+/// A layer whose first axis holds several rows per image (windows) is refused by name, by
+/// `explain` and by the export, instead of its first rows being read as the images.
+#[test]
+fn a_layer_without_one_row_per_image_is_refused() {
+    let dir = out_dir("windowed");
+    let source = dir.join("windowed.onnx");
+    std::fs::write(&source, windowed_model()).expect("write the model");
+    let mut model = OnnxModel::load(&source).expect("load");
+    let input = image_batch(2, 32, 48);
+    match explain(
+        &mut model,
+        input.view(),
+        &["win"],
+        &[Method::GradCam],
+        &Target::top_one(),
+        &CamOptions::default(),
+    ) {
+        Err(e) => assert!(e.to_string().contains("8 rows for 2 images"), "{e}"),
+        Ok(_) => panic!("explained `win` as if its rows were the images"),
+    }
+    assert!(explain(
+        &mut model,
+        input.view(),
+        &["act"],
+        &[Method::GradCam],
+        &Target::top_one(),
+        &CamOptions::default()
+    )
+    .is_ok());
+    let out = dir.join("windowed.explainer.onnx");
+    match export_explainer(&source, &out, &all_methods("win", (32, 48))) {
+        Err(e) => assert!(e.to_string().contains("rows for 2 images"), "{e}"),
+        Ok(_) => panic!("exported `win` as if its rows were the images"),
+    }
+    assert_eq!(files(&dir), ["windowed.onnx"], "a refused export leaves no file");
 }
 
 /// A class past the model's outputs gives all-zero maps (no error: an ONNX graph cannot raise

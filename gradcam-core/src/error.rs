@@ -21,6 +21,13 @@ pub enum CamError {
     /// Arrays whose shapes do not fit together.
     #[error("shape mismatch: {0}")]
     Shape(String),
+    /// A layer whose output's first axis is not the image batch.
+    #[error(
+        "layer `{layer}` has {rows} rows for {images} images: its first axis is not the image batch (a Swin \
+         window attention or a MobileViT transformer holds several rows per image); explain a layer that keeps \
+         one row per image, such as the block around it"
+    )]
+    LayerBatch { layer: String, rows: usize, images: usize },
     /// Tokens that cannot be folded into a spatial grid.
     #[error("cannot fold {tokens} tokens into a grid for a {height}x{width} input: {reason}")]
     TokenGrid { tokens: usize, height: usize, width: usize, reason: String },

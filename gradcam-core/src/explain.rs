@@ -571,10 +571,11 @@ fn capture_layers(
     for &layer in layers {
         let capture = model.capture(input, layer, seed)?;
         if capture.activation.batch() != batch {
-            return Err(CamError::Shape(format!(
-                "layer `{layer}` returned a batch of {} for {batch} images",
-                capture.activation.batch()
-            )));
+            return Err(CamError::LayerBatch {
+                layer: layer.to_string(),
+                rows: capture.activation.batch(),
+                images: batch,
+            });
         }
         if capture.logits.nrows() != batch {
             return Err(CamError::Shape(format!(

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use gradcam_core::{CamModel, Layout, Method, TokenGrid};
+use gradcam_core::{CamError, CamModel, Layout, Method, TokenGrid};
 
 use super::assemble::{assemble, Plan, PlannedLayer};
 use super::files::{check_destination, write};
@@ -97,7 +97,7 @@ pub fn export_explainer(model: &Path, out: &Path, options: &ExportOptions) -> Re
             )))
         }
     };
-    let planned = plan_layers(&layers, &shapes, size, options)?;
+    let planned = plan_layers(&layers, &shapes, size, probe_shape[0] as usize, options)?;
 
     // A ViT's last layers on the class token only, unless that would change a layer's output.
     let (graph, shapes, pruned_nodes) = match options.token_pruning {
@@ -203,6 +203,7 @@ fn plan_layers(
     layers: &[Layer],
     shapes: &Shapes,
     size: (usize, usize),
+    images: usize,
     options: &ExportOptions,
 ) -> Result<Vec<PlannedLayer>, ExportError> {
     layers
@@ -221,6 +222,10 @@ fn plan_layers(
                 )));
             }
             let shape: Vec<usize> = info.shape.iter().map(|&d| d as usize).collect();
+            let rows = shape.first().copied().unwrap_or(0);
+            if rows != images {
+                return Err(CamError::LayerBatch { layer: layer.name.clone(), rows, images }.into());
+            }
             let layout = Layout::resolve(options.layout, &shape, size)?;
             let grid = match layout {
                 Layout::Tokens => Some(TokenGrid::resolve(options.token_grid, shape[1], size)?),
