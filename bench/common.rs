@@ -13,7 +13,8 @@ pub const MODELS: [(&str, &str); 3] = [
     ("vit_small_patch16_224", "blocks.11.norm1"),
 ];
 
-/// `[--models-dir DIR] [--batches 1,16] [--runs 5] [--threads N] [--models a,b] [--device D]`.
+/// `[--models-dir DIR] [--batches 1,16] [--runs 5] [--threads N] [--models a,b] [--layer L]
+/// [--device D]`.
 pub struct Args {
     pub models_dir: PathBuf,
     pub batches: Vec<usize>,
@@ -21,6 +22,8 @@ pub struct Args {
     /// 0: the library's default.
     pub threads: usize,
     pub only: Option<String>,
+    /// Explain this layer instead of each model's usual one.
+    pub layer: Option<String>,
     pub device: Option<String>,
 }
 
@@ -34,6 +37,7 @@ impl Args {
             runs: 5,
             threads: default_threads,
             only: None,
+            layer: None,
             device: None,
         };
         let mut it = std::env::args().skip(1);
@@ -47,6 +51,7 @@ impl Args {
                 "--runs" => args.runs = value().parse().expect("--runs N"),
                 "--threads" => args.threads = value().parse().expect("--threads N"),
                 "--models" => args.only = Some(value()),
+                "--layer" => args.layer = Some(value()),
                 "--device" => args.device = Some(value()),
                 _ => {} // `cargo bench` passes --bench
             }
@@ -54,11 +59,12 @@ impl Args {
         args
     }
 
-    /// The models to run: all of [`MODELS`], or those `--models` names.
-    pub fn models(&self) -> impl Iterator<Item = (&'static str, &'static str)> + '_ {
+    /// The models to run, with their layers: all of [`MODELS`], or those `--models` names.
+    pub fn models(&self) -> impl Iterator<Item = (&'static str, &str)> + '_ {
         MODELS
             .into_iter()
             .filter(|(arch, _)| self.only.as_deref().is_none_or(|only| only.split(',').any(|m| m == *arch)))
+            .map(|(arch, layer)| (arch, self.layer.as_deref().unwrap_or(layer)))
     }
 }
 
