@@ -4,8 +4,8 @@
 #![cfg(feature = "ort")]
 
 use backend_ort::export::{
-    cam_output, check_explainer, export_explainer, ExplainerSession, ExportError, ExportOptions, Exported,
-    EXPORTABLE_METHODS,
+    cam_output, check_explainer, export_explainer, map_noise, ExplainerSession, ExportError, ExportOptions,
+    Exported, EXPORTABLE_METHODS,
 };
 use backend_ort::{OnnxGraph, OnnxModel};
 use gradcam_core::{argmax, explain, CamModel, CamOptions, Layout, Method, Target};
@@ -15,6 +15,9 @@ use tests::{assert_close, input, require};
 mod fixed_copy;
 
 const TOL: f32 = tests::EXPORT_TOL;
+/// The most float noise a map may show for the widened tolerance (maps in [0, 1]; Lite0 legacy's
+/// GradCAM++ from `blocks.4` moves 2.6e-3; a wrong layer or method differs by tenths).
+const MAX_NOISE: f32 = 1e-2;
 
 fn out_dir(name: &str) -> tests::Scratch {
     tests::scratch_dir(env!("CARGO_TARGET_TMPDIR"), "export-models", name)
@@ -69,7 +72,18 @@ fn compare(what: &str, exported: &Exported, model: &mut OnnxModel, input: ArrayV
         assert!(map.iter().all(|v| (0.0..=1.0).contains(v)), "{what} {name}: values outside [0, 1]");
         // A map may be legitimately all zero (no positive evidence), but not every map of a batch.
         assert!(map.outer_iter().any(|m| m.iter().any(|&v| v > 0.5)), "{what} {name}: only empty maps");
-        assert_close(&format!("{what} {name} classes {classes:?}"), map.view(), e.maps.view(), TOL);
+        let what = format!("{what} {name} classes {classes:?}");
+        if tests::close(map.view(), e.maps.view(), TOL).is_err() {
+            // `--check`'s rule: past 1e-5 only within twice the float noise of `explain`'s own map
+            // (an ill-conditioned map, e.g. GradCAM++ near a pole), which must itself be small.
+            let noise =
+                map_noise(model, input, &layers, &[&e], &target, &options).expect("explain nudged")[0].1;
+            assert!(noise <= MAX_NOISE, "{what}: explain's own map moves {noise:e} under a 1e-6 nudge");
+            eprintln!("{what}: ill-conditioned: noise {noise:e}");
+            assert_close(&what, map.view(), e.maps.view(), TOL.max(2.0 * noise));
+        } else {
+            assert_close(&what, map.view(), e.maps.view(), TOL);
+        }
     }
 }
 
@@ -186,7 +200,9 @@ fn lite0_gradcam_takes_the_mean_first() {
         let products: Vec<&str> = graph
             .nodes()
             .iter()
-            .filter(|n| n.op_type == "ConvTranspose" && n.name.starts_with("gradcam/"))
+            .filter(|n| {
+                ["Conv", "ConvTranspose"].contains(&n.op_type.as_str()) && n.name.starts_with("gradcam/")
+            })
             .map(|n| n.name.as_str())
             .collect();
         assert!(

@@ -274,6 +274,90 @@ fn probe_shapes(case: &Case) -> Shapes {
     shapes
 }
 
+/// A `Conv` of `groups` groups of `cg` input and `mg` output channels each.
+#[derive(Clone, Copy)]
+struct ConvCase {
+    groups: i64,
+    cg: i64,
+    mg: i64,
+    h: i64,
+    w: i64,
+    kernel: (i64, i64),
+    stride: i64,
+    pad: i64,
+    dil: i64,
+    same: bool,
+    one_d: bool,
+}
+
+impl ConvCase {
+    fn case(&self, seed: u64) -> Case {
+        let mut r = Rng(seed | 1);
+        let (g, c) = (self.groups, self.groups * self.cg);
+        let (xs, ws, n) = if self.one_d {
+            (vec![1, c, self.w + 2], vec![g * self.mg, self.cg, self.kernel.1], 1)
+        } else {
+            (vec![2, c, self.h + 2, self.w + 2], vec![g * self.mg, self.cg, self.kernel.0, self.kernel.1], 2)
+        };
+        let mut attrs = vec![
+            aints("strides", &vec![self.stride; n]),
+            aints("dilations", &vec![self.dil; n]),
+            ai("group", g),
+        ];
+        if self.same {
+            attrs.push(astr("auto_pad", "SAME_UPPER"));
+        } else {
+            attrs.push(aints("pads", &vec![self.pad; 2 * n]));
+        }
+        let args = vec![
+            Arg::X(xs.clone(), r.vec(numel(&xs))),
+            Arg::P(ws.clone(), r.vec(numel(&ws))),
+            Arg::X(vec![ws[0]], r.vec(ws[0] as usize)),
+        ];
+        one("Conv", args, attrs, 17)
+    }
+}
+
+/// Unit-stride convolutions take their gradient as a `Conv` with the weights rearranged per
+/// grouping (several channels per group each way, a depthwise multiplier, one output per group,
+/// one group); one padded past its kernel keeps the transposed convolution.
+#[test]
+fn unit_stride_convs_in_every_grouping() {
+    let base = ConvCase {
+        groups: 2,
+        cg: 2,
+        mg: 3,
+        h: 4,
+        w: 5,
+        kernel: (3, 2),
+        stride: 1,
+        pad: 1,
+        dil: 1,
+        same: false,
+        one_d: false,
+    };
+    let cases = [
+        ConvCase { ..base },
+        ConvCase { cg: 1, mg: 2, groups: 3, ..base },
+        ConvCase { mg: 1, ..base },
+        ConvCase { groups: 1, ..base },
+        ConvCase { dil: 2, pad: 0, ..base },
+        ConvCase { one_d: true, ..base },
+        ConvCase { same: true, ..base },
+        ConvCase { kernel: (1, 1), pad: 1, ..base },
+    ];
+    let last = cases.len() - 1;
+    for (k, conv) in cases.into_iter().enumerate() {
+        let case = conv.case(k as u64);
+        let shapes = probe_shapes(&case);
+        let backward =
+            case.graph(&[]).backward_model("x0", Seed::Tensor, &shapes).unwrap_or_else(|e| panic!("{e}"));
+        let transposed = backward.nodes().iter().any(|n| n.op_type == "ConvTranspose");
+        assert_eq!(transposed, k == last, "case {k}: a ConvTranspose in the backward");
+        check(case, 1e-2, k as u64);
+    }
+}
+
 /// The generated gradient equals central differences for every differentiable input.
 fn check(case: Case, eps: f32, seed: u64) {
     let xs = case.xs();
@@ -565,24 +649,11 @@ proptest! {
     fn conv(groups in 1..3i64, cg in 1..3i64, mg in 1..3i64, h in 3..6i64, w in 3..6i64, kh in 1..4i64, kw in 1..3i64,
             stride in 1..3i64, pad in 0..2i64, dil in 1..3i64, depthwise in any::<bool>(), same in any::<bool>(),
             one_d in any::<bool>(), seed in any::<u64>()) {
-        let mut r = Rng(seed | 1);
         // ONNX Runtime's Conv has no dilation with auto_pad SAME.
         let dil = if same { 1 } else { dil };
         let (groups, cg, mg) = if depthwise { (groups + 1, 1, 1) } else { (groups, cg, mg) };
-        let c = groups * cg;
-        let (xs, ws, n) = if one_d {
-            (vec![1, c, w + 2], vec![groups * mg, cg, kw], 1)
-        } else {
-            (vec![2, c, h + 2, w + 2], vec![groups * mg, cg, kh.min(h), kw], 2)
-        };
-        let mut attrs = vec![aints("strides", &vec![stride; n]), aints("dilations", &vec![dil; n]), ai("group", groups)];
-        if same {
-            attrs.push(astr("auto_pad", "SAME_UPPER"));
-        } else {
-            attrs.push(aints("pads", &vec![pad; 2 * n]));
-        }
-        let args = vec![Arg::X(xs.clone(), r.vec(numel(&xs))), Arg::P(ws.clone(), r.vec(numel(&ws))), Arg::X(vec![ws[0]], r.vec(ws[0] as usize))];
-        check(one("Conv", args, attrs, 17), 1e-2, seed);
+        let conv = ConvCase { groups, cg, mg, h, w, kernel: (kh.min(h), kw), stride, pad, dil, same, one_d };
+        check(conv.case(seed), 1e-2, seed);
     }
 
     #[test]

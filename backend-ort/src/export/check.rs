@@ -3,8 +3,8 @@
 
 use std::fmt;
 
-use gradcam_core::{explain, CamModel, CamOptions, Method, Target};
-use ndarray::{Array4, ArrayView, Dimension};
+use gradcam_core::{explain, CamModel, CamOptions, Explanation, Method, Target};
+use ndarray::{Array4, ArrayView, ArrayView4, Dimension};
 
 use super::session::ExplainerSession;
 use super::{cam_output, ExportError, Exported};
@@ -128,27 +128,42 @@ pub fn check_explainer(exported: &Exported, threads: usize) -> Result<CheckRepor
             .collect(),
         noise: Vec::new(),
     };
-    let unsure: Vec<Method> =
-        report.maps.iter().filter(|&&(_, d)| d > CHECK_TOLERANCE && d.is_finite()).map(|&(m, _)| m).collect();
+    let unsure: Vec<&Explanation> = explained
+        .iter()
+        .filter(|e| report.maps.iter().any(|&(m, d)| m == e.method && d > CHECK_TOLERANCE && d.is_finite()))
+        .collect();
     if !unsure.is_empty() {
-        let nudged = Array4::from_shape_fn(input.dim(), |(b, c, y, x)| {
-            let seed = (b * 7919 + c * 104_729 + y * 613 + x * 31 + 17) as u32;
-            let sign = if seed.wrapping_mul(2_654_435_761) >> 31 == 0 { 1.0 } else { -1.0 };
-            input[(b, c, y, x)] * (1.0 + sign * NOISE_STEP)
-        });
-        let moved = explain(&mut model, nudged.view(), &layers, &unsure, &target, &options)?;
-        report.noise = moved
-            .iter()
-            .filter_map(|m| {
-                let before = explained.iter().find(|e| e.method == m.method)?;
-                Some((m.method, max_diff(m.maps.view(), before.maps.view())))
-            })
-            .collect();
+        report.noise = map_noise(&mut model, input.view(), &layers, &unsure, &target, &options)?;
     }
     if !report.passed() {
         return Err(ExportError::CheckFailed { path: exported.path.clone(), report: report.to_string() });
     }
     Ok(report)
+}
+
+/// How far each of `explained`'s maps (of `input`) moves when every input pixel moves by one
+/// part in a million, up or down by a fixed pseudo-random sign: the float noise of the map
+/// itself, which [`CheckReport::allowed`] doubles.
+pub fn map_noise(
+    model: &mut dyn CamModel,
+    input: ArrayView4<f32>,
+    layers: &[&str],
+    explained: &[&Explanation],
+    target: &Target,
+    options: &CamOptions,
+) -> Result<Vec<(Method, f32)>, ExportError> {
+    let nudged = Array4::from_shape_fn(input.dim(), |(b, c, y, x)| {
+        let seed = (b * 7919 + c * 104_729 + y * 613 + x * 31 + 17) as u32;
+        let sign = if seed.wrapping_mul(2_654_435_761) >> 31 == 0 { 1.0 } else { -1.0 };
+        input[(b, c, y, x)] * (1.0 + sign * NOISE_STEP)
+    });
+    let methods: Vec<Method> = explained.iter().map(|e| e.method).collect();
+    let moved = explain(model, nudged.view(), layers, &methods, target, options)?;
+    Ok(moved
+        .iter()
+        .zip(explained)
+        .map(|(after, before)| (before.method, max_diff(after.maps.view(), before.maps.view())))
+        .collect())
 }
 
 fn max_diff<D: Dimension>(a: ArrayView<f32, D>, b: ArrayView<f32, D>) -> f32 {

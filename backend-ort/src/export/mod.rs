@@ -40,7 +40,7 @@ use gradcam_core::{CamError, Layout, Method, TokenGrid};
 use crate::onnx_graph::GraphError;
 use crate::OrtBackendError;
 
-pub use check::{check_explainer, CheckReport, CHECK_TOLERANCE};
+pub use check::{check_explainer, map_noise, CheckReport, CHECK_TOLERANCE};
 pub use run::export_explainer;
 pub use session::{plain_session, ExplainerOutputs, ExplainerSession};
 

@@ -933,7 +933,8 @@ fn explicit_pads(
 }
 
 /// Conv: the input's gradient is the transposed convolution of `g` with the same weights,
-/// padded at the end (`output_padding`) to the input's size.
+/// padded at the end (`output_padding`) to the input's size; with unit strides, the plain
+/// convolution of [`flipped_conv`].
 fn conv(c: &mut Ctx, gy: &str) -> Grads {
     let ws = c.shape(c.x(1))?;
     let kernel = ws.get(2..).ok_or_else(|| c.unsupported("a weight of rank < 3"))?.to_vec();
@@ -942,6 +943,15 @@ fn conv(c: &mut Ctx, gy: &str) -> Grads {
     let dilations = get_ints(c.node, "dilations").unwrap_or_else(|| vec![1; n]);
     let mut pads = explicit_pads(c, &kernel, &strides, &dilations)?;
     let (xs, ys) = (c.shape(c.x(0))?, c.shape(c.y(0))?);
+    let group = get_i(c.node, "group", 1);
+    if let Some(gx) = flipped_conv(c, gy, &ws, &dilations, &pads, group, (&strides, &xs, &ys)) {
+        let mut out = vec![Some(gx), None];
+        if c.wants.get(2).copied().unwrap_or(false) {
+            let axes: Vec<i64> = (0..ys.len() as i64).filter(|&a| a != 1).collect();
+            out.push(Some(c.b.reduce_sum(gy, &axes, false)));
+        }
+        return Ok(out);
+    }
     let mut out_pad = vec![0; n];
     for d in 0..n {
         let full = strides[d] * (ys[d + 2] - 1) + (kernel[d] - 1) * dilations[d] + 1 - pads[d] - pads[d + n];
@@ -958,7 +968,7 @@ fn conv(c: &mut Ctx, gy: &str) -> Grads {
         attr_ints("pads", &pads),
         attr_ints("output_padding", &out_pad),
         attr_ints("kernel_shape", &kernel),
-        attr_i("group", get_i(c.node, "group", 1)),
+        attr_i("group", group),
     ];
     let gx = c.b.op("ConvTranspose", &[gy, c.x(1)], attrs);
     let mut out = vec![Some(gx), None];
@@ -967,6 +977,70 @@ fn conv(c: &mut Ctx, gy: &str) -> Grads {
         out.push(Some(c.b.reduce_sum(gy, &axes, false)));
     }
     Ok(out)
+}
+
+/// A unit-stride Conv's input gradient as a `Conv` of `g` (ONNX Runtime's `Conv` is faster than
+/// its `ConvTranspose`, several times for depthwise kernels): each group's kernels with input and
+/// output channels swapped and flipped in space, padded by `(k-1)·d - p`. The weights are
+/// rearranged by graph nodes, which ONNX Runtime folds into a constant once per session, so a
+/// file's weights are neither copied nor moved out of external data. `None` where the forward
+/// is strided, or padded by more than its kernel spans.
+fn flipped_conv(
+    c: &mut Ctx,
+    gy: &str,
+    ws: &[i64],
+    dilations: &[i64],
+    pads: &[i64],
+    group: i64,
+    (strides, xs, ys): (&[i64], &[i64], &[i64]),
+) -> Option<String> {
+    let n = ws.len().checked_sub(2)?;
+    let (kernel, cout, cin_g) = (&ws[2..], ws[0], ws[1]);
+    if strides.iter().any(|&s| s != 1) || group < 1 || cout % group != 0 || pads.len() != 2 * n {
+        return None;
+    }
+    let mut flipped_pads = vec![0; 2 * n];
+    for d in 0..n {
+        let span = (kernel[d] - 1) * dilations[d];
+        if pads[d] > span || pads[d + n] > span || ys[d + 2] != xs[d + 2] + pads[d] + pads[d + n] - span {
+            return None;
+        }
+        flipped_pads[d] = span - pads[d];
+        flipped_pads[d + n] = span - pads[d + n];
+    }
+    let per_group = cout / group;
+    let spatial: Vec<i64> = (2..n as i64 + 2).collect();
+    let mut w = c.x(1).to_string();
+    if group == 1 {
+        let perm: Vec<i64> = [1, 0].into_iter().chain(spatial.iter().copied()).collect();
+        w = c.b.op("Transpose", &[&w], vec![attr_ints("perm", &perm)]);
+    } else if per_group > 1 && cin_g > 1 {
+        let grouped: Vec<i64> = [group, per_group, cin_g].iter().chain(kernel).copied().collect();
+        let perm: Vec<i64> = [0, 2, 1].into_iter().chain(spatial.iter().map(|a| a + 1)).collect();
+        let split = c.b.reshape(&w, &grouped);
+        let swapped = c.b.op("Transpose", &[&split], vec![attr_ints("perm", &perm)]);
+        let shape: Vec<i64> = [group * cin_g, per_group].iter().chain(kernel).copied().collect();
+        w = c.b.reshape(&swapped, &shape);
+    } else if per_group > 1 || cin_g > 1 {
+        // One of the two channel axes is 1 per group: swapping them is a reshape.
+        let shape: Vec<i64> = [group * cin_g, per_group].iter().chain(kernel).copied().collect();
+        w = c.b.reshape(&w, &shape);
+    }
+    let flip: Vec<i64> = spatial.iter().copied().filter(|&a| kernel[a as usize - 2] > 1).collect();
+    if !flip.is_empty() {
+        let starts = c.b.ints(&vec![-1; flip.len()]);
+        let ends = c.b.ints(&vec![i64::MIN; flip.len()]);
+        let steps = c.b.ints(&vec![-1; flip.len()]);
+        let axes = c.b.ints(&flip);
+        w = c.b.op("Slice", &[&w, &starts, &ends, &axes, &steps], vec![]);
+    }
+    let attrs = vec![
+        attr_ints("dilations", dilations),
+        attr_ints("pads", &flipped_pads),
+        attr_ints("kernel_shape", kernel),
+        attr_i("group", group),
+    ];
+    Some(c.b.op("Conv", &[gy, &w], attrs))
 }
 
 /// ConvTranspose: the input's gradient is the convolution of `g` with the same weights, with the
