@@ -15,6 +15,8 @@ use crate::OrtBackendError;
 
 /// ONNX Runtime's session option for external data of a model loaded from memory.
 const EXTERNAL_DATA_DIR: &str = "session.model_external_initializers_file_folder_path";
+/// ONNX Runtime's `kOrtSessionOptionsConfigForceSpinningStop`.
+const FORCE_SPINNING_STOP: &str = "session.force_spinning_stop";
 
 /// The process's one ONNX Runtime environment (ort allows one per process; the export shares it).
 pub(crate) fn environment() -> Result<&'static Environment, OrtBackendError> {
@@ -123,6 +125,13 @@ pub(crate) fn builder(
     if threads > 0 {
         b = b.with_intra_threads(threads).map_err(OrtBackendError::ort("set the number of threads"))?;
     }
+    // A capture runs several sessions in turn (the model up to the layer, the backward pass, a
+    // chain's links), each with its own thread pool. ONNX Runtime's workers spin for a while
+    // after a run ends, and on a machine with few cores they take those cores from the next
+    // session's threads; stopping the spin when a run returns leaves it on within runs.
+    b = b
+        .with_config_entry(FORCE_SPINNING_STOP, "1")
+        .map_err(OrtBackendError::ort("stop idle threads spinning between runs"))?;
     if let Some(dir) = graph.external_data_dir().filter(|_| graph.has_external_data()) {
         let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
         b = b
