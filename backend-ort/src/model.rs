@@ -342,15 +342,20 @@ impl OnnxModel {
         Ok(self.shapes.as_ref().expect("just probed"))
     }
 
-    /// Layers whose output is a feature map `(B, C, H, W)` or tokens `(B, N, D)`.
+    /// Layers whose output is a feature map `(B, C, H, W)` or tokens `(B, N, D)`, one row per
+    /// image (not windows: those are refused by name, [`CamError::LayerBatch`]).
     fn explainable(&mut self) -> Result<Vec<(Layer, Vec<i64>)>, OrtBackendError> {
         let layers = self.graph.layers();
+        let input = self.input.clone();
         let shapes = self.layer_shapes()?;
+        let images = shapes.get(&input).and_then(|t| t.shape.first().copied());
         Ok(layers
             .into_iter()
             .filter_map(|l| {
                 let info = shapes.get(&l.tensor)?;
-                (info.dtype == 1 && matches!(info.shape.len(), 3 | 4)).then(|| (l, info.shape.clone()))
+                let per_image = images.is_none_or(|n| info.shape.first() == Some(&n));
+                (info.dtype == 1 && matches!(info.shape.len(), 3 | 4) && per_image)
+                    .then(|| (l, info.shape.clone()))
             })
             .collect())
     }

@@ -343,6 +343,9 @@ fn a_layer_without_one_row_per_image_is_refused() {
     let source = dir.join("windowed.onnx");
     std::fs::write(&source, windowed_model()).expect("write the model");
     let mut model = OnnxModel::load(&source).expect("load");
+    // Not offered as a layer either (`gradcam layers`, the default layer).
+    let listed: Vec<String> = model.layers().expect("layers").into_iter().map(|l| l.name).collect();
+    assert!(listed.contains(&"act".to_string()) && !listed.contains(&"win".to_string()), "{listed:?}");
     let input = image_batch(2, 32, 48);
     match explain(
         &mut model,
