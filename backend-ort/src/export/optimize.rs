@@ -109,10 +109,10 @@ fn one_hot_gemm_as_gather(
 }
 
 /// `ReduceMean(Conv(g, W))` over spatial axes, for a 1×1 kernel with unit strides and no padding
-/// (the backward's `Conv`, or a `ConvTranspose`), as `Conv(ReduceMean(g), W)`: the kernel treats every pixel alike, so the
-/// mean commutes with it. GradCAM's weights from a gradient that came back through a pointwise
-/// convolution (an EfficientNet's or MobileNet's `conv_head`) then cost one product per image
-/// instead of one per pixel. Only where the mean is the product's one reader, through
+/// (the backward's `Conv`, or a `ConvTranspose`), as `Conv(ReduceMean(g), W)`: the kernel treats
+/// every pixel alike, so the mean commutes with it. GradCAM's weights from a gradient that came
+/// back through a pointwise convolution (an EfficientNet's or MobileNet's `conv_head`) then cost
+/// one product per image instead of one per pixel. Only where the mean is the product's one reader, through
 /// `Identity`s; the unread product is pruned afterwards.
 fn mean_before_pointwise_conv(graph: &mut GraphProto) -> usize {
     let inits: HashMap<&str, &TensorProto> = graph.initializer.iter().map(|t| (t.name.as_str(), t)).collect();

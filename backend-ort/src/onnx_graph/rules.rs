@@ -944,33 +944,31 @@ fn conv(c: &mut Ctx, gy: &str) -> Grads {
     let mut pads = explicit_pads(c, &kernel, &strides, &dilations)?;
     let (xs, ys) = (c.shape(c.x(0))?, c.shape(c.y(0))?);
     let group = get_i(c.node, "group", 1);
-    if let Some(gx) = flipped_conv(c, gy, &ws, &dilations, &pads, group, (&strides, &xs, &ys)) {
-        let mut out = vec![Some(gx), None];
-        if c.wants.get(2).copied().unwrap_or(false) {
-            let axes: Vec<i64> = (0..ys.len() as i64).filter(|&a| a != 1).collect();
-            out.push(Some(c.b.reduce_sum(gy, &axes, false)));
+    let gx = match flipped_conv(c, gy, &ws, &dilations, &pads, group, (&strides, &xs, &ys)) {
+        Some(gx) => gx,
+        None => {
+            let mut out_pad = vec![0; n];
+            for d in 0..n {
+                let full =
+                    strides[d] * (ys[d + 2] - 1) + (kernel[d] - 1) * dilations[d] + 1 - pads[d] - pads[d + n];
+                let extra = xs[d + 2] - full;
+                if extra >= 0 {
+                    out_pad[d] = extra;
+                } else {
+                    pads[d + n] -= extra;
+                }
+            }
+            let attrs = vec![
+                attr_ints("strides", &strides),
+                attr_ints("dilations", &dilations),
+                attr_ints("pads", &pads),
+                attr_ints("output_padding", &out_pad),
+                attr_ints("kernel_shape", &kernel),
+                attr_i("group", group),
+            ];
+            c.b.op("ConvTranspose", &[gy, c.x(1)], attrs)
         }
-        return Ok(out);
-    }
-    let mut out_pad = vec![0; n];
-    for d in 0..n {
-        let full = strides[d] * (ys[d + 2] - 1) + (kernel[d] - 1) * dilations[d] + 1 - pads[d] - pads[d + n];
-        let extra = xs[d + 2] - full;
-        if extra >= 0 {
-            out_pad[d] = extra;
-        } else {
-            pads[d + n] -= extra;
-        }
-    }
-    let attrs = vec![
-        attr_ints("strides", &strides),
-        attr_ints("dilations", &dilations),
-        attr_ints("pads", &pads),
-        attr_ints("output_padding", &out_pad),
-        attr_ints("kernel_shape", &kernel),
-        attr_i("group", group),
-    ];
-    let gx = c.b.op("ConvTranspose", &[gy, c.x(1)], attrs);
+    };
     let mut out = vec![Some(gx), None];
     if c.wants.get(2).copied().unwrap_or(false) {
         let axes: Vec<i64> = (0..ys.len() as i64).filter(|&a| a != 1).collect();
