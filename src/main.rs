@@ -60,6 +60,7 @@ fn main() -> ExitCode {
             None => return ExitCode::FAILURE,
         },
     };
+    backend::prepare_process(&command);
     let result = match command {
         Command::Explain(args) => stop::Stop::install().and_then(|stop| explain::run(args, &stop)),
         Command::Layers(args) => layers::run(&args).map(|()| explain::Ending::Complete),

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use gradcam_core::CamModel;
 
-use crate::cli::{BackendKind, ModelArgs};
+use crate::cli::{BackendKind, Command, ModelArgs};
 use crate::error::CliError;
 
 #[cfg(feature = "candle")]
@@ -70,6 +70,22 @@ pub fn choose_backend(args: &ModelArgs) -> BackendKind {
         Some("onnx") => BackendKind::Ort,
         _ => BackendKind::Candle,
     }
+}
+
+/// Settles what a backend's native library reads only as the process starts, for the backend
+/// `command` will use: first thing in `main`, before any thread exists.
+pub fn prepare_process(command: &Command) {
+    let model = match command {
+        Command::Explain(args) => Some(&args.model),
+        Command::Evaluate(args) => Some(&args.model),
+        Command::Layers(model) => Some(model),
+        Command::Export(_) => None,
+    };
+    #[cfg(all(feature = "tch", unix))]
+    if model.is_some_and(|m| choose_backend(m) == BackendKind::Tch) {
+        tch::restart_with_sleeping_waits();
+    }
+    let _ = model;
 }
 
 /// Loads the model described by `args`.
