@@ -48,8 +48,9 @@ pub struct TargetCase {
     /// region has a pixel within float noise of another class (the generator's `ties`).
     pub ties: Vec<bool>,
     /// Per gradient method, where an image has a tie: how far grad-cam's maps move, relative to
-    /// their largest magnitude, when the same maps are computed in float64 (the generator's
-    /// `tie_noise`), per image `[before upsampling, final]`.
+    /// their largest magnitude, when the same maps are computed in float64 or from inputs nudged
+    /// by 1e-6, the largest of these (the generator's `tie_noise`), per image
+    /// `[before upsampling, final]`.
     pub tie_noise: HashMap<Method, Vec<[f32; 2]>>,
     /// The methods grad-cam ran for it.
     pub methods: Vec<Method>,
@@ -63,8 +64,8 @@ pub struct TargetCase {
 impl TargetCase {
     /// The tolerance for `method`'s map of image `image` (`raw`: before upsampling, else the
     /// final map): `tol`, or where the image has a tie that another correct implementation may
-    /// flip (the kink rule of the model fixtures), [`TIE_TOL`] or twice the float64 recomputation's
-    /// difference ([`TargetCase::tie_noise`]), whichever is larger.
+    /// flip (the kink rule of the model fixtures), [`TIE_TOL`] or twice grad-cam's own movement
+    /// under float noise ([`TargetCase::tie_noise`]), whichever is larger.
     pub fn tolerance(&self, method: Method, raw: bool, image: usize, tol: f32) -> f32 {
         if !self.ties[image] {
             return tol;
