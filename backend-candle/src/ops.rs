@@ -305,10 +305,11 @@ impl Conv2d {
 
     fn dense(&self, x: &Tensor, pad: usize) -> Result<Tensor> {
         let dilation = self.dilation;
+        let op = DenseConv { stride: self.stride, pad, dilation, col_budget: COL_BUDGET };
         if !x.track_op() {
-            return x.conv2d(&self.weight, pad, self.stride, dilation, 1);
+            return x.contiguous()?.apply_op2_no_bwd(&self.weight.contiguous()?, &op);
         }
-        let y = x.detach().conv2d(&self.weight, pad, self.stride, dilation, 1)?;
+        let y = x.detach().contiguous()?.apply_op2_no_bwd(&self.weight.contiguous()?, &op)?;
         let (weight, stride) = (self.weight.clone(), self.stride);
         let (_, _, ih, iw) = x.dims4()?;
         let (_, _, kh, _) = weight.dims4()?;
@@ -320,6 +321,161 @@ impl Conv2d {
             let gx = g.contiguous()?.conv_transpose2d(&weight, pad, extra, stride, dilation)?;
             gx.narrow(2, 0, ih)?.narrow(3, 0, iw)
         })
+    }
+}
+
+/// Floats of column matrix one image's product may take at a time (4 MB, the order of a
+/// core's L2/L3 share): larger images are done in bands of output rows.
+const COL_BUDGET: usize = 1 << 20;
+
+/// Dense convolution (groups 1), symmetric padding: per image, one matrix product
+/// `weight (out, in·kh·kw) × columns (in·kh·kw, oh·ow)` written straight into the NCHW output.
+/// The columns are built row by row, each row a shifted (strided) copy of one input plane, and a
+/// 1x1 stride-1 convolution multiplies the input itself. candle's own conv2d builds its columns
+/// by scattered stores and took more time than its matrix products did.
+struct DenseConv {
+    stride: usize,
+    pad: usize,
+    dilation: usize,
+    /// [`COL_BUDGET`], smaller in tests to exercise the bands.
+    col_budget: usize,
+}
+
+impl DenseConv {
+    /// Fills `col` (rows `(c, ky, kx)`, columns the output pixels of rows `oy0..oy0 + rows`) from
+    /// one image `x` `(c, h, w)`.
+    fn columns(
+        &self,
+        x: &[f32],
+        (c, h, w): (usize, usize, usize),
+        (kh, kw): (usize, usize),
+        (oy0, rows, ow): (usize, usize, usize),
+        col: &mut [f32],
+    ) {
+        let (s, d, p) = (self.stride, self.dilation, self.pad);
+        let n = rows * ow;
+        for (r, row) in col.chunks_exact_mut(n).enumerate() {
+            let (ci, ky, kx) = (r / (kh * kw), r / kw % kh, r % kw);
+            let plane = &x[ci * h * w..(ci + 1) * h * w];
+            // Output columns whose input column `ox * s + kx * d - p` lies inside the row.
+            let shift = kx * d;
+            let first = p.saturating_sub(shift).div_ceil(s).min(ow);
+            let last = if w + p > shift { ((w + p - shift - 1) / s + 1).min(ow) } else { 0 }.max(first);
+            for (i, out) in row.chunks_exact_mut(ow).enumerate() {
+                let iy = ((oy0 + i) * s + ky * d) as isize - p as isize;
+                if iy < 0 || iy >= h as isize {
+                    out.fill(0.0);
+                    continue;
+                }
+                let line = &plane[iy as usize * w..(iy as usize + 1) * w];
+                out[..first].fill(0.0);
+                out[last..].fill(0.0);
+                let x0 = first * s + shift - p;
+                if s == 1 {
+                    out[first..last].copy_from_slice(&line[x0..x0 + last - first]);
+                } else {
+                    for (j, o) in out[first..last].iter_mut().enumerate() {
+                        *o = line[x0 + j * s];
+                    }
+                }
+            }
+        }
+        debug_assert_eq!(col.len(), c * kh * kw * n);
+    }
+}
+
+impl CustomOp2 for DenseConv {
+    fn name(&self) -> &'static str {
+        "gradcam-dense-conv"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, weight) = (contiguous_f32(xs, xl)?, contiguous_f32(ws, wl)?);
+        let (&[b, c, h, w], &[co, ci, kh, kw]) = (xl.dims(), wl.dims()) else {
+            candle_core::bail!(
+                "conv2d expects (B, C, H, W) and (O, C, kh, kw), got {:?} and {:?}",
+                xl.dims(),
+                wl.dims()
+            )
+        };
+        let (s, d, p) = (self.stride, self.dilation, self.pad);
+        let span = |k: usize| d * (k - 1) + 1;
+        if ci != c || s == 0 || h + 2 * p < span(kh) || w + 2 * p < span(kw) {
+            candle_core::bail!(
+                "conv2d: input {:?} does not fit the kernel {:?} (padding {p})",
+                xl.dims(),
+                wl.dims()
+            );
+        }
+        let (oh, ow) = ((h + 2 * p - span(kh)) / s + 1, (w + 2 * p - span(kw)) / s + 1);
+        let (k, plane) = (c * kh * kw, oh * ow);
+        let direct = kh == 1 && kw == 1 && s == 1 && p == 0;
+        // Bands bound the columns' memory; the input itself needs none.
+        let band = if direct { oh } else { (self.col_budget / (k * ow).max(1)).clamp(1, oh) };
+        let threads = rayon::current_num_threads();
+        // Enough images to keep every thread busy: one single-threaded product per image;
+        // otherwise the images in turn, each product on every thread.
+        let parallelism = if b >= threads || threads == 1 {
+            gemm::Parallelism::None
+        } else {
+            gemm::Parallelism::Rayon(threads)
+        };
+        let mut out = vec![0f32; b * co * plane];
+        let image = |(img, dst): (usize, &mut [f32])| {
+            let x = &x[img * c * h * w..(img + 1) * c * h * w];
+            let mut col = Vec::new();
+            for oy0 in (0..oh).step_by(band) {
+                let rows = band.min(oh - oy0);
+                let n = rows * ow;
+                let rhs: &[f32] = if direct {
+                    x
+                } else {
+                    col.resize(k * n, 0.0);
+                    self.columns(x, (c, h, w), (kh, kw), (oy0, rows, ow), &mut col);
+                    &col
+                };
+                // SAFETY: `dst` holds `co` rows of `plane` floats; the product writes the `n`
+                // columns from `oy0 * ow` of each (`oy0 * ow + n <= plane`), reads `weight` as a
+                // contiguous (co, k) matrix (its length is `co * k`, checked by the dims above)
+                // and `rhs` as a contiguous (k, n) one (`direct`: the (c, h * w) image, where
+                // n = h * w; else `col`, resized to k * n). Nothing else touches them meanwhile.
+                unsafe {
+                    gemm::gemm(
+                        co,
+                        n,
+                        k,
+                        dst.as_mut_ptr().add(oy0 * ow),
+                        1,
+                        plane as isize,
+                        false,
+                        weight.as_ptr(),
+                        1,
+                        k as isize,
+                        rhs.as_ptr(),
+                        1,
+                        n as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        parallelism,
+                    );
+                }
+            }
+        };
+        if matches!(parallelism, gemm::Parallelism::None) && b > 1 {
+            out.par_chunks_mut(co * plane).enumerate().for_each(image);
+        } else {
+            out.chunks_mut(co * plane).enumerate().for_each(image);
+        }
+        Ok((CpuStorage::F32(out), Shape::from((b, co, oh, ow))))
     }
 }
 
@@ -675,6 +831,42 @@ mod tests {
         let explicit =
             |x: &Tensor| x.pad_with_zeros(2, 0, 1)?.pad_with_zeros(3, 1, 1)?.conv2d(&dense_w, 0, 2, 1, 1);
         assert!(max_diff(&dense.forward(&x).unwrap(), &explicit(&x).unwrap()) < 1e-5);
+    }
+
+    /// The dense convolution against candle's, every path: 1x1 stride 1 (the input itself),
+    /// 1x1 strided, padded, dilated, a padding wider than the kernel's reach, non-square
+    /// inputs and kernels, one image (threaded products) and several (an image per thread), the
+    /// whole image in one band and in bands of one or a few rows.
+    #[test]
+    fn dense_conv_matches_candles_in_bands_and_batches() {
+        let cases = [
+            // (kh, kw, stride, pad, dilation, h, w)
+            (1, 1, 1, 0, 1, 5, 7),
+            (1, 1, 2, 0, 1, 9, 6),
+            (3, 3, 1, 1, 1, 6, 9),
+            (3, 3, 2, 1, 1, 9, 8),
+            (7, 7, 2, 3, 1, 11, 10),
+            (3, 3, 1, 2, 2, 9, 7),
+            (3, 5, 2, 4, 1, 4, 5),
+            (3, 1, 3, 0, 2, 13, 4),
+        ];
+        for (kh, kw, stride, pad, dilation, h, w) in cases {
+            for batch in [1, 3] {
+                let x = rand(&[batch, 4, h, w], 16);
+                let weight = rand(&[5, 4, kh, kw], 17);
+                let theirs = x.conv2d(&weight, pad, stride, dilation, 1).unwrap();
+                for col_budget in [1, 4 * kh * kw * w, COL_BUDGET] {
+                    let op = DenseConv { stride, pad, dilation, col_budget };
+                    let ours = x.apply_op2_no_bwd(&weight, &op).unwrap();
+                    let d = max_diff(&ours, &theirs);
+                    assert!(d < 1e-5, "{kh}x{kw} stride {stride} pad {pad} dilation {dilation} {h}x{w} batch {batch} budget {col_budget}: {d}");
+                }
+            }
+        }
+        // A kernel that does not fit is an error, not a panic.
+        let op = DenseConv { stride: 1, pad: 0, dilation: 1, col_budget: COL_BUDGET };
+        assert!(rand(&[1, 4, 2, 2], 1).apply_op2_no_bwd(&rand(&[5, 4, 3, 3], 2), &op).is_err());
+        assert!(rand(&[1, 3, 5, 5], 1).apply_op2_no_bwd(&rand(&[5, 4, 3, 3], 2), &op).is_err());
     }
 
     #[test]
