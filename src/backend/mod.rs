@@ -83,7 +83,7 @@ pub fn prepare_process(command: &Command) {
     };
     #[cfg(all(feature = "tch", unix))]
     if model.is_some_and(|m| choose_backend(m) == BackendKind::Tch) {
-        tch::restart_with_sleeping_waits();
+        tch::restart_with_short_spins();
     }
     let _ = model;
 }

@@ -10,18 +10,19 @@ use crate::error::CliError;
 
 pub struct Tch;
 
-/// How libgomp, libtorch's CPU thread pool, is told to let its idle threads sleep at once
-/// instead of spinning. By default a thread that finishes its share of an operation spins for a
-/// while (about 300,000 rounds) waiting for the next: whenever another thread of this process
-/// (decoding, drawing) or of another takes a core, the spinning thread keeps the core the model
-/// needs.
-const OMP_WAIT: (&str, &str) = ("OMP_WAIT_POLICY", "PASSIVE");
+/// How libgomp, libtorch's CPU thread pool, is told to let its idle threads sleep soon. By
+/// default a thread that finishes its share of an operation spins 300,000 rounds waiting for the
+/// next: whenever another thread of this process (decoding, drawing) or of another takes a core,
+/// the spinning thread keeps the core the model needs. 10,000 rounds still bridge the gaps
+/// between a small model's operations; sleeping at once (`OMP_WAIT_POLICY=PASSIVE`) made Lite0
+/// at batch 1 twice as slow.
+const OMP_WAIT: (&str, &str) = ("GOMP_SPINCOUNT", "10000");
 
 /// Runs this command again, at once, with [`OMP_WAIT`] set, unless the user has chosen how
 /// libgomp waits. libgomp reads its settings once, as it loads with the program (before
 /// `main`), so the process must start again to change them. Returns only when it cannot (no
 /// path to this program, exec refused); the run then goes on as it is, only slower.
-pub fn restart_with_sleeping_waits() {
+pub fn restart_with_short_spins() {
     use std::os::unix::process::CommandExt;
     if ["OMP_WAIT_POLICY", "GOMP_SPINCOUNT"].iter().any(|v| std::env::var_os(v).is_some()) {
         return;
