@@ -43,7 +43,7 @@ def run_cli(cli, model_path, layer, methods, device, inputs, out):
     npy = os.path.join(out, f"{os.path.basename(model_path)}.{device}.npy")
     cmd = [cli, "explain", "--backend", "tch", "--device", device, "--model", model_path, "--layer", layer,
            "--method", ",".join(cli_method(m) for m in methods), "--npy-out", npy, "--json",
-           "--out", os.path.join(out, "pictures"), inputs]
+           "--out", os.path.join(out, f"pictures-{os.path.basename(model_path)}-{device}"), inputs]
     env = dict(os.environ)
     if os.environ.get("TORCH_LIB"):
         env["LD_LIBRARY_PATH"] = os.environ["TORCH_LIB"] + ":" + env.get("LD_LIBRARY_PATH", "")
