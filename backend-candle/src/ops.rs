@@ -306,10 +306,12 @@ impl Conv2d {
     fn dense(&self, x: &Tensor, pad: usize) -> Result<Tensor> {
         let dilation = self.dilation;
         let op = DenseConv { stride: self.stride, pad, dilation, col_budget: COL_BUDGET };
+        let kernel = self.weight.contiguous()?;
+        let conv = |x: &Tensor| x.contiguous()?.apply_op2_no_bwd(&kernel, &op);
         if !x.track_op() {
-            return x.contiguous()?.apply_op2_no_bwd(&self.weight.contiguous()?, &op);
+            return conv(x);
         }
-        let y = x.detach().contiguous()?.apply_op2_no_bwd(&self.weight.contiguous()?, &op)?;
+        let y = conv(&x.detach())?;
         let (weight, stride) = (self.weight.clone(), self.stride);
         let (_, _, ih, iw) = x.dims4()?;
         let (_, _, kh, _) = weight.dims4()?;

@@ -16,15 +16,15 @@ pub struct Tch;
 /// the spinning thread keeps the core the model needs. 10,000 rounds still bridge the gaps
 /// between a small model's operations; sleeping at once (`OMP_WAIT_POLICY=PASSIVE`) made Lite0
 /// at batch 1 twice as slow.
-const OMP_WAIT: (&str, &str) = ("GOMP_SPINCOUNT", "10000");
+const SHORT_SPINS: (&str, &str) = ("GOMP_SPINCOUNT", "10000");
 
-/// Runs this command again, at once, with [`OMP_WAIT`] set, unless the user has chosen how
+/// Runs this command again, at once, with [`SHORT_SPINS`] set, unless the user has chosen how
 /// libgomp waits. libgomp reads its settings once, as it loads with the program (before
 /// `main`), so the process must start again to change them. Returns only when it cannot (no
 /// path to this program, exec refused); the run then goes on as it is, only slower.
 pub fn restart_with_short_spins() {
     use std::os::unix::process::CommandExt;
-    if ["OMP_WAIT_POLICY", "GOMP_SPINCOUNT"].iter().any(|v| std::env::var_os(v).is_some()) {
+    if ["OMP_WAIT_POLICY", SHORT_SPINS.0].iter().any(|v| std::env::var_os(v).is_some()) {
         return;
     }
     let Ok(exe) = std::env::current_exe() else { return };
@@ -34,7 +34,7 @@ pub fn restart_with_short_spins() {
         command.arg0(arg0);
     }
     // Only returns on failure.
-    let _ = command.args(args).env(OMP_WAIT.0, OMP_WAIT.1).exec();
+    let _ = command.args(args).env(SHORT_SPINS.0, SHORT_SPINS.1).exec();
 }
 
 impl Loader for Tch {
